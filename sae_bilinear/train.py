@@ -1,0 +1,204 @@
+"""Training through SAELens: its runner and its trainer, plus Muon and cached activations.
+
+Two ways in, both SAELens's own machinery:
+
+* ``LanguageModelSAETrainingRunner(LanguageModelSAERunnerConfig(sae=BilinearTrainingSAEConfig(...)))``
+  — the ordinary SAELens run. :class:`BilinearTrainingRunner` is that runner with a
+  choice of optimiser (SAELens hard-codes Adam; the paper trains with Muon).
+* :func:`train_on_activations` — SAELens's ``SAETrainer`` over activations collected once
+  (so that the bilinear SAE and a linear baseline see exactly the same tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from sae_lens import LanguageModelSAETrainingRunner
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.saes.sae import TrainingSAE
+from sae_lens.training.optim import get_lr_scheduler
+from sae_lens.training.sae_trainer import SAETrainer
+from torch import Tensor
+from typing_extensions import override
+
+OptimizerName = Literal["adam", "muon"]
+OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` for weight matrices, AdamW for everything else (biases).
+
+    torch's Muon accepts only 2-D parameters. This wrapper exposes the param groups of
+    both, so SAELens's LR schedulers and gradient clipping act on all of them.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.03,
+        momentum: float = 0.95,
+        adamw_lr: float = 1e-3,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+    ):
+        params = [p for p in params if p.requires_grad]
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        if not matrices:
+            raise ValueError("Muon needs at least one 2-D parameter")
+        self.muon = torch.optim.Muon(matrices, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=False)
+        self.adamw = torch.optim.AdamW(others, lr=adamw_lr, betas=adamw_betas, weight_decay=0.0) if others else None
+        super().__init__(matrices, {"lr": lr})
+        # Share the inner optimisers' groups: schedulers then edit the lr actually used.
+        self.param_groups = self.muon.param_groups + (self.adamw.param_groups if self.adamw else [])
+
+    @override
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = self.muon.step(closure)
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    @override
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        if self.adamw is not None:
+            self.adamw.zero_grad(set_to_none)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw is not None and state_dict.get("adamw") is not None:
+            self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def use_optimizer(trainer: SAETrainer[Any, Any], optimizer: str, lr: float | None = None) -> None:
+    """Swap the Adam that SAELens's ``SAETrainer`` builds for another optimiser.
+
+    The LR schedule is rebuilt from the trainer's own config, so warm-up/decay settings
+    carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if optimizer == "adam":
+        return
+    cfg = trainer.cfg
+    lr = cfg.lr if lr is None else lr
+    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr)
+    assert cfg.lr_end is not None
+    trainer.lr_scheduler = get_lr_scheduler(
+        cfg.lr_scheduler_name,
+        lr=lr,
+        optimizer=trainer.optimizer,
+        warm_up_steps=cfg.lr_warm_up_steps,
+        decay_steps=cfg.lr_decay_steps,
+        training_steps=cfg.total_training_steps,
+        lr_end=cfg.lr_end * lr / cfg.lr if cfg.lr else cfg.lr_end,
+        num_cycles=cfg.n_restart_cycles,
+    )
+
+
+class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
+    """SAELens's ``LanguageModelSAETrainingRunner`` with a choice of optimiser.
+
+    ``optimizer="adam"`` is exactly SAELens's run; ``"muon"`` swaps in
+    :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts.
+    """
+
+    def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", **kwargs: Any):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        super().__init__(cfg, *args, **kwargs)
+        self.optimizer_name = optimizer
+
+    @override
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        use_optimizer(trainer, self.optimizer_name)
+        return super().run_trainer_with_interruption_handling(trainer)
+
+
+class ShuffledBatches(Iterator[Tensor]):
+    """SAELens ``DataProvider`` over cached activations: endless shuffled epochs of batches."""
+
+    def __init__(self, activations: Float[Tensor, "n_tokens d_in"], batch_size: int, seed: int = 0):
+        if activations.ndim != 2:
+            raise ValueError(f"cached activations must be [n_tokens, d_in], got shape {tuple(activations.shape)}")
+        if activations.shape[0] < batch_size:
+            raise ValueError(
+                f"only {activations.shape[0]} cached tokens for a batch of {batch_size}: collect more or use a smaller batch"
+            )
+        self.activations = activations
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._position = 0
+
+    def __next__(self) -> Tensor:
+        if self._position + self.batch_size > self._order.numel():
+            self._order = torch.randperm(self.activations.shape[0], generator=self.generator)
+            self._position = 0
+        index = self._order[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        return self.activations[index]
+
+
+@dataclass
+class TrainingSettings:
+    """How :func:`train_on_activations` runs SAELens's trainer."""
+
+    steps: int = 300
+    """Optimiser steps."""
+    batch_size: int = 1024
+    """Tokens per step."""
+    lr: float = 1e-3
+    """Peak learning rate (Adam default 1e-3; Muon ~0.03)."""
+    optimizer: str = "adam"
+    """``"adam"`` (SAELens's) or ``"muon"`` (the paper's, for the bilinear weight matrices)."""
+    lr_decay_fraction: float = 0.5
+    """Final share of steps over which the LR decays linearly to 0 (the paper decays over all)."""
+    device: str = "cpu"
+    """Device for training (activations are moved batch by batch)."""
+    seed: int = 0
+    """Seed of the batch order."""
+    dead_feature_window: int = 100
+    """Steps without firing after which SAELens counts a latent dead."""
+
+
+def train_on_activations(
+    sae: TrainingSAE[Any], activations: Float[Tensor, "n_tokens d_in"], settings: TrainingSettings | None = None
+) -> SAETrainer[Any, Any]:
+    """Train ``sae`` with SAELens's ``SAETrainer`` on cached activations; return the trainer.
+
+    Works for any SAELens training SAE (bilinear or a linear baseline), so both see the
+    same tokens in the same order. The trainer keeps SAELens's firing statistics
+    (``trainer.feature_sparsity``, ``trainer.dead_neurons``).
+    """
+    settings = settings or TrainingSettings()
+    if activations.shape[-1] != sae.cfg.d_in:
+        raise ValueError(f"activations have d={activations.shape[-1]} but the SAE expects d_in={sae.cfg.d_in}")
+    decay_steps = int(settings.steps * settings.lr_decay_fraction)
+    cfg = SAETrainerConfig(
+        total_training_samples=settings.steps * settings.batch_size,
+        train_batch_size_samples=settings.batch_size,
+        lr=settings.lr,
+        lr_end=settings.lr,  # decay starts from the peak
+        lr_decay_steps=decay_steps,
+        device=settings.device,
+        dead_feature_window=settings.dead_feature_window,
+        feature_sampling_window=max(settings.steps, 1),
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=min(100, max(1, math.ceil(activations.shape[0] / settings.batch_size))),
+    )
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed))
+    use_optimizer(trainer, settings.optimizer, settings.lr)
+    trainer.fit()
+    return trainer

@@ -1,0 +1,151 @@
+"""Training a bilinear SAE with SAELens's own runner and trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, SAE
+from sae_lens.config import LoggingConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sae_bilinear import BilinearSAE, BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.train import (
+    BilinearTrainingRunner,
+    MuonWithAdamW,
+    ShuffledBatches,
+    TrainingSettings,
+    train_on_activations,
+)
+
+D_MODEL = 32
+HOOK = "blocks.1.hook_resid_pre"
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> HookedTransformer:
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=D_MODEL, n_ctx=32, d_head=8, n_heads=4, d_vocab=64, act_fn="gelu", d_mlp=64
+    )
+    return HookedTransformer(cfg)
+
+
+@pytest.fixture(scope="module")
+def token_dataset() -> Dataset:
+    tokens = torch.randint(1, 64, (200, 16), generator=torch.Generator().manual_seed(0))
+    return Dataset.from_dict({"tokens": tokens.tolist()})
+
+
+def runner_config(output_path, steps: int = 120, lr: float = 3e-3, **sae_kwargs) -> LanguageModelSAERunnerConfig:
+    sae_cfg = BilinearTrainingSAEConfig(
+        d_in=D_MODEL, d_sae=128, lifted=True, alpha=0.05, alpha_warm_up_steps=20, **sae_kwargs
+    )
+    return LanguageModelSAERunnerConfig(
+        sae=sae_cfg,
+        model_name="tiny",
+        hook_name=HOOK,
+        dataset_path="",
+        context_size=16,
+        training_tokens=256 * steps,
+        train_batch_size_tokens=256,
+        n_batches_in_buffer=32,  # buffer (32 × 16 tokens) must cover a batch
+        store_batch_size_prompts=8,
+        lr=lr,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(output_path),
+        checkpoint_path=None,
+        device="cpu",
+        verbose=False,
+        prepend_bos=False,
+        n_batches_for_norm_estimate=2,
+    )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sae_lens_runner_trains_and_saved_folder_reloads(tmp_path, tiny_model, token_dataset):
+    cfg = runner_config(tmp_path / "out", normalize_activations="expected_average_only_in")
+    sae = LanguageModelSAETrainingRunner(cfg, override_dataset=token_dataset, override_model=tiny_model).run()
+    assert isinstance(sae, BilinearTrainingSAE)
+    errors = [row["reconstruction_error"] for row in sae.history]
+    assert errors[-1] < 0.5 * errors[0], errors
+    assert sae.history[-1]["explained_variance"] > 0.5
+    assert 0.0 <= sae.history[-1]["dead_fraction"] <= 1.0
+    # SAELens folded the norm scaling (a no-op for bilinear) and wrote its layout.
+    assert sae.cfg.normalize_activations == "none"
+    assert {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "runner_cfg.json"} <= {
+        p.name for p in (tmp_path / "out").iterdir()
+    }
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert isinstance(loaded, BilinearSAE)
+    _, cache = tiny_model.run_with_cache(torch.randint(1, 64, (2, 16)), names_filter=HOOK)
+    x = cache[HOOK]
+    torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.reconstruction_error(x), sae.reconstruction_error(x), rtol=0, atol=0)
+    # The metadata SAELens recorded: hook and L0 at the activity threshold.
+    assert loaded.cfg.metadata.hook_name == HOOK
+    assert 0 < loaded.cfg.metadata.l0 < 128
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_runner_with_muon_trains(tmp_path, tiny_model, token_dataset):
+    cfg = runner_config(tmp_path / "muon", lr=0.03, variant="mixed")
+    runner = BilinearTrainingRunner(cfg, override_dataset=token_dataset, override_model=tiny_model, optimizer="muon")
+    sae = runner.run()
+    errors = [row["reconstruction_error"] for row in sae.history]
+    assert errors[-1] < 0.5 * errors[0], errors
+
+
+def test_unknown_optimizer_is_a_clear_error(tmp_path, tiny_model, token_dataset):
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        BilinearTrainingRunner(runner_config(tmp_path), override_model=tiny_model, optimizer="sgd")
+
+
+def test_muon_wrapper_steps_matrices_and_biases():
+    sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=8, d_sae=16, lifted=True, variant="mixed"))
+    optimizer = MuonWithAdamW(sae.parameters(), lr=0.02)
+    assert len(optimizer.param_groups) == 2
+    before = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    from sae_lens.saes.sae import TrainStepInput
+
+    out = sae.training_forward_pass(
+        TrainStepInput(torch.randn(32, 8), {"alpha": 0.1}, None, n_training_steps=1, is_logging_step=False)
+    )
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    assert all(not torch.equal(before[name], p) for name, p in sae.named_parameters())
+    assert all(p.grad is None for p in sae.parameters())
+    state = optimizer.state_dict()
+    MuonWithAdamW(sae.parameters(), lr=0.02).load_state_dict(state)
+
+
+def test_train_on_cached_activations_bilinear_and_linear_baseline():
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 4, generator=generator))[0]
+    activations = (torch.randn(4096, 4, generator=generator) @ basis.T) * 10 + 0.01 * torch.randn(4096, 16, generator=generator)
+    settings = TrainingSettings(steps=150, batch_size=256, lr=3e-3)
+    sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=16, d_sae=64, lifted=True, alpha=0.0))
+    before = sae.reconstruction_error(activations[:512]).mean().item()
+    trainer = train_on_activations(sae, activations, settings)
+    after = sae.reconstruction_error(activations[:512]).mean().item()
+    assert after < 0.3 * before, (before, after)
+    assert trainer.n_training_steps == 150
+    baseline = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=16, d_sae=64, k=4))
+    train_on_activations(baseline, activations, settings)
+    explained = 1 - (baseline(activations) - activations).pow(2).sum() / (activations - activations.mean(0)).pow(2).sum()
+    assert explained > 0.5
+
+
+def test_cached_batches_cover_every_token_each_epoch():
+    activations = torch.arange(12.0).unsqueeze(-1).repeat(1, 3)
+    batches = ShuffledBatches(activations, batch_size=4, seed=1)
+    epoch = torch.cat([next(batches) for _ in range(3)])
+    assert sorted(epoch[:, 0].tolist()) == list(range(12))
+    with pytest.raises(ValueError, match="cached tokens"):
+        ShuffledBatches(activations, batch_size=100)
+    with pytest.raises(ValueError, match="expects d_in"):
+        train_on_activations(
+            BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=4, d_sae=8)), activations, TrainingSettings(steps=1, batch_size=4)
+        )
