@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
@@ -25,6 +26,8 @@ from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from typing_extensions import override
+
+from sae_bilinear.models import check_hook, stop_at_layer
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
@@ -124,6 +127,33 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         use_optimizer(trainer, self.optimizer_name)
         return super().run_trainer_with_interruption_handling(trainer)
+
+
+@torch.no_grad()
+def collect_activations(
+    model: Any,
+    tokens: Int[Tensor, "n_contexts context"],
+    hook_name: str,
+    batch_size: int = 8,
+    skip_first: int = 0,
+    progress: bool = True,
+) -> Float[Tensor, "n_tokens d_in"]:
+    """Activations at ``hook_name`` for every token, gathered once, stopping after the hook's block.
+
+    ``skip_first`` drops that many leading positions of each context (e.g. 1 for BOS, whose
+    activation norm is an outlier). Returns float32 on the CPU, one row per token.
+    """
+    if tokens.ndim != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be a non-empty [n_contexts, context] tensor, got shape {tuple(tokens.shape)}")
+    check_hook(model, hook_name)
+    stop = stop_at_layer(hook_name) if hook_name.startswith("blocks.") else None
+    chunks = []
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc=f"collect {hook_name}", disable=not progress):
+        batch = tokens[start : start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=hook_name, stop_at_layer=stop)
+        acts = cache[hook_name][:, skip_first:]
+        chunks.append(acts.reshape(-1, acts.shape[-1]).float().cpu())
+    return torch.cat(chunks)
 
 
 class ShuffledBatches(Iterator[Tensor]):
