@@ -11,12 +11,17 @@ Two ways in, both SAELens's own machinery:
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import yaml
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAETrainingRunner
@@ -232,3 +237,113 @@ def train_on_activations(
     use_optimizer(trainer, settings.optimizer, settings.lr)
     trainer.fit()
     return trainer
+
+
+# --------------------------------------------------------------------------------------------
+# `sae-bilinear train --config FILE`: SAELens runner configs from YAML/JSON, with sweeps
+# --------------------------------------------------------------------------------------------
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping; clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+    return raw
+
+
+def _set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        config = config.setdefault(key, {})
+    config[last] = value
+
+
+def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The runs a config file describes: ``[(name, runner_config_dict)]``.
+
+    A plain file is one run. A sweep file (``base:`` + ``sweep:`` of dotted keys → value
+    lists) is the product of its lists, each run written under ``output_root/<name>``.
+    """
+    path = Path(path)
+    raw = read_config_file(path)
+    if "sweep" not in raw:
+        return [(path.stem, raw)]
+    if "base" not in raw:
+        raise ValueError(f"{path}: a sweep needs a 'base' config file")
+    base = read_config_file(path.parent / raw["base"])
+    keys = list(raw["sweep"])
+    runs = []
+    for values in itertools.product(*(raw["sweep"][key] for key in keys)):
+        config = copy.deepcopy(base)
+        for key, value in zip(keys, values):
+            _set_dotted(config, key, value)
+        name = "-".join(_short_value(key, value) for key, value in zip(keys, values))
+        config["output_path"] = str(Path(raw.get("output_root", "runs/sweep")) / name)
+        runs.append((name, config))
+    return runs
+
+
+def _short_value(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "alpha":
+        return f"a{int(float(value) * 100)}"  # the authors' folder naming (int truncates)
+    return str(value)
+
+
+def runner_config_from_dict(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(LanguageModelSAERunnerConfig, extras)`` from a config mapping.
+
+    The mapping is SAELens's ``LanguageModelSAERunnerConfig.to_dict()`` form (so a
+    ``runner_cfg.json`` that SAELens wrote is a valid input), with defaults filled in:
+    ``sae.architecture`` = bilinear, wandb off. ``extras`` is the ``sae_bilinear`` section
+    (``optimizer``).
+    """
+    from sae_lens import LanguageModelSAERunnerConfig
+
+    raw = copy.deepcopy(raw)
+    extras = raw.pop("sae_bilinear", {}) or {}
+    unknown = set(extras) - {"optimizer"}
+    if unknown:
+        raise ValueError(f"unknown keys in the sae_bilinear section: {sorted(unknown)}")
+    if "sae" not in raw:
+        raise ValueError("the config needs an 'sae' section (d_in, d_sae, variant, ...)")
+    raw["sae"].setdefault("architecture", "bilinear")
+    raw.setdefault("logger", {"log_to_wandb": False})
+    for key in ("sae_lens_version", "sae_lens_training_version"):
+        raw.pop(key, None)
+    return LanguageModelSAERunnerConfig.from_dict(raw), extras
+
+
+def train_from_config(raw: dict[str, Any], override_model: Any = None, override_dataset: Any = None) -> Any:
+    """Run SAELens's runner on one config mapping; returns the trained SAE.
+
+    The embedded model name (``smollm2-135m``) or a local model folder is loaded by
+    :mod:`sae_bilinear.models`; ``dataset_path: kjv`` or a local text/JSONL file is read by
+    :mod:`sae_bilinear.data`. Everything else goes to SAELens as is (Hub names need the Hub).
+    """
+    from sae_bilinear import data, models
+
+    cfg, extras = runner_config_from_dict(raw)
+    model = override_model
+    if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
+        model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
+    if model is not None:
+        models.check_hook(model, cfg.hook_name)
+        models.check_context_size(model, cfg.context_size)
+    dataset = override_dataset
+    if dataset is None:
+        corpus = data.load_corpus(cfg.dataset_path or None)
+        if isinstance(corpus, data.TextCorpus):
+            dataset = data.as_hf_dataset(corpus.train)
+    runner = BilinearTrainingRunner(
+        cfg, override_dataset=dataset, override_model=model, optimizer=extras.get("optimizer", "adam")
+    )
+    return runner.run()
