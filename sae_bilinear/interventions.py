@@ -1,0 +1,699 @@
+"""Forward-pass interventions through a (bilinear) SAE: splice, ablate, clamp, steer, walk.
+
+Every hook here is a TransformerLens forward hook, ``fn(activation, hook) -> activation``, for
+the SAE's hook point (``sae.cfg.metadata.hook_name``)::
+
+    with interventions(model, [(hook_name, ablate_hook(sae, [12]))]):
+        loss = model(tokens, return_type="loss")
+
+or ``model.run_with_hooks(tokens, fwd_hooks=[(hook_name, fn)])``. They work with SAELens's
+``HookedSAETransformer`` (with no SAE attached at that hook point); to edit the latents of an
+SAE that *is* attached with ``add_sae``/``saes(...)``, put :func:`latent_edit_hook` at
+``f"{hook_name}.hook_sae_acts_post"`` instead.
+
+Splicing hooks (:func:`splice_hook` and the latent edits built on it) decode, so a bilinear SAE
+must be lifted; :func:`steer_hook` needs the decoder directions too. :func:`walk_hook` and
+:func:`walk_manifold` only need the encoder, so they also work on unlifted SAEs. The hooks also
+accept SAELens's linear SAEs (standard, TopK, ...), except the manifold walk, which is about
+bilinear latents.
+
+``keep_error=True`` (the default for edits) adds the SAE's error term back,
+``x_out = x + (x̂(f_edited) − x̂(f))``, so the edit of the latents is the only change: with no
+edit, the activation passes through exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import torch
+from sae_lens.saes.sae import SAE
+from torch import Tensor
+
+from sae_bilinear import kernels
+from sae_bilinear.evaluate import check_model_hook, is_bilinear, resolve_hook_name
+
+HookFn = Callable[[Tensor, Any], Tensor]
+"""A TransformerLens forward hook: ``fn(activation, hook) -> activation``."""
+LatentEdit = Callable[[Tensor], Tensor]
+"""A function of the latents ``f [..., d_sae] -> f'`` applied before decoding."""
+Positions = int | slice | Sequence[int] | None
+"""Sequence positions an intervention applies to (None: all)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# checks and small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def check_latent(sae: SAE[Any], latent: int) -> int:
+    """Return ``latent`` as an int; raise IndexError unless ``0 <= latent < d_sae``."""
+    d_sae = sae.cfg.d_sae
+    if isinstance(latent, bool) or not isinstance(latent, int):
+        if isinstance(latent, Tensor) and latent.numel() == 1 and not latent.is_floating_point():
+            latent = int(latent)
+        else:
+            raise TypeError(f"a latent index must be an int, got {latent!r}")
+    if not 0 <= latent < d_sae:
+        raise IndexError(f"latent index {latent} is out of range: this SAE has {d_sae} latents (0..{d_sae - 1})")
+    return latent
+
+
+def check_latents(sae: SAE[Any], latents: int | Sequence[int]) -> list[int]:
+    """Validate one or several latent indices (see :func:`check_latent`)."""
+    if isinstance(latents, (int, Tensor)) and not (isinstance(latents, Tensor) and latents.ndim > 0):
+        latents = [latents]  # type: ignore[list-item]
+    checked = [check_latent(sae, int(j) if isinstance(j, Tensor) else j) for j in latents]
+    if not checked:
+        raise ValueError("no latents given")
+    return checked
+
+
+def _check_hook_for_sae(sae: SAE[Any], hook_name: str | None) -> str:
+    """The hook point to intervene at; refuse one that differs from the SAE's own."""
+    trained = sae.cfg.metadata.hook_name
+    if hook_name is not None and trained and hook_name != trained:
+        raise ValueError(
+            f"this SAE was trained on {trained!r}, not {hook_name!r}: its latents mean nothing at another hook point"
+        )
+    return resolve_hook_name(sae, hook_name)
+
+
+def _decode(sae: SAE[Any], latents: Tensor) -> Tensor:
+    """x̂ of latents from the batch last passed to ``sae.encode`` (bilinear: uses its norms)."""
+    return sae.decode(latents)
+
+
+def latent_direction(sae: SAE[Any], latent: int) -> Tensor:
+    """``[d_in]``: how x̂ moves per unit of latent j (per unit of token norm for bilinear SAEs).
+
+    Bilinear (lifted): ``coefficients(e_j) @ decoder_directions()``, so that
+    ``x̂ = ||x|| Σ_j f_j · direction_j`` (for mixed variants the row of ``DᵀD`` spreads a latent
+    over several directions). Linear SAEs: ``W_dec[j]``.
+    """
+    latent = check_latent(sae, latent)
+    if is_bilinear(sae):
+        directions = sae.decoder_directions()  # raises UnliftedDecodeError when unlifted
+        unit = torch.zeros(sae.cfg.d_sae, dtype=directions.dtype, device=directions.device)
+        unit[latent] = 1.0
+        return sae.coefficients(unit) @ directions
+    return sae.W_dec[latent]
+
+
+def latent_contribution(sae: SAE[Any], x: Tensor, latent: int) -> Tensor:
+    """Latent j's part of the reconstruction of activations ``x`` [..., d_in].
+
+    Bilinear: ``||x|| · f_j · direction_j``; linear: ``f_j · W_dec[j]``. Zeroing latent j before
+    decoding removes exactly this from x̂.
+    """
+    latent = check_latent(sae, latent)
+    f = sae.encode(x)[..., latent : latent + 1]
+    contribution = f * latent_direction(sae, latent)
+    if is_bilinear(sae):
+        contribution = contribution * kernels.unit_tokens(sae.process_sae_in(x)).norm.unsqueeze(-1).to(f.dtype)
+    return contribution
+
+
+def _positions_index(positions: Positions) -> Any:
+    if positions is None or isinstance(positions, slice):
+        return positions
+    if isinstance(positions, int):
+        return [positions]
+    return list(positions)
+
+
+class SAEHook:
+    """A TransformerLens forward hook bound to an SAE and its hook point.
+
+    Subclasses implement :meth:`transform` on activations ``[..., d_in]``. Calling the hook
+    checks that it runs at the SAE's hook point and on activations of the SAE's size, runs the
+    transform in the SAE's dtype/device and, with ``positions``, changes only those sequence
+    positions (dim 1 of ``[batch, seq, d_in]``).
+    """
+
+    def __init__(self, sae: SAE[Any], hook_name: str | None = None, positions: Positions = None):
+        self.sae = sae
+        self.hook_name = _check_hook_for_sae(sae, hook_name)
+        self.positions = _positions_index(positions)
+
+    def transform(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
+        name = getattr(hook, "name", None)
+        if name is not None and name != self.hook_name:
+            raise ValueError(
+                f"{type(self).__name__} is for the SAE's hook point {self.hook_name!r} but was run at {name!r}"
+            )
+        if activation.shape[-1] != self.sae.cfg.d_in:
+            raise ValueError(
+                f"the activation at {name or self.hook_name!r} has size {activation.shape[-1]}, "
+                f"the SAE reads d_in={self.sae.cfg.d_in}"
+            )
+        out = self.transform(activation.to(device=self.sae.device)).to(device=activation.device, dtype=activation.dtype)
+        if self.positions is None:
+            return out
+        if activation.ndim < 3:
+            raise ValueError("positions= needs activations of shape [batch, seq, d_in]")
+        result = activation.clone()
+        result[:, self.positions] = out[:, self.positions]
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# latent edits
+# ----------------------------------------------------------------------------------------------
+
+
+def zero_latents(latents: Sequence[int]) -> LatentEdit:
+    """Edit: set the given latents to 0."""
+    index = list(latents)
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., index] = 0.0
+        return f
+
+    return edit
+
+
+def set_latents(latents: Sequence[int], values: Tensor | Sequence[float] | float) -> LatentEdit:
+    """Edit: set the given latents to fixed values (one per latent, or one for all)."""
+    index = list(latents)
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., index] = torch.as_tensor(values, dtype=f.dtype, device=f.device)
+        return f
+
+    return edit
+
+
+def scale_latents(latents: Sequence[int], factor: float) -> LatentEdit:
+    """Edit: multiply the given latents by ``factor``."""
+    index = list(latents)
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., index] = f[..., index] * factor
+        return f
+
+    return edit
+
+
+def add_to_latents(latents: Sequence[int], amount: float) -> LatentEdit:
+    """Edit: add ``amount`` to the given latents."""
+    index = list(latents)
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., index] = f[..., index] + amount
+        return f
+
+    return edit
+
+
+def latent_edit_hook(edit: LatentEdit, d_sae: int | None = None) -> HookFn:
+    """A hook on the latents themselves, for an SAE attached to a ``HookedSAETransformer``.
+
+    Put it at ``f"{hook_name}.hook_sae_acts_post"`` (e.g. in ``run_with_hooks_with_saes``); the
+    attached SAE then decodes the edited latents (and adds its error term back when attached
+    with ``use_error_term=True``).
+    """
+
+    def hook_fn(latents: Tensor, hook: Any = None) -> Tensor:  # noqa: ARG001
+        if d_sae is not None and latents.shape[-1] != d_sae:
+            raise ValueError(f"expected latents with {d_sae} entries, got shape {tuple(latents.shape)}")
+        return edit(latents)
+
+    return hook_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# hooks at the SAE's hook point
+# ----------------------------------------------------------------------------------------------
+
+
+class SpliceHook(SAEHook):
+    """``x → x̂(edit(f))``; with ``keep_error``, ``x → x + x̂(edit(f)) − x̂(f)``."""
+
+    def __init__(
+        self,
+        sae: SAE[Any],
+        edit: LatentEdit | None = None,
+        keep_error: bool = False,
+        hook_name: str | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(sae, hook_name, positions)
+        if is_bilinear(sae):
+            sae.decoder_directions()  # an unlifted SAE cannot decode: fail now, not mid-run
+        self.edit = edit
+        self.keep_error = keep_error
+
+    def transform(self, x: Tensor) -> Tensor:
+        latents = self.sae.encode(x)
+        edited = latents if self.edit is None else self.edit(latents)
+        if edited.shape != latents.shape:
+            raise ValueError(f"the latent edit changed the shape {tuple(latents.shape)} to {tuple(edited.shape)}")
+        if not self.keep_error:
+            return _decode(self.sae, edited)
+        if self.edit is None:
+            return x
+        return x + (_decode(self.sae, edited) - _decode(self.sae, latents)).to(x.dtype)
+
+
+def splice_hook(
+    sae: SAE[Any],
+    edit: LatentEdit | None = None,
+    *,
+    keep_error: bool = False,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> SpliceHook:
+    """Replace the activation by the SAE's reconstruction of (optionally edited) latents."""
+    return SpliceHook(sae, edit, keep_error, hook_name, positions)
+
+
+def splice_with_error_hook(
+    sae: SAE[Any], edit: LatentEdit | None = None, *, hook_name: str | None = None, positions: Positions = None
+) -> SpliceHook:
+    """``x → x̂(edit(f)) + (x − x̂(f))``: the latent edit is the only change (none: exactly x)."""
+    return SpliceHook(sae, edit, True, hook_name, positions)
+
+
+def ablate_hook(
+    sae: SAE[Any],
+    latents: int | Sequence[int],
+    *,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    keep_error: bool = True,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> SpliceHook:
+    """Ablate latents before decoding: ``mode="zero"`` sets them to 0, ``"mean"`` to ``means[j]``
+    (per-latent means ``[d_sae]``, e.g. from :func:`latent_means`)."""
+    index = check_latents(sae, latents)
+    if mode == "zero":
+        edit = zero_latents(index)
+    elif mode == "mean":
+        if means is None or means.shape != (sae.cfg.d_sae,):
+            raise ValueError(f"mode='mean' needs means= of shape [{sae.cfg.d_sae}] (see latent_means)")
+        edit = set_latents(index, means[index])
+    else:
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    return SpliceHook(sae, edit, keep_error, hook_name, positions)
+
+
+def clamp_hook(
+    sae: SAE[Any],
+    latent: int,
+    value: float,
+    *,
+    keep_error: bool = True,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> SpliceHook:
+    """Clamp latent j to ``value`` on every token before decoding."""
+    return SpliceHook(sae, set_latents([check_latent(sae, latent)], value), keep_error, hook_name, positions)
+
+
+def scale_hook(
+    sae: SAE[Any],
+    latent: int,
+    factor: float,
+    *,
+    keep_error: bool = True,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> SpliceHook:
+    """Multiply latent j by ``factor`` before decoding."""
+    return SpliceHook(sae, scale_latents([check_latent(sae, latent)], factor), keep_error, hook_name, positions)
+
+
+class SteerHook(SAEHook):
+    """``x → x + strength · scale · direction_j`` (see :func:`steer_hook`)."""
+
+    def __init__(
+        self,
+        sae: SAE[Any],
+        latent: int,
+        strength: float,
+        unit: bool = False,
+        hook_name: str | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(sae, hook_name, positions)
+        self.latent = check_latent(sae, latent)
+        direction = latent_direction(sae, self.latent).detach()
+        if unit:
+            norm = direction.norm()
+            if norm == 0:
+                raise ValueError(f"latent {self.latent} has a zero decoder direction: nothing to steer along")
+            direction = direction / norm
+        self.direction = direction
+        self.strength = strength
+        self.unit = unit
+
+    def transform(self, x: Tensor) -> Tensor:
+        step = self.strength * self.direction.to(x.dtype)
+        if is_bilinear(self.sae) or self.unit:
+            norm = kernels.unit_tokens(x).norm.to(x.dtype)
+            return x + norm.unsqueeze(-1) * step
+        return x + step
+
+
+def steer_hook(
+    sae: SAE[Any],
+    latent: int,
+    strength: float,
+    *,
+    unit: bool = False,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> SteerHook:
+    """Steer along latent j's contribution to x̂.
+
+    ``unit=False``: add exactly what raising latent j by ``strength`` adds to x̂ — bilinear:
+    ``strength · ||x|| · direction_j`` (:func:`latent_direction`), linear: ``strength · W_dec[j]``.
+    ``unit=True``: add ``strength · ||x||`` along the unit direction, so ``strength`` is a fraction
+    of each token's norm (comparable across latents and SAEs). No encoding is needed, so it also
+    steers tokens the SAE reconstructs badly.
+    """
+    return SteerHook(sae, latent, strength, unit, hook_name, positions)
+
+
+# ----------------------------------------------------------------------------------------------
+# the manifold walk
+# ----------------------------------------------------------------------------------------------
+
+
+class LatentEigen(NamedTuple):
+    """The non-zero eigenpairs of ``Q_j = (l rᵀ + r lᵀ)/2`` (the unlifted part of latent j)."""
+
+    values: Tensor
+    """``[2]`` eigenvalues ``(l·r ± |l||r|)/2``, sorted by decreasing ``|λ|``."""
+    vectors: Tensor
+    """``[2, d_in]`` unit eigenvectors ``∝ l/|l| ± r/|r|`` (rows), in the same order."""
+
+
+def latent_eigenvectors(sae: SAE[Any], latent: int) -> LatentEigen:
+    """Closed-form eigendecomposition of latent j's quadratic form on u (rank ≤ 2).
+
+    ``(l rᵀ + r lᵀ)/2 · (l̂ ± r̂) = ½(l·r ± |l||r|)(l̂ ± r̂)``. When ``l`` and ``r`` are parallel one
+    eigenvalue is 0 and its eigenvector is any unit vector orthogonal to the other; one is chosen.
+    """
+    if not is_bilinear(sae):
+        raise TypeError(f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}")
+    latent = check_latent(sae, latent)
+    dtype = kernels.accumulation_dtype(sae.W_left.dtype)
+    left = sae.W_left[latent].detach().to(dtype)
+    right = sae.W_right[latent].detach().to(dtype)
+    left_norm, right_norm = left.norm(), right.norm()
+    if left_norm == 0 or right_norm == 0:
+        raise ValueError(f"latent {latent} has a zero encoder row: its quadratic form is 0")
+    left_unit, right_unit = left / left_norm, right / right_norm
+    values = torch.stack([left @ right + left_norm * right_norm, left @ right - left_norm * right_norm]) / 2
+    vectors = torch.stack([left_unit + right_unit, left_unit - right_unit])
+    lengths = vectors.norm(dim=-1)
+    degenerate = lengths < 1e-6
+    vectors = vectors / lengths.clamp(min=1e-12).unsqueeze(-1)
+    if degenerate.any():
+        other = vectors[int((~degenerate).nonzero()[0])]
+        basis = torch.eye(other.shape[0], dtype=dtype, device=other.device)
+        candidate = basis[int(other.abs().argmin())]
+        candidate = candidate - (candidate @ other) * other
+        vectors[degenerate] = candidate / candidate.norm()
+    order = values.abs().argsort(descending=True)
+    return LatentEigen(values=values[order], vectors=vectors[order])
+
+
+class WalkHook(SAEHook):
+    """``x → x + t · ||x|| · v``: move along a unit direction, in units of the token's norm."""
+
+    def __init__(
+        self,
+        sae: SAE[Any],
+        direction: Tensor,
+        t: float | Tensor,
+        hook_name: str | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(sae, hook_name, positions)
+        self.direction = direction.detach()
+        self.t = t
+
+    def transform(self, x: Tensor) -> Tensor:
+        t = torch.as_tensor(self.t, dtype=x.dtype, device=x.device)
+        if t.ndim == 1:  # one step per batch row
+            if t.shape[0] != x.shape[0]:
+                raise ValueError(f"t has {t.shape[0]} steps but the batch has {x.shape[0]} rows")
+            t = t.reshape(-1, *([1] * (x.ndim - 1)))
+        else:
+            t = t.reshape(*([1] * x.ndim))
+        norm = kernels.unit_tokens(x).norm.to(x.dtype).unsqueeze(-1)
+        return x + t * norm * self.direction.to(device=x.device, dtype=x.dtype)
+
+
+def walk_hook(
+    sae: SAE[Any],
+    latent: int,
+    t: float | Tensor,
+    *,
+    eigen: int = 0,
+    hook_name: str | None = None,
+    positions: Positions = None,
+) -> WalkHook:
+    """Move the activation along eigenvector ``eigen`` (0: largest ``|λ|``) of latent j's ``Q_j``
+    by ``t · ||x||``. ``t`` may be a tensor ``[batch]``: one step per batch row (a whole walk in one
+    forward pass)."""
+    if eigen not in (0, 1):
+        raise ValueError(f"a bilinear latent has two eigenvectors with non-zero eigenvalue: eigen must be 0 or 1, got {eigen}")
+    return WalkHook(sae, latent_eigenvectors(sae, latent).vectors[eigen], t, hook_name, positions)
+
+
+@dataclass
+class WalkResult:
+    """How latent j and the model's output respond when one activation moves along ``Q_j``'s
+    eigenvectors. Index ``[k, i]`` is eigenvector ``eigen[k]`` at step ``ts[i]`` (``x + t·||x||·v``)."""
+
+    latent: int
+    position: int
+    """Sequence position of the moved activation."""
+    ts: Tensor
+    """``[n_steps]`` step sizes, in units of the token's norm."""
+    eigen: list[int]
+    eigenvalues: Tensor
+    """``[n_eigen]``."""
+    eigenvectors: Tensor
+    """``[n_eigen, d_in]``."""
+    latent_values: Tensor
+    """``[n_eigen, n_steps]``: latent j (before any TopK) of the moved activation."""
+    logits: Tensor
+    """``[n_eigen, n_steps, d_vocab]``: the model's output logits at ``position``."""
+    lens_logits: Tensor | None
+    """``[n_eigen, n_steps, d_vocab]``: logit lens of the moved activation itself
+    (``unembed(ln_final(x_t))``); None when the hook is not on the residual stream."""
+    clean_logits: Tensor
+    """``[d_vocab]``: the unmodified model's logits at ``position``."""
+
+    def kl_from_clean(self) -> Tensor:
+        """``[n_eigen, n_steps]``: KL(clean ‖ moved) of the next-token distribution at ``position``
+        (the clean output is the step with ``t = 0``, computed without moving)."""
+        log_p = torch.log_softmax(self.clean_logits.double(), -1)
+        log_q = torch.log_softmax(self.logits.double(), -1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _is_residual_hook(hook_name: str) -> bool:
+    return "resid" in hook_name
+
+
+@torch.no_grad()
+def walk_manifold(
+    model: Any,
+    sae: SAE[Any],
+    tokens: Tensor,
+    latent: int,
+    *,
+    ts: Tensor | Sequence[float] | None = None,
+    eigen: Sequence[int] = (0, 1),
+    position: int = -1,
+    hook_name: str | None = None,
+) -> WalkResult:
+    """Walk one token's activation along latent j's top eigenvectors and record the response.
+
+    For each eigenvector and step ``t``, the activation at ``position`` (of one sequence of
+    ``tokens``) becomes ``x + t·||x||·v``; the rest of the forward pass runs on it. Recorded:
+    latent j of the moved activation, the model's logits at ``position``, and the logit lens of
+    the moved activation. One forward pass per eigenvector (the steps are batched).
+    """
+    hook = _check_hook_for_sae(sae, hook_name)
+    latent = check_latent(sae, latent)
+    check_model_hook(model, hook)
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] == 0:
+        raise ValueError(f"walk_manifold takes one non-empty sequence of tokens, got shape {tuple(tokens.shape)}")
+    length = tokens.shape[1]
+    if not -length <= position < length:
+        raise IndexError(f"position {position} is outside the sequence of {length} tokens")
+    position = position % length
+    steps = torch.linspace(-1.0, 1.0, 21) if ts is None else torch.as_tensor(ts, dtype=torch.float32)
+    if steps.ndim != 1 or steps.numel() == 0:
+        raise ValueError("ts must be a non-empty 1-D sequence of step sizes")
+    decomposition = latent_eigenvectors(sae, latent)
+    eigen = list(eigen)
+    for k in eigen:
+        if k not in (0, 1):
+            raise ValueError(f"eigen indices must be 0 or 1, got {k}")
+    tokens = tokens.to(model.cfg.device)
+
+    captured: list[Tensor] = []
+
+    def grab(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
+        captured.append(activation[0, position].detach())
+        return activation
+
+    clean_logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)])[0, position]
+    x = captured[0].to(sae.device)
+    if x.shape[-1] != sae.cfg.d_in:
+        raise ValueError(f"the activation at {hook!r} has size {x.shape[-1]}, the SAE reads d_in={sae.cfg.d_in}")
+    norm = x.float().norm()
+    lens = _is_residual_hook(hook) and x.shape[-1] == model.cfg.d_model and hasattr(model, "unembed")
+
+    batch = tokens.expand(steps.numel(), -1)
+    values, logits, lens_logits = [], [], []
+    for k in eigen:
+        vector = decomposition.vectors[k].to(device=x.device, dtype=x.dtype)
+        moved = x + steps.to(x.device, x.dtype).unsqueeze(-1) * norm.to(x.dtype) * vector  # [n_steps, d]
+        dense = sae.encode_with_hidden_pre(moved)[1] if hasattr(sae, "encode_with_hidden_pre") else sae.encode(moved)
+        values.append(dense[:, latent].float().cpu())
+        fn = WalkHook(sae, decomposition.vectors[k], steps, hook, positions=[position])
+        out = model.run_with_hooks(batch, fwd_hooks=[(hook, fn)])
+        logits.append(out[:, position].float().cpu())
+        if lens:
+            resid = moved.to(device=model.cfg.device, dtype=out.dtype).unsqueeze(1)
+            if hasattr(model, "ln_final"):
+                resid = model.ln_final(resid)
+            lens_logits.append(model.unembed(resid)[:, 0].float().cpu())
+    return WalkResult(
+        latent=latent,
+        position=position,
+        ts=steps.cpu(),
+        eigen=eigen,
+        eigenvalues=decomposition.values[eigen].float().cpu(),
+        eigenvectors=decomposition.vectors[eigen].float().cpu(),
+        latent_values=torch.stack(values),
+        logits=torch.stack(logits),
+        lens_logits=torch.stack(lens_logits) if lens else None,
+        clean_logits=clean_logits.float().cpu(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# running interventions
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def interventions(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Any]:
+    """Add forward hooks for the duration of a ``with`` block; they are removed on exit, also
+    when the block raises (TransformerLens's ``model.hooks`` context, which resets in ``finally``).
+
+    Checked before anything runs: every hook name exists in the model, and every
+    :class:`SAEHook` sits at its SAE's hook point.
+    """
+    hooks = list(fwd_hooks)
+    for name, fn in hooks:
+        expected = getattr(fn, "hook_name", None)
+        if expected is not None and name != expected:
+            raise ValueError(f"{type(fn).__name__} is for the SAE's hook point {expected!r}, not {name!r}")
+        if name.rsplit(".", 1)[-1].startswith("hook_sae_"):
+            if name not in model.hook_dict:
+                raise ValueError(f"no hook {name!r}: attach the SAE first (model.add_sae / model.saes(...))")
+        else:
+            check_model_hook(model, name)
+    with model.hooks(fwd_hooks=hooks) as hooked:
+        yield hooked
+
+
+@torch.no_grad()
+def latent_means(
+    model: Any, sae: SAE[Any], tokens: Tensor, *, hook_name: str | None = None, batch_size: int = 8
+) -> Tensor:
+    """``[d_sae]`` mean of each latent over all positions of ``tokens`` (for mean-ablation)."""
+    from sae_bilinear.models import stop_at_layer
+
+    hook = _check_hook_for_sae(sae, hook_name)
+    check_model_hook(model, hook)
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.numel() == 0:
+        raise ValueError("no tokens to average the latents over: the token tensor is empty")
+    try:
+        stop: int | None = stop_at_layer(hook)
+    except ValueError:
+        stop = None
+    total = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    count = 0
+    for batch in torch.split(tokens, batch_size):
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=hook, stop_at_layer=stop)
+        latents = sae.encode(cache[hook].to(sae.device))
+        total += latents.reshape(-1, latents.shape[-1]).double().sum(0).cpu()
+        count += latents.shape[0] * latents.shape[1]
+    return (total / count).to(sae.W_left.dtype if is_bilinear(sae) else sae.W_dec.dtype)
+
+
+def top_tokens(logits: Tensor, k: int = 10, largest: bool = True) -> list[tuple[int, float]]:
+    """``k`` (token id, value) pairs of a 1-D logit vector, largest (or smallest) first."""
+    k = min(k, logits.shape[-1])
+    result = logits.float().topk(k, largest=largest)
+    return [(int(i), float(v)) for v, i in zip(result.values, result.indices)]
+
+
+def unembedding_effect(model: Any, sae: SAE[Any], latent: int) -> Tensor | None:
+    """``[d_vocab]`` direct effect of latent j's direction on the logits, ``direction_j @ W_U``
+    (final norm ignored: a linear read-out of which tokens the latent promotes or suppresses).
+
+    None when the SAE's activations are not the size of the residual stream."""
+    direction = latent_direction(sae, latent)
+    if direction.shape[-1] != model.cfg.d_model:
+        return None
+    return direction.to(model.W_U.dtype) @ model.W_U.detach()
+
+
+__all__ = [
+    "HookFn",
+    "LatentEdit",
+    "LatentEigen",
+    "SAEHook",
+    "SpliceHook",
+    "SteerHook",
+    "WalkHook",
+    "WalkResult",
+    "ablate_hook",
+    "add_to_latents",
+    "check_latent",
+    "check_latents",
+    "clamp_hook",
+    "interventions",
+    "latent_contribution",
+    "latent_direction",
+    "latent_edit_hook",
+    "latent_eigenvectors",
+    "latent_means",
+    "scale_hook",
+    "scale_latents",
+    "set_latents",
+    "splice_hook",
+    "splice_with_error_hook",
+    "steer_hook",
+    "top_tokens",
+    "unembedding_effect",
+    "walk_hook",
+    "walk_manifold",
+]
