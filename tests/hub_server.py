@@ -184,6 +184,20 @@ class StandInHub:
             self.repos[repo_id] = repo
             return self._commit(repo, {p: _File(d, self._is_lfs(p)) for p, d in (files or {}).items()})
 
+    def commit_files(
+        self, repo_id: str, add: dict[str, bytes] | None = None, delete_prefixes: tuple[str, ...] = ()
+    ) -> str:
+        """Commit directly (no HTTP): add/overwrite ``add``, drop paths under ``delete_prefixes``."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            files = (
+                {p: f for p, f in repo.head[1].items() if not p.startswith(delete_prefixes)}
+                if delete_prefixes
+                else dict(repo.head[1])
+            )
+            files.update({p: _File(d, self._is_lfs(p)) for p, d in (add or {}).items()})
+            return self._commit(repo, files)
+
     def _is_lfs(self, path: str) -> bool:
         return path.endswith(self.lfs_suffixes)
 
@@ -199,7 +213,9 @@ class StandInHub:
         return oid
 
     # ------------------------------------------------------------------ routes
-    def handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         with self._lock:
             self.requests.append((method, path))
@@ -303,7 +319,9 @@ class StandInHub:
                 return self._commit_api(repo, rest[1], body)
         raise _HubError(404, None, f"stand-in hub: no route for {method} /api/models/{repo_id}/{'/'.join(rest)}")
 
-    def _tree(self, repo: _Repo, revision: str, prefix: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+    def _tree(
+        self, repo: _Repo, revision: str, prefix: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, str], bytes]:
         snapshot = repo.snapshot(revision)
         if snapshot is None:
             raise _HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -320,9 +338,17 @@ class StandInHub:
             depth = len(segments) if recursive else 1
             for i in range(1, min(depth, len(segments) - 1) + 1):
                 folder = "/".join(([base] if base else []) + segments[:i])
-                entries.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder})
+                entries.setdefault(
+                    folder,
+                    {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder},
+                )
             if recursive or len(segments) == 1:
-                entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha1(f.data), "size": len(f.data), "path": path}
+                entry: dict[str, Any] = {
+                    "type": "file",
+                    "oid": git_blob_sha1(f.data),
+                    "size": len(f.data),
+                    "path": path,
+                }
                 if f.lfs:
                     entry["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}
                 entries[path] = entry
@@ -354,8 +380,12 @@ class StandInHub:
                     objects.append({"oid": oid, "size": size})  # already stored: no actions
                 else:
                     objects.append(
-                        {"oid": oid, "size": size, "authenticated": True,
-                         "actions": {"upload": {"href": f"{self.url}/lfs-upload/{oid}", "header": {}}}}
+                        {
+                            "oid": oid,
+                            "size": size,
+                            "authenticated": True,
+                            "actions": {"upload": {"href": f"{self.url}/lfs-upload/{oid}", "header": {}}},
+                        }
                     )
         return self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
@@ -405,10 +435,17 @@ class StandInHub:
         oid = self._commit(repo, files)
         return self._json(
             200,
-            {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{repo.repo_id}/commit/{oid}", "pullRequestUrl": None},
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{self.url}/{repo.repo_id}/commit/{oid}",
+                "pullRequestUrl": None,
+            },
         )
 
-    def _resolve(self, repo_id: str, revision: str, path: str, headers: Any, method: str) -> tuple[int, dict[str, str], bytes]:
+    def _resolve(
+        self, repo_id: str, revision: str, path: str, headers: Any, method: str
+    ) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             repo = self._repo(repo_id, headers)
             snapshot = repo.snapshot(revision)

@@ -1,0 +1,631 @@
+"""Hub support, offline: push/load through a stand-in Hub, a hand-built HF cache with
+HF_HUB_OFFLINE, the authors' layout (convert and direct load) against a naive encoder,
+releases, and every bad-file case."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+from sae_lens import SAE
+from safetensors.torch import save_file
+
+from sae_bilinear import BilinearSAE, BilinearSAEConfig, BilinearTrainingSAE, BilinearTrainingSAEConfig, hub
+from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, WeightFileError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import StandInHub, git_blob_sha1, redirect_hub  # noqa: E402
+
+AUTHORS_REPO = "tdooms/qwen3-0.6b-base-scope"
+AUTHORS_RELEASE = "qwen3-0.6b-base-bae-scope"
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing must be sent in offline tests
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@contextmanager
+def no_network():
+    """Any attempt to open a connection fails: proves a load was served from the cache."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def no_pickle(monkeypatch):
+    """Weights are safetensors only: any torch.load during these tests fails them."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load (pickle) must never be called by sae_bilinear.hub")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    """A stand-in Hub on 127.0.0.1, huggingface_hub pointed at it, a fresh cache; stopped after."""
+    with StandInHub() as server:
+        redirect_hub(monkeypatch, server.url, tmp_path / "hf-cache")
+        monkeypatch.delenv(hub.RELEASES_ENV, raising=False)
+        yield server
+        assert server.unhandled == [], f"requests the stand-in did not understand: {server.unhandled}"
+
+
+def make_sae(variant="mixed", lifted=True, d_in=8, d_sae=24, bottleneck=6, seed=0, alpha=0.3) -> BilinearSAE:
+    cfg = BilinearSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        variant=variant,
+        lifted=lifted,
+        bottleneck=bottleneck if variant in ("mixed", "combined") else None,
+    )
+    cfg.metadata.model_name = "Qwen/Qwen3-0.6B-Base"
+    cfg.metadata.hook_name = "blocks.18.hook_resid_pre"
+    cfg.metadata.training_architecture_details = {"alpha": alpha}
+    sae = BilinearSAE(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) / param.shape[-1] ** 0.5)
+    return sae
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card[4 : card.index("\n---", 4)])
+
+
+def write_bae(
+    folder: Path,
+    kind="mixed",
+    d=8,
+    expansion=3,
+    bottleneck=2,
+    biased=False,
+    alpha=0.29,
+    layer=18,
+    seed=0,
+    extra_config=None,
+    tensors=None,
+) -> dict[str, torch.Tensor]:
+    """An authors'-layout folder with random weights; returns the tensors."""
+    generator = torch.Generator().manual_seed(seed)
+    features = d * expansion
+    if tensors is None:
+        left, right = (torch.randn(features, d, generator=generator) for _ in range(2))
+        tensors = {"left.weight": left, "right.weight": right} if biased else {"left": left, "right": right}
+        if biased:
+            tensors["left.bias"] = torch.randn(features, generator=generator)
+            tensors["right.bias"] = torch.randn(features, generator=generator)
+        if kind in ("mixed", "combined"):
+            tensors["down"] = torch.randn(d * bottleneck, features, generator=generator)
+    config = {  # what their Config (a transformers PretrainedConfig) dumps, abridged
+        "layer": layer,
+        "d_model": d,
+        "n_ctx": 256,
+        "expansion": expansion,
+        "bottleneck": None,
+        "alpha": alpha,
+        "beta": 0.0,
+        "warmup": 256,
+        "kind": kind,
+        "tags": [],
+        "base": "qwen3-0.6b-base",
+        "transformers_version": "4.56.0",
+        "return_dict": True,
+        "kwargs": {},
+    }
+    config.update(extra_config or {})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    return tensors
+
+
+def naive_latents(x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The authors' encoder, in float64: u = x/||x||, f = (left·u [+ b]) * (right·u [+ b])."""
+    u = x.double() / x.double().norm(dim=-1, keepdim=True)
+    if "left" in tensors:
+        return (u @ tensors["left"].double().T) * (u @ tensors["right"].double().T)
+    left = u @ tensors["left.weight"].double().T + tensors["left.bias"].double()
+    right = u @ tensors["right.weight"].double().T + tensors["right.bias"].double()
+    return left * right
+
+
+def folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
+    return {f"{prefix}/{p.name}": p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def write_releases(path: Path, release: str, repo_id: str, ids: list[str], conversion_func=None) -> Path:
+    entry = {"repo_id": repo_id, "model": "Qwen/Qwen3-0.6B-Base", "saes": [{"id": i, "path": i} for i in ids]}
+    if conversion_func:
+        entry["conversion_func"] = conversion_func
+    path.write_text(yaml.safe_dump({release: entry}))
+    return path
+
+
+# --------------------------------------------------------------------------- push → load
+
+
+@pytest.mark.parametrize(("variant", "lifted"), [("vanilla", False), ("mixed", True)])
+def test_push_then_from_pretrained_gives_identical_outputs(stand_in, monkeypatch, tmp_path, variant, lifted):
+    sae = make_sae(variant, lifted)
+    result = hub.push(
+        sae, "lab/bilinear-sweep", "alpha-0.3", metrics={"reconstruction_error": 0.0912, "hoyer_density": 0.4}
+    )
+    assert result.paths_in_repo == ("alpha-0.3",)
+    files = stand_in.files("lab/bilinear-sweep")
+    assert {"alpha-0.3/cfg.json", "alpha-0.3/sae_weights.safetensors", "alpha-0.3/metrics.json", "README.md"} <= set(
+        files
+    )
+    assert stand_in.lfs_objects, "the weights went through the LFS path, as on the Hub"
+
+    x = torch.randn(2, 5, 8)
+    x[0, 0] = 0.0  # a zero token: zero latents, no NaN
+    loaded = SAE.from_pretrained("lab/bilinear-sweep", "alpha-0.3")  # SAELens's own loader
+    assert isinstance(loaded, BilinearSAE)
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    assert torch.equal(loaded.reconstruction_error(x), sae.reconstruction_error(x))
+    if lifted:
+        assert torch.equal(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)))
+
+    releases = write_releases(tmp_path / "releases.yaml", "lab-sweep", "lab/bilinear-sweep", ["alpha-0.3"])
+    monkeypatch.setenv(hub.RELEASES_ENV, str(releases))
+    by_name = hub.from_pretrained("lab-sweep", "alpha-0.3")
+    assert torch.equal(by_name.encode(x), sae.encode(x))
+
+    card = files["README.md"].decode()
+    meta = front_matter(card)
+    assert meta["library_name"] == "saelens"
+    assert {"saelens", "sae_lens", "sae-bilinear", "bilinear-autoencoder"} <= set(meta["tags"])
+    assert meta["base_model"] == "Qwen/Qwen3-0.6B-Base"
+    row = next(line for line in card.splitlines() if line.startswith("| `alpha-0.3`"))
+    for text in ("blocks.18.hook_resid_pre", variant, "0.3", "0.0912", "0.4"):
+        assert text in row
+    assert 'sae_lens.SAE.from_pretrained("lab/bilinear-sweep", "alpha-0.3")' in card
+    assert "import sae_bilinear" in card
+    assert json.loads(files["alpha-0.3/metrics.json"]) == {"hoyer_density": 0.4, "reconstruction_error": 0.0912}
+
+
+def test_sweep_pushes_keep_one_folder_each_and_the_card_lists_all(stand_in, tmp_path):
+    repo = "lab/sweep"
+    user_card = "---\nlicense: mit\ntags:\n- my-tag\n---\n# Notes by the author\n\nKeep me.\n"
+    stand_in.add_repo(repo, {"README.md": user_card.encode()})
+
+    first = tmp_path / "alpha-0.1"
+    make_sae("ordered", False, seed=1, alpha=0.1).save_model(first)
+    (first / "metrics.json").write_text(
+        json.dumps({"reconstruction_error": 0.2, "explained_variance": {"spliced": 0.8}})
+    )
+    hub.push(first, repo)  # path_in_repo defaults to the folder name
+
+    second = tmp_path / "run-b"
+    make_sae("combined", True, seed=2, alpha=0.5).save_model(second)
+    other = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=8, d_sae=24, variant="vanilla", lifted=True, alpha=0.2))
+    other.cfg.metadata.hook_name = "blocks.18.hook_resid_pre"
+    hub.push_many({"alpha-0.5": second, "vanilla": other}, repo, metrics={"alpha-0.5": {"reconstruction_error": 0.1}})
+
+    # A folder that reached the repo without the card (another tool): read from its cfg.json.
+    external = tmp_path / "external"
+    make_sae("vanilla", False, seed=4).save_model(external)
+    stand_in.commit_files(repo, folder_files(external, "external"))
+    hub.push(make_sae("mixed", False, seed=5), repo, "mixed")
+
+    files = stand_in.files(repo)
+    folders = {p.rsplit("/", 1)[0] for p in files if p.endswith("/cfg.json")}
+    assert folders == {"alpha-0.1", "alpha-0.5", "vanilla", "external", "mixed"}
+    card = files["README.md"].decode()
+    meta = front_matter(card)
+    assert meta["license"] == "mit" and "my-tag" in meta["tags"] and "sae-bilinear" in meta["tags"]
+    assert "# Notes by the author" in card and "Keep me." in card
+    assert card.count("<!-- sae-bilinear:begin") == 1
+    rows = [line for line in card.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == sorted(folders)
+    assert "0.8" in next(r for r in rows if "`alpha-0.1`" in r)  # nested metric flattened
+    assert "explained_variance/spliced" in card
+    vanilla_row = next(r for r in rows if "`vanilla`" in r).split(" | ")
+    assert vanilla_row[9] == "0.2"  # α of a training SAE, from metadata.training_architecture_details
+
+    # Loading any of them still works, and each matches what was pushed.
+    x = torch.randn(4, 8)
+    loaded = SAE.from_pretrained(repo, "vanilla")
+    assert isinstance(loaded, BilinearSAE)  # a training SAE is pushed as its inference form
+    assert torch.equal(loaded.encode(x), other.encode(x))
+
+    # A folder deleted from the repo disappears from the card at the next push.
+    stand_in.commit_files(repo, delete_prefixes=("external/",))
+    hub.push(first, repo)
+    card = stand_in.files(repo)["README.md"].decode()
+    assert "`external`" not in card and "`alpha-0.1`" in card
+
+
+def test_private_push_and_validation_before_any_request(stand_in, tmp_path):
+    hub.push(make_sae(), "lab/private", "a", private=True)
+    assert stand_in.repos["lab/private"].private
+    assert isinstance(SAE.from_pretrained("lab/private", "a"), BilinearSAE)  # the (dummy) token is sent
+
+    bad = tmp_path / "bad"
+    make_sae().save_model(bad)
+    (bad / "sae_weights.safetensors").write_bytes(b"\x80\x04 not safetensors")
+    before = len(stand_in.requests)
+    with pytest.raises(WeightFileError, match="sae_weights.safetensors"):
+        hub.push(bad, "lab/private")
+    with pytest.raises(ValueError, match="path_in_repo"):
+        hub.push(make_sae(), "lab/private", "../escape")
+    assert len(stand_in.requests) == before, "nothing may be sent before the SAE is validated"
+
+
+def test_stand_in_answers_missing_repo_and_file_like_the_hub(stand_in):
+    stand_in.add_repo("lab/x", {"a/cfg.json": b"{}"})
+    assert Path(hf_hub_download("lab/x", "a/cfg.json")).read_bytes() == b"{}"
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("lab/x", "a/missing.json")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("lab/nope", "a/cfg.json")
+    top = {(type(e).__name__, e.path) for e in HfApi().list_repo_tree("lab/x")}
+    assert top == {("RepoFolder", "a")}
+    assert HfApi().list_repo_files("lab/x") == ["a/cfg.json"]
+    assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+
+
+# --------------------------------------------------------------------------- offline cache
+
+
+def build_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """The standard HF cache layout: blobs/<etag>, snapshots/<commit>/<path> -> blob, refs/main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / ("models--" + repo_id.replace("/", "--"))
+    for path, data in files.items():
+        blob = root / "blobs" / git_blob_sha1(data)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        pointer = root / "snapshots" / commit / path
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_from_pretrained_by_release_name_offline_from_a_hand_built_cache(monkeypatch, tmp_path):
+    cache = tmp_path / "hf-cache"
+    redirect_hub(monkeypatch, UNREACHABLE, cache, offline=True)
+
+    ours = make_sae("combined", True, seed=7)
+    ours.save_model(tmp_path / "ours")
+    build_cache(cache, "lab/released", folder_files(tmp_path / "ours", "l18/combined"))
+    tensors = write_bae(tmp_path / "theirs" / "mixed-l18-x16-a100-b0", kind="mixed", alpha=1.0)
+    build_cache(
+        cache, AUTHORS_REPO, folder_files(tmp_path / "theirs" / "mixed-l18-x16-a100-b0", "mixed-l18-x16-a100-b0")
+    )
+    releases = write_releases(tmp_path / "releases.yaml", "lab-released", "lab/released", ["l18/combined"])
+    monkeypatch.setenv(hub.RELEASES_ENV, str(releases))
+
+    x = torch.randn(6, 8)
+    with no_network():
+        sae = hub.from_pretrained("lab-released", "l18/combined")
+        # The packaged release of the authors' checkpoints, served from the cache.
+        theirs = hub.from_pretrained(AUTHORS_RELEASE, "mixed-l18-x16-a100-b0")
+    assert torch.equal(sae.encode(x), ours.encode(x))
+    torch.testing.assert_close(theirs.encode(x).double(), naive_latents(x, tensors), rtol=1e-5, atol=1e-5)
+    assert theirs.cfg.metadata.hook_name == "blocks.18.hook_resid_pre"
+    # A file that is not cached fails fast and names it.
+    with no_network(), pytest.raises(MissingWeightFileError, match="vanilla-l18-x16-a100-b0/config.json"):
+        hub.from_pretrained(AUTHORS_RELEASE, "vanilla-l18-x16-a100-b0")
+
+
+# --------------------------------------------------------------------------- authors' layout
+
+
+BAE_CASES = [
+    pytest.param("vanilla", False, id="vanilla"),
+    pytest.param("ordered", False, id="ordered"),
+    pytest.param("mixed", False, id="mixed"),
+    pytest.param("combined", True, id="combined-biased-v1"),
+    pytest.param("biased", True, id="biased-v1"),
+]
+
+
+@pytest.mark.parametrize(("kind", "biased"), BAE_CASES)
+def test_convert_bae_and_bae_loader_match_the_naive_encoder(stand_in, tmp_path, kind, biased):
+    name = hub.bae_name(kind, 18, 3, 0.29)
+    src = tmp_path / name
+    tensors = write_bae(src, kind=kind, biased=biased, alpha=0.29)
+    x = torch.randn(3, 7, 8)
+    expected = naive_latents(x, tensors)
+
+    dst = hub.convert_bae(src, tmp_path / "converted")
+    converted = SAE.load_from_disk(dst)
+    torch.testing.assert_close(converted.encode(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+    stand_in.add_repo(AUTHORS_REPO, folder_files(src, name))
+    direct = SAE.from_pretrained(AUTHORS_REPO, name, converter=hub.bae_loader)
+    torch.testing.assert_close(direct.encode(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+    for sae in (converted, direct):
+        cfg = sae.cfg
+        assert cfg.variant == {"biased": "vanilla"}.get(kind, kind) and cfg.lifted == biased
+        assert cfg.metadata.hook_name == "blocks.18.hook_resid_pre"
+        assert cfg.metadata.model_name == "Qwen/Qwen3-0.6B-Base"
+        assert cfg.metadata.training_architecture_details["alpha"] == 0.29  # exact, not the a28 of the name
+        if kind in ("mixed", "combined"):
+            assert cfg.bottleneck == tensors["down"].shape[0] == 16  # d_model * bottleneck factor 2, from the tensor
+    if biased:  # lifted: decodes to the activation space too
+        assert converted.decode(converted.encode(x)).shape == x.shape
+
+
+def test_packaged_authors_release_loads_through_the_stand_in(stand_in, tmp_path):
+    folder = tmp_path / "ordered-l18-x16-a10-b0"
+    tensors = write_bae(folder, kind="ordered", alpha=0.1)
+    stand_in.add_repo(AUTHORS_REPO, folder_files(folder, folder.name))
+    sae = hub.from_pretrained(AUTHORS_RELEASE, folder.name, dtype="float64")
+    x = torch.randn(5, 8, dtype=torch.float64)
+    torch.testing.assert_close(sae.encode(x), naive_latents(x, tensors), rtol=1e-10, atol=1e-10)
+
+
+def test_bae_names():
+    assert hub.bae_name("mixed", 18, 16, 1.0) == "mixed-l18-x16-a100-b0"
+    assert hub.bae_name("mixed", 18, 16, 0.29) == "mixed-l18-x16-a28-b0"  # int() truncation, as theirs
+    assert hub.bae_name("ordered", 3, 16, 0.2, tags=["checkpoint", "1024"]) == "ordered-l03-x16-a20-b0-checkpoint-1024"
+    parsed = hub.parse_bae_name("mixed-l18-x16-a28-b0")
+    assert (parsed.kind, parsed.layer, parsed.expansion, parsed.alpha, parsed.beta, parsed.tags) == (
+        "mixed",
+        18,
+        16,
+        0.28,
+        0.0,
+        (),
+    )
+    assert parsed.hook_name == "blocks.18.hook_resid_pre"
+    assert hub.parse_bae_name("vanilla-l6-x8-a10-b5-test").tags == ("test",)  # their older, unpadded layer
+    assert hub.parse_bae_name("vanilla-l6-x8-a10-b5-test").beta == 0.05
+    for code in range(101):
+        name = f"combined-l07-x16-a{code}-b0-repeat-3"
+        assert hub.parse_bae_name(name).folder == name
+    for bad in ("mixed-18-x16-a100-b0", "mixed-l18-x16-a1.5-b0", "mixed", "mixed-l18-x16-a100-b0-", "-l18-x16-a1-b0"):
+        with pytest.raises(ValueError):
+            hub.parse_bae_name(bad)
+    for row in hub.list_releases():
+        if row["release"] == AUTHORS_RELEASE:
+            assert hub.parse_bae_name(row["sae_id"]).hook_name == row["hook"]
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def test_releases_listing_and_unknown_names(monkeypatch):
+    monkeypatch.delenv(hub.RELEASES_ENV, raising=False)
+    assert any(path.name == "releases.yaml" for path in hub.releases_files())
+    rows = [row for row in hub.list_releases() if row["release"] == AUTHORS_RELEASE]
+    assert {row["sae_id"] for row in rows} >= {"mixed-l18-x16-a100-b0", "vanilla-l18-x16-a10-b0"}
+    assert all(row["repo_id"] == AUTHORS_REPO and row["format"] == "bae" for row in rows)
+    with pytest.raises(ReleaseNotFoundError, match=AUTHORS_RELEASE):
+        hub.from_pretrained("no-such-release", "x")
+    with pytest.raises(ReleaseNotFoundError, match="mixed-l18-x16-a100-b0"):
+        hub.from_pretrained(AUTHORS_RELEASE, "mixed-l99-x16-a100-b0")
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def saelens_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "sae"
+    make_sae("mixed", True).save_model(folder)
+    return folder
+
+
+def edit_cfg(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(changes)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def edit_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+
+
+def truncate(path: Path, keep: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+SAELENS_BAD = {
+    "missing cfg": (lambda f: (f / "cfg.json").unlink(), MissingWeightFileError, "cfg.json: file not found"),
+    "missing weights": (
+        lambda f: (f / "sae_weights.safetensors").unlink(),
+        MissingWeightFileError,
+        "sae_weights.safetensors: file not found",
+    ),
+    "truncated weights": (
+        lambda f: truncate(f / "sae_weights.safetensors"),
+        WeightFileError,
+        "sae_weights.safetensors: is not a readable safetensors",
+    ),
+    "pickle bytes": (
+        lambda f: (f / "sae_weights.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64),
+        WeightFileError,
+        "not a readable safetensors",
+    ),
+    "cfg not json": (lambda f: (f / "cfg.json").write_text("{d_in: 8"), WeightFileError, "cfg.json: is not valid JSON"),
+    "wrong shape": (
+        lambda f: edit_weights(f, lambda t: t.update(W_left=torch.zeros(24, 9))),
+        WeightFileError,
+        r"'W_left' has shape \[24, 9\], the config expects \[24, 8\]",
+    ),
+    "missing key": (
+        lambda f: edit_weights(f, lambda t: t.pop("W_down")),
+        WeightFileError,
+        r"missing tensor\(s\) \['W_down'\]",
+    ),
+    "extra key": (
+        lambda f: edit_weights(f, lambda t: t.update(W_enc=torch.zeros(8, 24))),
+        WeightFileError,
+        r"unexpected tensor\(s\) \['W_enc'\]",
+    ),
+    "integer tensor": (
+        lambda f: edit_weights(f, lambda t: t.update(b_left=torch.zeros(24, dtype=torch.int32))),
+        WeightFileError,
+        "dtype I32",
+    ),
+    "nan weights": (
+        lambda f: edit_weights(f, lambda t: t["W_right"].__setitem__((0, 0), float("nan"))),
+        WeightFileError,
+        "NaN or infinite",
+    ),
+    "unknown architecture": (
+        lambda f: edit_cfg(f, architecture="standard"),
+        WeightFileError,
+        "architecture 'standard' is not 'bilinear'",
+    ),
+    "no architecture": (lambda f: edit_cfg(f, architecture=None), WeightFileError, "architecture None"),
+    "unknown variant": (lambda f: edit_cfg(f, variant="spiral"), WeightFileError, "unknown bilinear variant 'spiral'"),
+    "newer version": (lambda f: edit_cfg(f, bilinear_format_version=2), WeightFileError, "newer sae-bilinear"),
+    "config disagrees": (lambda f: edit_cfg(f, d_sae=25), WeightFileError, r"the config expects \[25, 8\]"),
+}
+
+
+@pytest.mark.parametrize("case", SAELENS_BAD)
+def test_bad_saelens_folder_raises_naming_the_file(tmp_path, case):
+    damage, error, message = SAELENS_BAD[case]
+    folder = saelens_folder(tmp_path)
+    damage(folder)
+    with pytest.raises(error, match=message) as raised:
+        hub.load_from_disk(folder)
+    assert raised.value.file.startswith(str(folder))
+
+
+def test_bad_files_on_the_hub_name_the_remote_file_and_skip_the_weights(stand_in, tmp_path, monkeypatch):
+    folder = saelens_folder(tmp_path)
+    edit_cfg(folder, bilinear_format_version=9)
+    stand_in.add_repo("lab/future", folder_files(folder, "a"))
+    monkeypatch.setenv(hub.RELEASES_ENV, str(write_releases(tmp_path / "r.yaml", "future", "lab/future", ["a"])))
+    with pytest.raises(WeightFileError, match=r"lab/future/a/cfg.json: was written by a newer sae-bilinear"):
+        hub.from_pretrained("future", "a")
+    assert not any("sae_weights" in path for _, path in stand_in.requests), "weights fetched for a refused config"
+
+    src = tmp_path / "mixed-l18-x16-a100-b0"
+    write_bae(src)
+    files = folder_files(src, src.name)
+    del files[f"{src.name}/model.safetensors"]
+    stand_in.add_repo(AUTHORS_REPO, files)
+    with pytest.raises(MissingWeightFileError, match=f"{AUTHORS_REPO}/{src.name}/model.safetensors: not found"):
+        SAE.from_pretrained(AUTHORS_REPO, src.name, converter=hub.bae_loader)
+
+
+def bae_bad_cases():
+    def with_tensors(**changes):
+        def make(folder):
+            tensors = write_bae(folder)
+            tensors.update(changes)
+            write_bae(folder, tensors={k: v for k, v in tensors.items() if v is not None})
+
+        return make
+
+    return {
+        "missing config": (
+            lambda f: (write_bae(f), (f / "config.json").unlink()),
+            MissingWeightFileError,
+            "config.json: file not found",
+        ),
+        "missing weights": (
+            lambda f: (write_bae(f), (f / "model.safetensors").unlink()),
+            MissingWeightFileError,
+            "model.safetensors: file not found",
+        ),
+        "truncated weights": (
+            lambda f: (write_bae(f), truncate(f / "model.safetensors", 0.9)),
+            WeightFileError,
+            "model.safetensors: is not a readable safetensors",
+        ),
+        "unknown kind": (lambda f: write_bae(f, kind="gated"), WeightFileError, "unknown autoencoder kind 'gated'"),
+        "mixed without down": (with_tensors(down=None), WeightFileError, "needs a 'down' tensor"),
+        "vanilla with down": (
+            lambda f: write_bae(f, kind="vanilla", tensors=write_bae(f, kind="mixed")),
+            WeightFileError,
+            "does not use",
+        ),
+        "right of another shape": (
+            with_tensors(right=torch.zeros(24, 9)),
+            WeightFileError,
+            r"'right' has shape \[24, 9\], the config expects \[24, 8\]",
+        ),
+        "down of another width": (
+            with_tensors(down=torch.zeros(16, 23)),
+            WeightFileError,
+            r"'down' has shape \[16, 23\], expected \[b, 24\]",
+        ),
+        "unexpected tensors": (
+            with_tensors(ileft=torch.zeros(24, 8)),
+            WeightFileError,
+            "an authors' bilinear autoencoder has",
+        ),
+        "biased kind without biases": (
+            lambda f: write_bae(f, kind="biased", biased=False),
+            WeightFileError,
+            "needs biased tensors",
+        ),
+        "config not json": (
+            lambda f: (write_bae(f), (f / "config.json").write_text("[1, 2")),
+            WeightFileError,
+            "config.json: is not valid JSON",
+        ),
+        "alpha not a number": (
+            lambda f: write_bae(f, extra_config={"alpha": "high"}),
+            WeightFileError,
+            "'alpha' must be a number",
+        ),
+        "inf weights": (with_tensors(left=torch.full((24, 8), float("inf"))), WeightFileError, "NaN or infinite"),
+    }
+
+
+BAE_BAD = bae_bad_cases()
+
+
+@pytest.mark.filterwarnings("ignore:.*in the folder name")
+@pytest.mark.parametrize("case", BAE_BAD)
+def test_bad_authors_folder_raises_and_writes_nothing(tmp_path, case):
+    damage, error, message = BAE_BAD[case]
+    src = tmp_path / "mixed-l18-x3-a28-b0"
+    damage(src)
+    dst = tmp_path / "out" / "converted"
+    with pytest.raises(error, match=message):
+        hub.convert_bae(src, dst)
+    assert not dst.exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_convert_bae_refuses_to_clobber_and_replaces_atomically(tmp_path):
+    src = tmp_path / "vanilla-l18-x3-a10-b0"
+    tensors = write_bae(src, kind="vanilla", alpha=0.1)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        hub.convert_bae(src, dst)
+    assert (dst / "keep.txt").read_text() == "mine"
+    hub.convert_bae(src, dst, overwrite=True, dtype="float64", model_name="my/model")
+    assert sorted(p.name for p in dst.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+    sae = hub.load_from_disk(dst)
+    assert sae.cfg.dtype == "float64" and sae.cfg.metadata.model_name == "my/model"
+    x = torch.randn(4, 8, dtype=torch.float64)
+    torch.testing.assert_close(sae.encode(x), naive_latents(x, tensors), rtol=1e-12, atol=1e-12)
