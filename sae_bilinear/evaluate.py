@@ -129,8 +129,10 @@ def check_model_hook(model: Any, hook_name: str) -> None:
     A HookedSAETransformer with an SAE attached at ``hook_name`` is refused as well: its
     "clean" pass would already be spliced.
     """
-    attached = getattr(model, "acts_to_saes", None)
-    if callable(attached) and hook_name in attached():
+    attached = getattr(model, "acts_to_saes", None)  # a property of HookedSAETransformer
+    if callable(attached):
+        attached = attached()
+    if attached and hook_name in attached:
         raise ValueError(
             f"an SAE is already attached to the model at {hook_name!r}, so a clean pass is not clean: "
             "call model.reset_saes() first"

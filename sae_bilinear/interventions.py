@@ -403,32 +403,17 @@ class LatentEigen(NamedTuple):
 def latent_eigenvectors(sae: SAE[Any], latent: int) -> LatentEigen:
     """Closed-form eigendecomposition of latent j's quadratic form on u (rank ≤ 2).
 
-    ``(l rᵀ + r lᵀ)/2 · (l̂ ± r̂) = ½(l·r ± |l||r|)(l̂ ± r̂)``. When ``l`` and ``r`` are parallel one
-    eigenvalue is 0 and its eigenvector is any unit vector orthogonal to the other; one is chosen.
+    ``(l rᵀ + r lᵀ)/2 · (l̂ ± r̂) = ½(l·r ± |l||r|)(l̂ ± r̂)``, computed by
+    :func:`sae_bilinear.analysis.rank2_spectrum` on the unlifted rows (the bias part of a lifted
+    latent is the linear term, which moves with u but has no direction of its own in u-space).
     """
     if not is_bilinear(sae):
         raise TypeError(f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}")
+    from sae_bilinear.analysis import rank2_spectrum
+
     latent = check_latent(sae, latent)
-    dtype = kernels.accumulation_dtype(sae.W_left.dtype)
-    left = sae.W_left[latent].detach().to(dtype)
-    right = sae.W_right[latent].detach().to(dtype)
-    left_norm, right_norm = left.norm(), right.norm()
-    if left_norm == 0 or right_norm == 0:
-        raise ValueError(f"latent {latent} has a zero encoder row: its quadratic form is 0")
-    left_unit, right_unit = left / left_norm, right / right_norm
-    values = torch.stack([left @ right + left_norm * right_norm, left @ right - left_norm * right_norm]) / 2
-    vectors = torch.stack([left_unit + right_unit, left_unit - right_unit])
-    lengths = vectors.norm(dim=-1)
-    degenerate = lengths < 1e-6
-    vectors = vectors / lengths.clamp(min=1e-12).unsqueeze(-1)
-    if degenerate.any():
-        other = vectors[int((~degenerate).nonzero()[0])]
-        basis = torch.eye(other.shape[0], dtype=dtype, device=other.device)
-        candidate = basis[int(other.abs().argmin())]
-        candidate = candidate - (candidate @ other) * other
-        vectors[degenerate] = candidate / candidate.norm()
-    order = values.abs().argsort(descending=True)
-    return LatentEigen(values=values[order], vectors=vectors[order])
+    spectrum = rank2_spectrum(sae.W_left[latent].detach(), sae.W_right[latent].detach())
+    return LatentEigen(values=spectrum.eigenvalues, vectors=spectrum.eigenvectors.T)
 
 
 class WalkHook(SAEHook):
