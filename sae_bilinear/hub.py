@@ -1054,7 +1054,7 @@ def _render_block(repo_id: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
         "",
         "Bilinear autoencoders ([Dooms & Gauderis, arXiv:2510.16820](https://arxiv.org/abs/2510.16820)) in "
         "[SAELens](https://github.com/decoderesearch/SAELens)'s format, trained or converted with "
-        "[sae-bilinear](https://pypi.org/project/sae-bilinear/). Each latent is a quadratic form of the "
+        "sae-bilinear, a SAELens plugin. Each latent is a quadratic form of the "
         "unit-normalised activation `u = x/||x||`: `f_j = (l_j·u + b_lj)(r_j·u + b_rj)` (biases only when "
         "*lifted*). One folder per SAE holds `cfg.json` and `sae_weights.safetensors` (and `metrics.json` "
         "when the run recorded metrics).",

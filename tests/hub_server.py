@@ -236,6 +236,10 @@ class StandInHub:
             return self._error(error)
         except (ValueError, KeyError, TypeError) as error:
             return self._error(_HubError(400, None, f"bad request: {error}"))
+        except Exception as error:  # a bug of the stand-in: answer, and let the test see it
+            with self._lock:
+                self.unhandled.append((method, f"{path} -> {type(error).__name__}: {error}"))
+            return self._error(_HubError(500, None, f"stand-in hub error: {error}"))
         with self._lock:
             self.unhandled.append((method, path))
         return self._error(_HubError(404, None, f"stand-in hub: no route for {method} {path}"))
