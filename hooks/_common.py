@@ -126,17 +126,25 @@ def load_sae(path: Path, device: str = "cpu") -> Any:
 
 
 def load_model_and_sae(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """The model, the SAE and the hook point named by the arguments."""
-    from sae_bilinear.evaluate import resolve_hook_name
+    """The model, the SAE and the hook point named by the arguments, checked against each other
+    (the hook exists, the SAE was trained on it, the sizes match) before any work."""
+    import torch
 
+    from sae_bilinear.evaluate import check_model_hook, check_sae_fits
+    from sae_bilinear.interventions import check_sae_hook
+
+    if args.sae is None and args.model != TOY_MODEL:
+        raise SystemExit("--sae SAE_DIR is required (only --model toy trains its own toy SAE)")
+    sae = None if args.sae is None else load_sae(args.sae, args.device)
+    hook = None if sae is None else check_sae_hook(sae, args.hook)
     model = load_model(args.model, args.device)
-    if args.sae is None:
-        if not is_toy(model):
-            raise SystemExit("--sae SAE_DIR is required (only --model toy can train its own toy SAE)")
-        sae = toy_sae(model, seed=args.seed).to(args.device)
-    else:
-        sae = load_sae(args.sae, args.device)
-    return model, sae, resolve_hook_name(sae, args.hook)
+    if sae is None:
+        sae = toy_sae(model, hook=args.hook or TOY_HOOK, seed=args.seed)
+        sae = sae if args.device == "cpu" else sae.to(args.device)
+        hook = check_sae_hook(sae, args.hook)
+    check_model_hook(model, hook)
+    check_sae_fits(model, sae, hook, torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device))
+    return model, sae, hook
 
 
 def is_toy(model: Any) -> bool:

@@ -46,14 +46,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from sae_bilinear import interventions as iv
-    from sae_bilinear.evaluate import check_model_hook, check_sae_fits, check_tokens, is_bilinear
+    from sae_bilinear.evaluate import check_can_splice, check_tokens, is_bilinear
 
     start = time.time()
     model, sae, hook = _common.load_model_and_sae(args)
-    tokens = check_tokens(model, _common.eval_tokens(model, args, args.n_seqs, args.context))
-    check_model_hook(model, hook)
-    check_sae_fits(model, sae, hook, tokens)
+    check_can_splice(sae)
     latents = None if args.latents is None else iv.check_latents(sae, args.latents)
+    tokens = check_tokens(model, _common.eval_tokens(model, args, args.n_seqs, args.context))
     batches = list(torch.split(tokens.to(model.cfg.device), args.batch_size))
 
     with torch.no_grad():

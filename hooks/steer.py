@@ -46,15 +46,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from sae_bilinear import interventions as iv
-    from sae_bilinear.evaluate import check_model_hook, check_sae_fits, check_tokens
+    from sae_bilinear.evaluate import check_can_splice, check_tokens
 
     start = time.time()
     model, sae, hook = _common.load_model_and_sae(args)
+    check_can_splice(sae)  # steering needs the decoder directions (lifted bilinear SAEs)
+    if args.latent is not None:
+        iv.check_latent(sae, args.latent)
     prompt = check_tokens(model, _common.prompt_tokens(model, args.prompt), min_length=1).to(model.cfg.device)
-    check_model_hook(model, hook)
-    check_sae_fits(model, sae, hook, prompt)
     latent = _common.most_active_latent(model, sae, prompt, hook) if args.latent is None else args.latent
-    latent = iv.check_latent(sae, latent)
     max_new = max(0, min(args.max_new_tokens, model.cfg.n_ctx - prompt.shape[1]))
     tokenizer = getattr(model, "tokenizer", None)
     skip_first = not args.steer_bos and tokenizer is not None and tokenizer.bos_token_id is not None and int(prompt[0, 0]) == tokenizer.bos_token_id

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--steps must be at least 2 and --span positive")
     start = time.time()
     model, sae, hook = _common.load_model_and_sae(args)
+    if args.latent is not None:
+        iv.check_latent(sae, args.latent)
     prompt = check_tokens(model, _common.prompt_tokens(model, args.prompt), min_length=1).to(model.cfg.device)
     length = prompt.shape[1]
     if not -length <= args.position < length:

@@ -71,8 +71,9 @@ def check_latents(sae: SAE[Any], latents: int | Sequence[int]) -> list[int]:
     return checked
 
 
-def _check_hook_for_sae(sae: SAE[Any], hook_name: str | None) -> str:
-    """The hook point to intervene at; refuse one that differs from the SAE's own."""
+def check_sae_hook(sae: SAE[Any], hook_name: str | None = None) -> str:
+    """The hook point to intervene at (default: the SAE's own); refuse one that differs from the
+    hook the SAE was trained on, when its metadata names one."""
     trained = sae.cfg.metadata.hook_name
     if hook_name is not None and trained and hook_name != trained:
         raise ValueError(
@@ -135,7 +136,7 @@ class SAEHook:
 
     def __init__(self, sae: SAE[Any], hook_name: str | None = None, positions: Positions = None):
         self.sae = sae
-        self.hook_name = _check_hook_for_sae(sae, hook_name)
+        self.hook_name = check_sae_hook(sae, hook_name)
         self.positions = _positions_index(positions)
 
     def transform(self, x: Tensor) -> Tensor:
@@ -516,7 +517,7 @@ def walk_manifold(
     latent j of the moved activation, the model's logits at ``position``, and the logit lens of
     the moved activation. One forward pass per eigenvector (the steps are batched).
     """
-    hook = _check_hook_for_sae(sae, hook_name)
+    hook = check_sae_hook(sae, hook_name)
     latent = check_latent(sae, latent)
     check_model_hook(model, hook)
     if tokens.ndim == 1:
@@ -613,7 +614,7 @@ def latent_means(
     """``[d_sae]`` mean of each latent over all positions of ``tokens`` (for mean-ablation)."""
     from sae_bilinear.models import stop_at_layer
 
-    hook = _check_hook_for_sae(sae, hook_name)
+    hook = check_sae_hook(sae, hook_name)
     check_model_hook(model, hook)
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
@@ -664,6 +665,7 @@ __all__ = [
     "add_to_latents",
     "check_latent",
     "check_latents",
+    "check_sae_hook",
     "clamp_hook",
     "interventions",
     "latent_contribution",
