@@ -637,7 +637,7 @@ def latent_means(
 def top_tokens(logits: Tensor, k: int = 10, largest: bool = True) -> list[tuple[int, float]]:
     """``k`` (token id, value) pairs of a 1-D logit vector, largest (or smallest) first."""
     k = min(k, logits.shape[-1])
-    result = logits.float().topk(k, largest=largest)
+    result = logits.detach().float().topk(k, largest=largest)
     return [(int(i), float(v)) for v, i in zip(result.values, result.indices)]
 
 
@@ -646,10 +646,11 @@ def unembedding_effect(model: Any, sae: SAE[Any], latent: int) -> Tensor | None:
     (final norm ignored: a linear read-out of which tokens the latent promotes or suppresses).
 
     None when the SAE's activations are not the size of the residual stream."""
-    direction = latent_direction(sae, latent)
-    if direction.shape[-1] != model.cfg.d_model:
-        return None
-    return direction.to(model.W_U.dtype) @ model.W_U.detach()
+    with torch.no_grad():
+        direction = latent_direction(sae, latent)
+        if direction.shape[-1] != model.cfg.d_model:
+            return None
+        return direction.to(model.W_U.dtype) @ model.W_U
 
 
 __all__ = [
