@@ -206,7 +206,8 @@ def read_jsonl_file(path: str | Path, text_field: str = "text") -> list[str]:
                 raise ValueError(f"{path}:{number}: expected a JSON object with a {text_field!r} field.")
             value = record[text_field]
             if not isinstance(value, str):
-                raise ValueError(f"{path}:{number}: {text_field!r} must be a string, got {type(value).__name__}.")
+                kind = type(value).__name__
+                raise ValueError(f"{path}:{number}: {text_field!r} must be a string, got {kind}.")
             if value.strip():
                 documents.append(value)
     return documents
@@ -295,11 +296,13 @@ def tokenize_contexts(
 ) -> torch.Tensor:
     """Pack documents into a ``[n, context_size]`` LongTensor of token contexts.
 
-    Documents are tokenised without special tokens and concatenated with a separator token
-    between them: the BOS token when the tokenizer has one (or ``bos_token_id``), else EOS.
-    With ``prepend_bos`` every context starts with that token. The last partial context is
-    dropped. This is SAELens's ``ActivationsStore`` packing for text datasets with
-    ``sequence_separator_token="bos"``. Stops after ``max_contexts`` contexts.
+    Documents are tokenised without special tokens and concatenated; the separator token is
+    ``bos_token_id`` if given, else the tokenizer's BOS, else its EOS. With ``prepend_bos``
+    every context starts with the separator; inside a context it also stands between two
+    documents. The last partial context is dropped; at most ``max_contexts`` are made.
+    This is SAELens's ``ActivationsStore`` packing of a text dataset
+    (``concat_and_batch_sequences`` with ``sequence_separator_token="bos"``), so activations
+    collected from these contexts match what its runner would see.
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -363,7 +366,9 @@ def as_hf_dataset(data: torch.Tensor | Sequence[str]) -> datasets.Dataset:
 
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.is_floating_point() or data.is_complex():
-            raise ValueError(f"Expected a 2-D integer tensor of token contexts, got {tuple(data.shape)} {data.dtype}.")
+            raise ValueError(
+                f"Expected a 2-D integer tensor of token contexts, got {tuple(data.shape)} {data.dtype}."
+            )
         if data.shape[0] == 0 or data.shape[1] == 0:
             raise ValueError("Cannot build a dataset from an empty tensor of contexts.")
         return datasets.Dataset.from_dict({"tokens": data.long().tolist()})

@@ -617,9 +617,9 @@ def load_official_model(
     except _hub_errors() as err:
         raise HubUnavailableError(
             f"Could not fetch {official!r} from the Hugging Face Hub ({type(err).__name__}: "
-            f"{err}). The Hub is unreachable or HF_HUB_OFFLINE is set. Use the embedded model "
-            f"load_model({EMBEDDED_MODEL_NAME!r}), or download the model elsewhere and pass its "
-            "local folder to load_model()."
+            f"{err}). Without Hub access (no network, or HF_HUB_OFFLINE=1) the Hub is "
+            f"unreachable: use the embedded model load_model({EMBEDDED_MODEL_NAME!r}), or "
+            "download the model elsewhere and pass its local folder to load_model()."
         ) from err
     return model.eval()
 

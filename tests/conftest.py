@@ -26,6 +26,12 @@ def no_network() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def block_network():
+    """The :func:`no_network` context manager, for tests: ``with block_network(): ...``."""
+    return no_network
+
+
+@pytest.fixture(scope="session")
 def smollm2_model():
     """The embedded SmolLM2-135M-Instruct as a HookedSAETransformer, loaded once per session,
     with the network blocked. Shared: a test that adds hooks or SAEs must remove them."""

