@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             n_positions += x.shape[0]
         ce_clean = clean_total / count
         means = (f_sum / n_positions).to(torch.float32)
-        norms = torch.stack([iv.latent_direction(sae, j).norm() for j in range(sae.cfg.d_sae)]).double().cpu()
+        norms = iv.latent_directions(sae).norm(dim=-1).double().cpu()
         score = contribution / n_positions * norms
         if latents is None:
             latents = score.argsort(descending=True)[: min(args.n_latents, sae.cfg.d_sae)].tolist()

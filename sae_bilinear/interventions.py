@@ -87,20 +87,27 @@ def _decode(sae: SAE[Any], latents: Tensor) -> Tensor:
     return sae.decode(latents)
 
 
-def latent_direction(sae: SAE[Any], latent: int) -> Tensor:
-    """``[d_in]``: how x̂ moves per unit of latent j (per unit of token norm for bilinear SAEs).
+def latent_directions(sae: SAE[Any]) -> Tensor:
+    """``[d_sae, d_in]``: row j is how x̂ moves per unit of latent j (per unit of token norm for
+    bilinear SAEs).
 
-    Bilinear (lifted): ``coefficients(e_j) @ decoder_directions()``, so that
-    ``x̂ = ||x|| Σ_j f_j · direction_j`` (for mixed variants the row of ``DᵀD`` spreads a latent
-    over several directions). Linear SAEs: ``W_dec[j]``.
+    Bilinear (lifted): row j of ``coefficients(I) @ decoder_directions()``, so that
+    ``x̂ = ||x|| Σ_j f_j · row_j``; for mixed variants that is ``DᵀD @ directions``, computed as
+    ``Dᵀ(D @ directions)`` (a latent spreads over the directions of its bottleneck partners).
+    Linear SAEs: ``W_dec``.
     """
-    latent = check_latent(sae, latent)
     if is_bilinear(sae):
         directions = sae.decoder_directions()  # raises UnliftedDecodeError when unlifted
-        unit = torch.zeros(sae.cfg.d_sae, dtype=directions.dtype, device=directions.device)
-        unit[latent] = 1.0
-        return sae.coefficients(unit) @ directions
-    return sae.W_dec[latent]
+        if sae.W_down is None:
+            return directions
+        return sae.W_down.T @ (sae.W_down @ directions)
+    return sae.W_dec
+
+
+def latent_direction(sae: SAE[Any], latent: int) -> Tensor:
+    """``[d_in]``: row ``latent`` of :func:`latent_directions`."""
+    latent = check_latent(sae, latent)
+    return latent_directions(sae)[latent]
 
 
 def latent_contribution(sae: SAE[Any], x: Tensor, latent: int) -> Tensor:
@@ -671,6 +678,7 @@ __all__ = [
     "interventions",
     "latent_contribution",
     "latent_direction",
+    "latent_directions",
     "latent_edit_hook",
     "latent_eigenvectors",
     "latent_means",

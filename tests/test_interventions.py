@@ -91,6 +91,26 @@ def test_ablating_a_latent_removes_exactly_its_contribution(toy, activations):
         torch.testing.assert_close(total, spliced, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["mixed", "combined", "ordered"])
+def test_contributions_of_mixed_and_ordered_variants(activations, variant):
+    """g = DᵀDf spreads a latent over its bottleneck partners; the contribution accounts for it."""
+    torch.manual_seed(0)
+    sae = BilinearSAE(
+        BilinearSAEConfig(d_in=32, d_sae=48, variant=variant, lifted=True, metadata=SAEMetadata(hook_name=HOOK))
+    )
+    x = activations
+    with torch.no_grad():
+        spliced = iv.splice_hook(sae)(x)
+        directions = iv.latent_directions(sae)
+        assert directions.shape == (48, 32)
+        for j in (0, 47):
+            torch.testing.assert_close(directions[j], iv.latent_direction(sae, j))
+            ablated = iv.ablate_hook(sae, j, keep_error=False)(x)
+            torch.testing.assert_close(spliced - ablated, iv.latent_contribution(sae, x, j), rtol=1e-4, atol=1e-5)
+        total = sum(iv.latent_contribution(sae, x, j) for j in range(48))
+        torch.testing.assert_close(total, spliced, rtol=1e-4, atol=1e-4)
+
+
 def test_mean_clamp_scale_and_steer_edit_one_latent(toy, tokens, activations):
     model, sae = toy
     x = activations
