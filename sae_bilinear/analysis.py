@@ -534,32 +534,44 @@ def _sparse_latents(sae: Any, f: Tensor) -> Tensor:
 
 
 def latent_usage(
-    sae: Any, activations: Tensor, *, batch_size: int = 8192
+    sae: Any, activations: Tensor, latents: Sequence[int] | Tensor | None = None, *, batch_size: int = 8192
 ) -> dict[str, Tensor]:
-    """Per-latent usage over activations: ``frequency``, ``energy``, ``mean_abs``, ``max_abs`` [d_sae].
+    """Per-latent usage over activations: ``frequency``, ``energy``, ``mean_abs``, ``max_abs``.
 
     - ``frequency``: share of valid tokens where ``|f_j|`` reaches ``activity_threshold``
       (the SAE config's, default 0.1) of the latent's peak ``||ũ||²·max|λ(Q_j)|``;
     - ``energy``: mean ``|g_j f_j|``, latent j's share of ``<X, X̂>`` (what it reconstructs);
     - ``mean_abs`` / ``max_abs``: of the dense ``f_j``.
-    TopK SAEs are scored on their kept latents (frequency, energy).
+
+    TopK SAEs are scored on their kept latents (frequency, energy). ``latents`` restricts
+    the output (``[len(latents)]`` instead of ``[d_sae]``); for vanilla/ordered Hoyer SAEs
+    only those latents are computed (``O(N·d)`` per latent), otherwise all are (``g``
+    and TopK need every latent).
     """
-    left, right, _, lifted = factors(sae)
+    left, right, down, lifted = factors(sae)
+    d_sae = left.shape[0]
+    topk = getattr(getattr(sae, "cfg", None), "sparsity", "hoyer") == "topk"
+    subset = None if latents is None else _indices(list(latents) if not isinstance(latents, Tensor) else latents, d_sae, left.device)[0]
+    local = subset is not None and down is None and not topk
+    index = subset if local else torch.arange(d_sae, device=left.device)
     peak = kernels.latent_peak(
-        left[:, int(lifted) :], right[:, int(lifted) :], left[:, 0] if lifted else None, right[:, 0] if lifted else None
+        left[index, int(lifted) :],
+        right[index, int(lifted) :],
+        left[index, 0] if lifted else None,
+        right[index, 0] if lifted else None,
     )
     threshold = float(getattr(getattr(sae, "cfg", None), "activity_threshold", 0.1))
     x = _flat(activations)
-    d_sae = left.shape[0]
-    sums = {name: torch.zeros(d_sae, dtype=left.dtype, device=left.device) for name in ("frequency", "energy", "mean_abs")}
-    max_abs = torch.zeros(d_sae, dtype=left.dtype, device=left.device)
+    width = index.numel()
+    sums = {name: torch.zeros(width, dtype=left.dtype, device=left.device) for name in ("frequency", "energy", "mean_abs")}
+    max_abs = torch.zeros(width, dtype=left.dtype, device=left.device)
     count = 0
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start : start + batch_size]
-        valid = _unit(sae, chunk).valid
-        f = latent_activations(sae, chunk, batch_size=batch_size)[valid]
-        sparse = _sparse_latents(sae, f)
-        g = _coefficients_of(sae, sparse)
+        valid = _unit(sae, chunk).valid.to(left.device)
+        f = latent_activations(sae, chunk, index, batch_size=batch_size)[valid]
+        sparse = f if local else _sparse_latents(sae, f)
+        g = sparse if local else _coefficients_of(sae, sparse)
         sums["frequency"] += (sparse.abs() >= threshold * peak).to(f.dtype).sum(0)
         sums["energy"] += (g * f).abs().sum(0)
         sums["mean_abs"] += f.abs().sum(0)
@@ -568,6 +580,8 @@ def latent_usage(
         count += f.shape[0]
     out = {name: total / max(count, 1) for name, total in sums.items()}
     out["max_abs"] = max_abs
+    if subset is not None and not local:
+        out = {name: value[subset] for name, value in out.items()}
     return out
 
 
@@ -755,14 +769,16 @@ def cross_kernel(sae_a: Any, sae_b: Any, *, symmetric: bool = True, rows: slice 
     """
     a, b = factors(sae_a), factors(sae_b)
     _check_comparable(a, b)
-    la, ra = a.left, a.right
-    if rows is not None:
-        la, ra = la[rows], ra[rows]
+    plain, swapped = _kernel_blocks(a, b, rows if rows is not None else slice(None), symmetric)
+    return plain if swapped is None else 0.5 * (plain + swapped)
+
+
+def _kernel_blocks(a: Factors, b: Factors, rows: slice, swapped: bool) -> tuple[Tensor, Tensor | None]:
+    """``(L̃_a L̃_bᵀ)∘(R̃_a R̃_bᵀ)`` and, when ``swapped``, ``(L̃_a R̃_bᵀ)∘(R̃_a L̃_bᵀ)``, for a block of a's rows."""
+    la, ra = a.left[rows], a.right[rows]
     lb, rb = b.left.to(la), b.right.to(la)
-    K = (la @ lb.T) * (ra @ rb.T)
-    if symmetric:
-        K = 0.5 * (K + (la @ rb.T) * (ra @ lb.T))
-    return K
+    plain = (la @ lb.T) * (ra @ rb.T)
+    return plain, ((la @ rb.T) * (ra @ lb.T) if swapped else None)
 
 
 def _check_comparable(a: Factors, b: Factors) -> None:
@@ -784,6 +800,60 @@ def _self_norms(f: Factors, symmetric: bool) -> Tensor:
     return 0.5 * (ll * rr + lr * lr)
 
 
+class _Pass(NamedTuple):
+    inner: float
+    """``<M_a, M_b>`` with unsymmetrised atoms."""
+    inner_symmetric: float | None
+    """The same with symmetrised atoms (None when not asked for)."""
+    kernel_sq: float
+    """``||K_ab||²_F`` of the kernel used for ``cosines`` (symmetric if asked for)."""
+    cosines: np.ndarray | None
+
+
+def _kernel_pass(a: Factors, b: Factors, *, symmetric: bool, cosines: bool, block_size: int) -> _Pass:
+    """One tiled sweep over ``K_ab``: operator inner products (both forms) and the cosine matrix.
+
+    ``<M_a, M_b> = ||D_a K_ab D_bᵀ||²_F`` (``D = I`` without a bottleneck). Memory:
+    ``O(block_size · F_b)`` plus ``bottleneck_a · F_b`` for a mixed ``a``; sums in float64.
+    """
+    _check_comparable(a, b)
+    F_a, F_b = a.left.shape[0], b.left.shape[0]
+    forms = ("plain", "symmetric") if symmetric else ("plain",)
+    totals = dict.fromkeys(forms, 0.0)
+    acc: dict[str, Tensor] = {}
+    kernel_sq = 0.0
+    out = np.empty((F_a, F_b), dtype=np.float32) if cosines else None
+    if cosines:
+        na = _self_norms(a, symmetric).sqrt()
+        nb = _self_norms(b, symmetric).sqrt().to(na)
+    down_b = None if b.down is None else b.down.to(a.left)
+    for start in range(0, F_a, block_size):
+        block = slice(start, min(start + block_size, F_a))
+        plain, swapped = _kernel_blocks(a, b, block, symmetric)
+        kernels_by_form = {"plain": plain}
+        if swapped is not None:
+            kernels_by_form["symmetric"] = 0.5 * (plain + swapped)
+        for form, K in kernels_by_form.items():
+            if a.down is not None:
+                part = a.down[:, block].to(K) @ K  # [bottleneck_a, F_b]
+                acc[form] = part if form not in acc else acc[form] + part
+            else:
+                projected = K @ down_b.T if down_b is not None else K
+                totals[form] += float(projected.to(torch.float64).pow(2).sum())
+        K = kernels_by_form["symmetric" if symmetric else "plain"]
+        kernel_sq += float(K.to(torch.float64).pow(2).sum())
+        if out is not None:
+            denominator = na[block].unsqueeze(-1) * nb.unsqueeze(0)
+            cos = torch.where(
+                denominator > 0, K.abs() / denominator.clamp(min=torch.finfo(K.dtype).tiny), torch.zeros_like(K)
+            )
+            out[block] = cos.clamp(max=1.0).float().cpu().numpy()
+    for form, part in acc.items():
+        projected = part @ down_b.T if down_b is not None else part
+        totals[form] += float(projected.to(torch.float64).pow(2).sum())
+    return _Pass(totals["plain"], totals.get("symmetric"), kernel_sq, out)
+
+
 def operator_inner(sae_a: Any, sae_b: Any, *, symmetric: bool = True, block_size: int = 2048) -> float:
     """``<M_a, M_b>_F``: inner product of the two reconstruction operators on the d²-space.
 
@@ -792,28 +862,13 @@ def operator_inner(sae_a: Any, sae_b: Any, *, symmetric: bool = True, block_size
     ``<M_a, M_b> = ||D_a K_ab D_bᵀ||²_F`` (``||K_ab||²_F`` for two vanilla SAEs). Tiled over
     rows of ``K_ab``: memory ``O(block_size · F_b)``. Accumulated in float64.
     """
-    a, b = factors(sae_a), factors(sae_b)
-    _check_comparable(a, b)
-    F_a = a.left.shape[0]
-    total = torch.zeros((), dtype=torch.float64)
-    mixed = a.down is not None or b.down is not None
-    acc: Tensor | None = None
-    for start in range(0, F_a, block_size):
-        block = slice(start, min(start + block_size, F_a))
-        K = cross_kernel(sae_a, sae_b, symmetric=symmetric, rows=block)
-        if not mixed:
-            total += K.to(torch.float64).pow(2).sum().cpu()
-            continue
-        part = a.down[:, block] @ K if a.down is not None else K  # [b_a or rows, F_b]
-        if a.down is not None:
-            acc = part if acc is None else acc + part
-        else:
-            right = part @ b.down.to(part).T  # type: ignore[union-attr]
-            total += right.to(torch.float64).pow(2).sum().cpu()
-    if acc is not None:
-        full = acc @ b.down.to(acc).T if b.down is not None else acc
-        total += full.to(torch.float64).pow(2).sum().cpu()
-    return float(total)
+    result = _kernel_pass(factors(sae_a), factors(sae_b), symmetric=symmetric, cosines=False, block_size=block_size)
+    return result.inner_symmetric if symmetric else result.inner  # type: ignore[return-value]
+
+
+def _similarity(ab: float, aa: float, bb: float) -> float:
+    denominator = math.sqrt(max(aa, 0.0)) + math.sqrt(max(bb, 0.0))
+    return 2.0 * math.sqrt(max(ab, 0.0)) / denominator if denominator > 0 else float("nan")
 
 
 def operator_similarity(sae_a: Any, sae_b: Any, *, symmetric: bool = True, block_size: int = 2048) -> float:
@@ -826,12 +881,12 @@ def operator_similarity(sae_a: Any, sae_b: Any, *, symmetric: bool = True, block
     paper's formula verbatim; ``symmetric=True`` (default) compares the operators on
     symmetric matrices, where the target ``X = ũ⊗ũ`` lives, so a latent stored as
     ``(r, l)`` instead of ``(l, r)`` — the same ``f`` — counts as identical.
+    For mixed/combined SAEs ``DᵀD`` enters as the decoder does: ``M = E DᵀD Eᵀ``.
     """
     ab = operator_inner(sae_a, sae_b, symmetric=symmetric, block_size=block_size)
     aa = operator_inner(sae_a, sae_a, symmetric=symmetric, block_size=block_size)
     bb = operator_inner(sae_b, sae_b, symmetric=symmetric, block_size=block_size)
-    denominator = math.sqrt(aa) + math.sqrt(bb)
-    return 2.0 * math.sqrt(max(ab, 0.0)) / denominator if denominator > 0 else float("nan")
+    return _similarity(ab, aa, bb)
 
 
 class Matching(NamedTuple):
@@ -845,29 +900,23 @@ class Matching(NamedTuple):
     """``|<Q_i, Q'_j>| / (||Q_i|| ||Q'_j||)`` of each pair, in [0, 1]."""
 
 
+def _match(cosines: np.ndarray) -> Matching:
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(cosines, maximize=True)
+    return Matching(rows, cols, cosines[rows, cols])
+
+
 def matched_similarity(sae_a: Any, sae_b: Any, *, symmetric: bool = True, block_size: int = 2048) -> Matching:
     """Match latents one to one maximising the summed cosines ``|K_ab| / sqrt(K_aa,ii K_bb,jj)``.
 
     Uses :func:`scipy.optimize.linear_sum_assignment` on the ``F_a × F_b`` cosine matrix
-    (held in float32: 1 GiB at F = 16k; the assignment is cubic in the worst case).
-    Dead latents (zero operator) score 0.
+    (held in float32: 1 GiB at F = 16k; fast when the SAEs are near-permutations of each
+    other, cubic in the worst case). Dead latents (zero operator) score 0.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    a, b = factors(sae_a), factors(sae_b)
-    _check_comparable(a, b)
-    na = _self_norms(a, symmetric).sqrt()
-    nb = _self_norms(b, symmetric).sqrt().to(na)
-    F_a, F_b = a.left.shape[0], b.left.shape[0]
-    cosines = np.empty((F_a, F_b), dtype=np.float32)
-    for start in range(0, F_a, block_size):
-        block = slice(start, min(start + block_size, F_a))
-        K = cross_kernel(sae_a, sae_b, symmetric=symmetric, rows=block).abs()
-        denominator = na[block].unsqueeze(-1) * nb.unsqueeze(0)
-        cos = torch.where(denominator > 0, K / denominator.clamp(min=torch.finfo(K.dtype).tiny), torch.zeros_like(K))
-        cosines[block] = cos.clamp(max=1.0).float().cpu().numpy()
-    rows, cols = linear_sum_assignment(cosines, maximize=True)
-    return Matching(rows, cols, cosines[rows, cols])
+    result = _kernel_pass(factors(sae_a), factors(sae_b), symmetric=symmetric, cosines=True, block_size=block_size)
+    assert result.cosines is not None
+    return _match(result.cosines)
 
 
 def compare(
@@ -880,35 +929,44 @@ def compare(
     ``matched``, ``matched_similarity`` (mean optimal-assignment cosine),
     ``matched_median``, ``matched_above_0.9`` (share of pairs with cosine > 0.9),
     ``matched_energy`` (share of ``||K_ab||²`` on the matched pairs, the authors'
-    "partial"); plus shapes, variants and ``seconds``.
+    "partial"; below 1 even for a copy unless its latents are mutually orthogonal);
+    plus shapes, variants and ``seconds``. Cost: three sweeps over F×F kernels
+    (``a``–``b``, ``a``–``a``, ``b``–``b``), each ``O(F² d)``, plus the assignment.
     """
     start = time.perf_counter()
     a, b = factors(sae_a), factors(sae_b)
     _check_comparable(a, b)
+    ab = _kernel_pass(a, b, symmetric=True, cosines=matched, block_size=block_size)
+    aa = _kernel_pass(a, a, symmetric=True, cosines=False, block_size=block_size)
+    bb = _kernel_pass(b, b, symmetric=True, cosines=False, block_size=block_size)
+    plain = _similarity(ab.inner, aa.inner, bb.inner)
+    sym = _similarity(ab.inner_symmetric or 0.0, aa.inner_symmetric or 0.0, bb.inner_symmetric or 0.0)
     result: dict[str, Any] = {
         "symmetric": symmetric,
-        "operator_similarity": operator_similarity(sae_a, sae_b, symmetric=symmetric, block_size=block_size),
-        "operator_similarity_unsymmetrised": operator_similarity(sae_a, sae_b, symmetric=False, block_size=block_size)
-        if symmetric
-        else None,
+        "operator_similarity": sym if symmetric else plain,
+        "operator_similarity_symmetrised": sym,
+        "operator_similarity_unsymmetrised": plain,
     }
-    if not symmetric:
-        result["operator_similarity_unsymmetrised"] = result["operator_similarity"]
     if matched:
-        match = matched_similarity(sae_a, sae_b, symmetric=symmetric, block_size=block_size)
-        result["matched_similarity"] = float(match.scores.mean()) if match.scores.size else float("nan")
-        result["matched_median"] = float(np.median(match.scores)) if match.scores.size else float("nan")
-        result["matched_above_0.9"] = float((match.scores > 0.9).mean()) if match.scores.size else float("nan")
-        total = 0.0
-        on_match = 0.0
-        for s in range(0, a.left.shape[0], block_size):
-            block = slice(s, min(s + block_size, a.left.shape[0]))
-            K = cross_kernel(sae_a, sae_b, symmetric=symmetric, rows=block).to(torch.float64)
-            total += float(K.pow(2).sum())
-            in_block = (match.rows >= block.start) & (match.rows < block.stop)
-            r = torch.as_tensor(match.rows[in_block] - block.start, dtype=torch.long, device=K.device)
-            c = torch.as_tensor(match.cols[in_block], dtype=torch.long, device=K.device)
-            on_match += float(K[r, c].pow(2).sum())
+        cos = ab.cosines
+        if not symmetric:  # the pass above built symmetric cosines; redo with the plain kernel
+            cos = _kernel_pass(a, b, symmetric=False, cosines=True, block_size=block_size).cosines
+        assert cos is not None
+        match = _match(cos)
+        n = match.scores.size
+        result["matched_similarity"] = float(match.scores.mean()) if n else float("nan")
+        result["matched_median"] = float(np.median(match.scores)) if n else float("nan")
+        result["matched_above_0.9"] = float((match.scores > 0.9).mean()) if n else float("nan")
+        # |K_ij| = cos_ij · ||atom_i|| ||atom'_j||, so the matched entries need no second sweep.
+        na = _self_norms(a, symmetric).sqrt().double().cpu().numpy()
+        nb = _self_norms(b, symmetric).sqrt().double().cpu().numpy()
+        on_match = float(np.sum((match.scores.astype(np.float64) * na[match.rows] * nb[match.cols]) ** 2))
+        total = ab.kernel_sq if symmetric else float(
+            sum(
+                float(_kernel_blocks(a, b, slice(s, s + block_size), False)[0].double().pow(2).sum())
+                for s in range(0, a.left.shape[0], block_size)
+            )
+        )
         result["matched_energy"] = on_match / total if total > 0 else float("nan")
     result.update(
         d_in=a.left.shape[1] - int(a.lifted),
@@ -973,7 +1031,8 @@ def analyze_latent(
         top_dims: input dimensions listed per eigenvector.
         n_listed: tokens listed at each end in the JSON.
 
-    Returns the JSON content (with ``files``: the written paths). The HTML holds the
+    Returns the JSON content, with the written paths under ``files`` and also as the
+    top-level keys ``html``, ``png`` (when ``png``) and ``json``. The HTML holds the
     interactive 3D manifold, the spectrum and (mixed) the interaction heat map; it embeds
     plotly.js, so it opens offline.
     """
@@ -999,7 +1058,7 @@ def analyze_latent(
         eig = composite_spectrum(sae, weights)
         top = top_activations(sae, activations, weights=weights, n=n, tokens=tokens, contexts=contexts)
     stats = composite_stats(sae, weights, activations, eigenvalues=eig.eigenvalues)
-    usage = latent_usage(sae, activations)
+    usage = latent_usage(sae, activations, [latent])
     members = weights.nonzero(as_tuple=True)[0]
     members = members[weights[members].abs().argsort(descending=True)]
 
@@ -1040,7 +1099,7 @@ def analyze_latent(
         ],
         "axes": top.axis_labels,
         "stats": asdict(stats),
-        "usage": {name: float(value[latent]) for name, value in usage.items()},
+        "usage": {name: float(value[0]) for name, value in usage.items()},
         "top_tokens": listing(order[: n_listed]),
         "bottom_tokens": listing(order.flip(0)[: n_listed]),
     }
@@ -1068,5 +1127,6 @@ def analyze_latent(
         files["png"] = str(plots.write_png(static, stem.with_suffix(".png")))
     files["json"] = str(stem.with_suffix(".json"))
     report["files"] = files
+    report.update(files)  # also top-level: report["html"], report["png"], report["json"]
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, allow_nan=True))
     return report

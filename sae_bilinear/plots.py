@@ -262,11 +262,16 @@ def manifold_axes(ax: Axes, top: TopActivations, *, dims: int = 3, size: float =
         artist = ax.scatter(
             xyz[order, 0], xyz[order, 1], xyz[order, 2], c=values[order], cmap="RdBu_r", norm=_norm(values), s=size, depthshade=False
         )
-        ax.set_zlabel(labels[2], fontsize=7)
-        try:
-            ax.set_box_aspect(tuple(np.ptp(xyz, axis=0).clip(min=1e-3 * max(np.ptp(xyz, axis=0).max(), 1e-12))))
-        except Exception:  # noqa: BLE001 - aspect is cosmetic
-            pass
+        from matplotlib.ticker import MaxNLocator
+
+        ax.set_zlabel(labels[2], fontsize=7, labelpad=2)
+        # Equal units on all axes (a circle looks round), but never flatter than 1:8, so a
+        # thin axis keeps readable ticks.
+        spread = np.ptp(xyz, axis=0) if xyz.size else np.ones(3)
+        top = float(spread.max()) if np.isfinite(spread).all() and spread.max() > 0 else 1.0
+        ax.set_box_aspect(tuple(np.clip(spread / top, 0.125, 1.0)), zoom=0.85)
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(4))
     else:
         artist = ax.scatter(xyz[order, 0], xyz[order, 1], c=values[order], cmap="RdBu_r", norm=_norm(values), s=size)
         ax.set_aspect("equal", adjustable="datalim")
@@ -313,22 +318,25 @@ def latent_png_figure(
     from matplotlib.figure import Figure
 
     panels = 4 if interactions is not None else 3
-    fig = Figure(figsize=(4.2 * panels, 4.4), dpi=110, layout="constrained")
-    ax3d = fig.add_subplot(1, panels, 1, projection="3d")
+    fig = Figure(figsize=(4.4 * panels + 0.8, 4.4), dpi=110, layout="constrained")
+    grid = fig.add_gridspec(1, panels, width_ratios=[1.35] + [1.0] * (panels - 1))
+    ax3d = fig.add_subplot(grid[0, 0], projection="3d")
     artist = manifold_axes(ax3d, top, dims=3)
     ax3d.set_title("manifold (top-3 eigenvectors)", fontsize=9)
-    ax2d = fig.add_subplot(1, panels, 2)
+    ax2d = fig.add_subplot(grid[0, 1])
     manifold_axes(ax2d, top, dims=2)
     ax2d.set_title("top-2 eigenvector plane", fontsize=9)
-    fig.colorbar(artist, ax=ax2d, shrink=0.8, label="activation")
-    axs = fig.add_subplot(1, panels, 3)
+    colorbar = fig.colorbar(artist, ax=ax2d, shrink=0.8)
+    colorbar.set_label("activation", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+    axs = fig.add_subplot(grid[0, 2])
     spectrum_axes(axs, eigenvalues)
     axs.set_title("spectrum", fontsize=9)
     if interactions is not None:
-        axi = fig.add_subplot(1, panels, 4)
+        axi = fig.add_subplot(grid[0, 3])
         image = interaction_axes(axi, interactions[0], interactions[1])
         axi.set_title("normalised DᵀD", fontsize=9)
-        fig.colorbar(image, ax=axi, shrink=0.8)
+        fig.colorbar(image, ax=axi, shrink=0.8).ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig

@@ -1,0 +1,575 @@
+"""sae_bilinear.analysis: spectra, composites, similarity, manifold views, analyze_latent."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sae_bilinear import BilinearSAE, BilinearSAEConfig, analysis, kernels
+
+torch.set_num_threads(1)
+
+
+def make_sae(d=6, F=12, variant="vanilla", lifted=False, bottleneck=None, seed=0, dtype="float64") -> BilinearSAE:
+    torch.manual_seed(seed)
+    sae = BilinearSAE(BilinearSAEConfig(d_in=d, d_sae=F, variant=variant, lifted=lifted, bottleneck=bottleneck, dtype=dtype))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p))
+    return sae
+
+
+def degenerate(sae: BilinearSAE) -> BilinearSAE:
+    """Latents 0..3: l ∥ r, l ∥ −r, l = 0, r = 0 (incl. their biases)."""
+    with torch.no_grad():
+        sae.W_right[0] = 2.5 * sae.W_left[0]
+        sae.W_right[1] = -0.5 * sae.W_left[1]
+        sae.W_left[2] = 0
+        sae.W_right[3] = 0
+        if sae.cfg.lifted:
+            sae.b_right[0] = 2.5 * sae.b_left[0]
+            sae.b_right[1] = -0.5 * sae.b_left[1]
+            sae.b_left[2] = 0
+            sae.b_right[3] = 0
+    return sae
+
+
+def lifted_tokens(sae, x):
+    u = kernels.unit_tokens(x).unit
+    return analysis.lift(u) if sae.cfg.lifted else u
+
+
+# ---------------------------------------------------------------------------- spectra
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_closed_form_spectrum_matches_eigh(lifted):
+    sae = degenerate(make_sae(lifted=lifted))
+    Q = analysis.latent_matrices(sae)
+    d = sae.cfg.d_in + int(lifted)
+    assert Q.shape == (12, d, d)
+    torch.testing.assert_close(Q, Q.transpose(-1, -2))
+    exact = torch.linalg.eigvalsh(Q)
+    exact = exact.gather(-1, exact.abs().argsort(-1, descending=True))
+    spec = analysis.latent_spectrum(sae)
+    assert spec.eigenvalues.shape == (12, 2) and spec.eigenvectors.shape == (12, d, 2)
+    # The two closed-form eigenvalues are the two largest |λ|; every other one is 0.
+    torch.testing.assert_close(spec.eigenvalues, exact[:, :2], atol=1e-10, rtol=1e-10)
+    assert exact[:, 2:].abs().max() < 1e-10
+    V, lam = spec.eigenvectors, spec.eigenvalues
+    torch.testing.assert_close(V.transpose(-1, -2) @ V, torch.eye(2, dtype=V.dtype).expand(12, 2, 2), atol=1e-10, rtol=0)
+    torch.testing.assert_close(Q @ V, V * lam.unsqueeze(-2), atol=1e-10, rtol=0)
+    # Q = Σ λ v vᵀ: the pair is the whole form.
+    torch.testing.assert_close((V * lam.unsqueeze(-2)) @ V.transpose(-1, -2), Q, atol=1e-10, rtol=0)
+    # Degenerate rows: l ∥ r → (λ, 0); l ∥ −r → (−λ, 0); a zero factor → (0, 0).
+    assert lam[0, 0] > 0 and lam[0, 1].abs() < 1e-12
+    assert lam[1, 0] < 0 and lam[1, 1].abs() < 1e-12
+    assert lam[2:4].abs().max() == 0
+    # Single index: no batch dim, same numbers.
+    one = analysis.latent_spectrum(sae, 5)
+    torch.testing.assert_close(one.eigenvalues, lam[5])
+    torch.testing.assert_close(analysis.latent_matrices(sae, 5), Q[5])
+
+
+def test_closed_form_in_float32_and_sign_convention():
+    sae = make_sae(d=32, F=64, dtype="float32")
+    spec = analysis.latent_spectrum(sae)
+    exact = torch.linalg.eigvalsh(analysis.latent_matrices(sae).double())
+    exact = exact.gather(-1, exact.abs().argsort(-1, descending=True))[:, :2]
+    torch.testing.assert_close(spec.eigenvalues.double(), exact, atol=1e-4, rtol=1e-5)
+    # λ+ ≥ 0 pairs with l̂ + r̂, λ− ≤ 0 with l̂ − r̂.
+    l_hat = sae.W_left / sae.W_left.norm(dim=-1, keepdim=True)
+    r_hat = sae.W_right / sae.W_right.norm(dim=-1, keepdim=True)
+    plus = spec.eigenvalues >= 0
+    v_plus = torch.where(plus[:, :1], spec.eigenvectors[..., 0], spec.eigenvectors[..., 1])
+    assert ((v_plus * (l_hat + r_hat)).sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_latent_is_the_quadratic_form_of_Q(lifted):
+    sae = make_sae(lifted=lifted)
+    x = torch.randn(20, sae.cfg.d_in, dtype=torch.float64) * 3
+    u = lifted_tokens(sae, x)
+    Q = analysis.latent_matrices(sae)
+    f = torch.einsum("ni,fij,nj->nf", u, Q, u)
+    torch.testing.assert_close(f, sae.encode(x))
+    torch.testing.assert_close(analysis.latent_activations(sae, x), sae.encode(x))
+    spec = analysis.latent_spectrum(sae)
+    coords = torch.einsum("ni,fik->nfk", u, spec.eigenvectors)
+    torch.testing.assert_close((coords.pow(2) * spec.eigenvalues).sum(-1), f)
+
+
+def test_full_spectrum_sorted_by_magnitude():
+    A = torch.randn(7, 7, dtype=torch.float64)
+    spec = analysis.spectrum(A + A.T)
+    assert (spec.eigenvalues.abs().diff() <= 1e-12).all()
+    torch.testing.assert_close(
+        spec.eigenvectors @ torch.diag(spec.eigenvalues) @ spec.eigenvectors.T, A + A.T, atol=1e-10, rtol=0
+    )
+    assert analysis.spectrum(A + A.T, k=3).eigenvalues.shape == (3,)
+
+
+def test_effective_rank_and_stats():
+    assert float(analysis.effective_rank(torch.tensor([1.0, -1.0]))) == pytest.approx(2.0)
+    assert float(analysis.effective_rank(torch.tensor([3.0, 0.0, 0.0]))) == pytest.approx(1.0)
+    assert float(analysis.effective_rank(torch.zeros(4))) == 0.0
+    assert float(analysis.effective_dimension(torch.tensor([1.0, 1.0, 1.0, 1.0]), p=4)) == pytest.approx(4.0)
+    assert float(analysis.captured_share(torch.tensor([4.0, -3.0, 2.0, 1.0]), k=3)) == pytest.approx(0.9)
+    assert float(analysis.importance(torch.tensor([1.0, -2.0]))) == pytest.approx(5.0)
+    assert float(analysis.hoyer_density(torch.ones(16))) == pytest.approx(1.0)
+    assert float(analysis.hoyer_density(torch.tensor([0.0] * 15 + [3.0]))) == pytest.approx(0.0)
+
+
+def test_subspace_angles():
+    Q = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64)).Q
+    assert analysis.subspace_angles(Q[:, :3], Q[:, :3] @ torch.randn(3, 3, dtype=torch.float64)).max() < 1e-5
+    assert analysis.subspace_angles(Q[:, :2], Q[:, 2:5]).min() == pytest.approx(90.0)
+    tilted = torch.stack([Q[:, 0], math.cos(0.3) * Q[:, 1] + math.sin(0.3) * Q[:, 7]], 1)
+    torch.testing.assert_close(analysis.subspace_angles(Q[:, :2], tilted), torch.tensor([0.0, math.degrees(0.3)], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- composites
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_composite_matrix_is_weighted_sum_of_forms(lifted):
+    sae = make_sae(lifted=lifted)
+    v = torch.randn(12, dtype=torch.float64)
+    v[::3] = 0
+    C = analysis.composite_matrix(sae, v)
+    torch.testing.assert_close(C, torch.einsum("f,fij->ij", v, analysis.latent_matrices(sae)))
+    x = torch.randn(30, sae.cfg.d_in, dtype=torch.float64)
+    u = lifted_tokens(sae, x)
+    torch.testing.assert_close(analysis.composite_activations(sae, x, v), torch.einsum("ni,ij,nj->n", u, C, u))
+    stats = analysis.composite_stats(sae, v, x)
+    eig = torch.linalg.eigvalsh(C)
+    assert stats.support == int((v.abs() >= 0.1 * v.abs().max()).sum())
+    assert stats.effective_rank == pytest.approx(float(eig.abs().sum() ** 2 / eig.pow(2).sum()))
+    assert stats.importance == pytest.approx(float(C.pow(2).sum()))
+    assert stats.captured == pytest.approx(float(eig.abs().sort(descending=True).values[:3].sum() / eig.abs().sum()))
+    assert 0.0 <= stats.density <= 1.0
+
+
+def test_single_latent_stats_use_closed_form():
+    sae = make_sae()
+    w = analysis.latent_weights(sae, 4)
+    stats = analysis.composite_stats(sae, w)
+    lam = analysis.latent_spectrum(sae, 4).eigenvalues
+    assert stats.support == 1 and stats.captured == pytest.approx(1.0)
+    assert stats.effective_rank == pytest.approx(float(lam.abs().sum() ** 2 / lam.pow(2).sum()))
+
+
+def test_mixed_clusters_and_bottleneck_rows():
+    sae = make_sae(d=5, F=16, variant="mixed", bottleneck=4)
+    D = sae.W_down.detach()
+    N = analysis.mixing_overlap(sae)
+    torch.testing.assert_close(torch.diagonal(N), torch.ones(16, dtype=N.dtype))
+    torch.testing.assert_close(N, N.T)
+    cols = D / D.norm(dim=0)
+    torch.testing.assert_close(N, cols.T @ cols)
+    w = analysis.cluster_weights(sae, 3, size=5)
+    assert int((w != 0).sum()) == 5 and w[3] == pytest.approx(1.0)
+    kept = (w != 0).nonzero().squeeze(-1)
+    dropped = (w == 0).nonzero().squeeze(-1)
+    assert N[3, kept].abs().min() >= N[3, dropped].abs().max()
+    torch.testing.assert_close(w[kept], N[3, kept])
+    assert (analysis.cluster_weights(sae, 3, size=5, signed=False) >= 0).all()
+    torch.testing.assert_close(analysis.interaction_matrix(sae, [3, 7, 1]), N[[3, 7, 1]][:, [3, 7, 1]])
+    # Bottleneck unit k reads h_k = (D f)_k = ũᵀ C_k ũ.
+    x = torch.randn(25, 5, dtype=torch.float64)
+    f = sae.encode(x)
+    torch.testing.assert_close(analysis.composite_activations(sae, x, analysis.bottleneck_weights(sae, 2)), (f @ D.T)[:, 2])
+    direction = torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(analysis.direction_weights(sae, direction), D.T @ direction)
+    with pytest.raises(ValueError, match="W_down"):
+        analysis.mixing_overlap(make_sae())
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "mixed"])
+def test_activation_direction_read_through_lifted_sae(variant):
+    sae = make_sae(d=5, F=16, variant=variant, lifted=True, bottleneck=7 if variant == "mixed" else None)
+    x = torch.randn(9, 5, dtype=torch.float64) * 2
+    y = torch.randn(5, dtype=torch.float64)
+    w = analysis.direction_weights(sae, y)
+    u_hat = sae.decode(sae.encode(x)) / x.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(analysis.composite_activations(sae, x, w), u_hat @ y)
+    with pytest.raises(ValueError, match="lifted"):
+        analysis.direction_weights(make_sae(d=5, F=16), y)
+
+
+# ---------------------------------------------------------------------------- similarity
+
+
+def permuted_copy(sae: BilinearSAE, swap_lr: bool = False, rotate_bottleneck: bool = False) -> BilinearSAE:
+    other = BilinearSAE(sae.cfg)
+    perm = torch.randperm(sae.cfg.d_sae)
+    with torch.no_grad():
+        left, right = sae.W_left[perm], sae.W_right[perm]
+        other.W_left.copy_(right if swap_lr else left)
+        other.W_right.copy_(left if swap_lr else right)
+        if sae.cfg.lifted:
+            bl, br = sae.b_left[perm], sae.b_right[perm]
+            other.b_left.copy_(br if swap_lr else bl)
+            other.b_right.copy_(bl if swap_lr else br)
+        if sae.W_down is not None:
+            D = sae.W_down[:, perm]
+            if rotate_bottleneck:
+                D = torch.linalg.qr(torch.randn(D.shape[0], D.shape[0], dtype=D.dtype)).Q @ D
+            other.W_down.copy_(D)
+    return other
+
+
+def explicit_operator(sae: BilinearSAE, symmetric: bool) -> torch.Tensor:
+    """M = E P Eᵀ on the d'²-space, E's columns vec(l̃⊗r̃) (or vec(Q)), P = DᵀD or I."""
+    left, right, down, _ = analysis.factors(sae)
+    atoms = left.unsqueeze(-1) * right.unsqueeze(-2)  # [F, d', d']
+    if symmetric:
+        atoms = 0.5 * (atoms + atoms.transpose(-1, -2))
+    E = atoms.reshape(atoms.shape[0], -1).T
+    P = down.T @ down if down is not None else torch.eye(E.shape[1], dtype=E.dtype)
+    return E @ P @ E.T
+
+
+def explicit_similarity(a, b, symmetric):
+    Ma, Mb = explicit_operator(a, symmetric), explicit_operator(b, symmetric)
+    inner = (Ma * Mb).sum()
+    return float(2 * inner.clamp(min=0).sqrt() / (Ma.norm() + Mb.norm()))
+
+
+@pytest.mark.parametrize(
+    "variant_a, variant_b, lifted", [("vanilla", "vanilla", False), ("vanilla", "vanilla", True), ("mixed", "combined", False), ("vanilla", "mixed", True)]
+)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_operator_similarity_matches_explicit_d2_computation(variant_a, variant_b, lifted, symmetric):
+    a = make_sae(d=4, F=9, variant=variant_a, lifted=lifted, bottleneck=5 if variant_a != "vanilla" else None, seed=1)
+    b = make_sae(d=4, F=7, variant=variant_b, lifted=lifted, bottleneck=3 if variant_b != "vanilla" else None, seed=2)
+    expected = explicit_similarity(a, b, symmetric)
+    got = analysis.operator_similarity(a, b, symmetric=symmetric)
+    assert got == pytest.approx(expected, rel=1e-10)
+    # Tiling changes nothing; the score is symmetric in (a, b) and in [0, 1].
+    assert analysis.operator_similarity(a, b, symmetric=symmetric, block_size=2) == pytest.approx(expected, rel=1e-10)
+    assert analysis.operator_similarity(b, a, symmetric=symmetric) == pytest.approx(expected, rel=1e-10)
+    assert 0.0 <= got <= 1.0
+    Ma, Mb = explicit_operator(a, symmetric), explicit_operator(b, symmetric)
+    assert analysis.operator_inner(a, b, symmetric=symmetric) == pytest.approx(float((Ma * Mb).sum()), rel=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "mixed"])
+@pytest.mark.parametrize("lifted", [False, True])
+def test_permuted_copy_is_identical(variant, lifted):
+    a = make_sae(d=5, F=20, variant=variant, lifted=lifted, bottleneck=6 if variant == "mixed" else None)
+    b = permuted_copy(a, rotate_bottleneck=True)
+    for symmetric in (False, True):
+        assert analysis.operator_similarity(a, b, symmetric=symmetric) == pytest.approx(1.0, abs=1e-12)
+    match = analysis.matched_similarity(a, b)
+    np.testing.assert_allclose(match.scores, 1.0, atol=1e-6)
+    # The matching finds the permutation: b's partner of a's latent i is a copy of it.
+    torch.testing.assert_close(b.W_left[match.cols], a.W_left[match.rows])
+
+
+def test_swapping_left_and_right_only_matters_unsymmetrised():
+    a = make_sae(d=5, F=10)
+    b = permuted_copy(a, swap_lr=True)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    torch.testing.assert_close(a.encode(x).sort(-1).values, b.encode(x).sort(-1).values)  # same latents
+    assert analysis.operator_similarity(a, b, symmetric=True) == pytest.approx(1.0, abs=1e-12)
+    assert analysis.operator_similarity(a, b, symmetric=False) < 0.99
+    np.testing.assert_allclose(analysis.matched_similarity(a, b, symmetric=True).scores, 1.0, atol=1e-6)
+
+
+def test_different_saes_score_below_one_and_compare_dict():
+    a, b = make_sae(d=6, F=24, seed=1), make_sae(d=6, F=24, seed=2)
+    result = analysis.compare(a, b)
+    assert 0.0 < result["operator_similarity"] < 0.99
+    assert 0.0 < result["matched_similarity"] < 1.0
+    for key in (
+        "operator_similarity_unsymmetrised",
+        "matched_median",
+        "matched_above_0.9",
+        "matched_energy",
+        "d_sae_a",
+        "d_sae_b",
+        "variant_a",
+        "variant_b",
+        "seconds",
+    ):
+        assert key in result
+    json.dumps(result)  # printable as is
+    assert result["operator_similarity"] == pytest.approx(analysis.operator_similarity(a, b))
+    assert result["operator_similarity_unsymmetrised"] == pytest.approx(analysis.operator_similarity(a, b, symmetric=False))
+    match = analysis.matched_similarity(a, b)
+    assert result["matched_similarity"] == pytest.approx(float(match.scores.mean()))
+    K = analysis.cross_kernel(a, b)
+    expected_energy = float(K[match.rows, match.cols].pow(2).sum() / K.pow(2).sum())
+    assert result["matched_energy"] == pytest.approx(expected_energy, rel=1e-5)
+    plain = analysis.compare(a, b, symmetric=False)
+    assert plain["operator_similarity"] == pytest.approx(result["operator_similarity_unsymmetrised"])
+    K = analysis.cross_kernel(a, b, symmetric=False)
+    match = analysis.matched_similarity(a, b, symmetric=False)
+    assert plain["matched_energy"] == pytest.approx(float(K[match.rows, match.cols].pow(2).sum() / K.pow(2).sum()), rel=1e-5)
+    mixed = analysis.compare(make_sae(d=6, F=24, variant="mixed", bottleneck=5), a)
+    assert 0 < mixed["operator_similarity"] < 1 and mixed["variant_a"] == "mixed"
+    same = analysis.compare(a, permuted_copy(a))
+    assert same["operator_similarity"] == pytest.approx(1.0) and same["matched_similarity"] == pytest.approx(1.0)
+    # matched_energy (the authors' "partial") of a copy is the diagonal share of its own kernel.
+    K = analysis.cross_kernel(a, a)
+    assert same["matched_energy"] == pytest.approx(float(torch.diagonal(K).pow(2).sum() / K.pow(2).sum()))
+    with pytest.raises(ValueError, match="same d_in"):
+        analysis.compare(a, make_sae(d=6, F=24, lifted=True))
+    with pytest.raises(ValueError, match="same d_in"):
+        analysis.operator_similarity(a, make_sae(d=7, F=24))
+
+
+# ---------------------------------------------------------------------------- activations
+
+
+def planted_latent_sae() -> tuple[BilinearSAE, torch.Tensor, torch.Tensor]:
+    """Latent 0 = (e0·u)(e1·u) on tokens in the (e0, e1) plane; others random."""
+    sae = make_sae(d=8, F=6, dtype="float32")
+    with torch.no_grad():
+        sae.W_left[0] = torch.eye(8)[0]
+        sae.W_right[0] = torch.eye(8)[1]
+    theta = torch.linspace(0, 2 * math.pi, 401)[:-1]
+    circle = torch.zeros(400, 8)
+    circle[:, 0], circle[:, 1] = theta.cos(), theta.sin()
+    x = torch.cat([circle * 5, 0.2 * torch.randn(200, 8), torch.zeros(3, 8)])
+    return sae, x, theta
+
+
+def test_top_activations_of_a_latent():
+    sae, x, theta = planted_latent_sae()
+    contexts = [f"ctx {i}" for i in range(len(x))]
+    tokens = [f"t{i}" for i in range(len(x))]
+    top = analysis.top_activations(sae, x, 0, n=40, tokens=tokens, contexts=contexts)
+    f = sae.encode(x)[:, 0]
+    assert len(top.indices) == 40 and top.coordinates.shape == (40, 3)
+    # Half the highest, half the lowest activations; zero tokens never chosen.
+    expected_high = set(f.topk(20).indices.tolist())
+    expected_low = set(f.topk(20, largest=False).indices.tolist())
+    assert set(top.indices[:20].tolist()) == expected_high and set(top.indices[20:].tolist()) == expected_low
+    assert (top.indices < 600).all()
+    torch.testing.assert_close(top.values, f[top.indices])
+    assert top.tokens == [tokens[i] for i in top.indices.tolist()]
+    assert top.contexts == [contexts[i] for i in top.indices.tolist()]
+    # Axes: the two eigenvectors (in the e0/e1 plane), then a residual direction.
+    torch.testing.assert_close(top.axes.T @ top.axes, torch.eye(3), atol=1e-5, rtol=0)
+    assert analysis.subspace_angles(top.axes[:, :2], torch.eye(8)[:, :2]).max() < 1e-3
+    assert top.axis_eigenvalues[2] == 0 and top.axis_labels[2].startswith("residual")
+    torch.testing.assert_close(top.axis_eigenvalues[:2].abs(), torch.tensor([0.5, 0.5]))
+    # f = Σ λ_k c_k² on the two eigen-axes; circle tokens sit on the unit circle.
+    torch.testing.assert_close((top.coordinates[:, :2].pow(2) * top.axis_eigenvalues[:2]).sum(-1), top.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(top.coordinates[:, :2].norm(dim=-1), torch.ones(40), atol=1e-4, rtol=0)
+    for sign, check in (("positive", lambda v: (v > 0).all()), ("negative", lambda v: (v < 0).all()), ("abs", lambda v: True)):
+        assert check(analysis.top_activations(sae, x, 0, n=10, sign=sign).values)
+    with pytest.raises(ValueError, match="contexts"):
+        analysis.top_activations(sae, x, 0, contexts=["a"])
+    with pytest.raises(ValueError, match="exactly one"):
+        analysis.top_activations(sae, x)
+
+
+def test_top_activations_of_a_composite_use_full_spectrum():
+    sae, x, _ = planted_latent_sae()
+    w = torch.tensor([1.0, 0.5, -0.3, 0, 0, 0.2])
+    top = analysis.top_activations(sae, x, weights=w, n=50, sign="abs")
+    spec = analysis.composite_spectrum(sae, w)
+    assert analysis.subspace_angles(top.axes, spec.eigenvectors[:, :3]).max() < 1e-3
+    torch.testing.assert_close(top.values, analysis.composite_activations(sae, x, w)[top.indices])
+    assert (top.axis_eigenvalues != 0).all()
+
+
+def test_choose_top_latents_by_frequency():
+    sae, x, _ = planted_latent_sae()
+    ones = torch.ones(8) / 8**0.5
+    with torch.no_grad():  # latent 3 reads the ones direction; the others are blind to it
+        sae.W_left -= (sae.W_left @ ones).unsqueeze(-1) * ones
+        sae.W_left[3] = ones
+        sae.W_right[3] = ones
+    x = torch.ones(50, 8) + 0.01 * torch.randn(50, 8)
+    assert analysis.choose_top_latents(sae, x, 1) == [3]
+    usage = analysis.latent_usage(sae, x)
+    assert set(usage) == {"frequency", "energy", "mean_abs", "max_abs"}
+    assert float(usage["frequency"][3]) == 1.0
+    assert len(analysis.choose_top_latents(sae, x, 4, by="energy")) == 4
+    # A subset is the same numbers (computed alone for vanilla, sliced for mixed/TopK).
+    some = analysis.latent_usage(sae, x, [3, 1])
+    for name in usage:
+        torch.testing.assert_close(some[name], usage[name][[3, 1]])
+    for other in (make_sae(d=8, F=6, variant="mixed", bottleneck=4), make_topk_sae()):
+        full, part = analysis.latent_usage(other, x), analysis.latent_usage(other, x, [3, 1])
+        for name in full:
+            torch.testing.assert_close(part[name], full[name][[3, 1]])
+
+
+def make_topk_sae() -> BilinearSAE:
+    torch.manual_seed(0)
+    return BilinearSAE(BilinearSAEConfig(d_in=8, d_sae=6, sparsity="topk", k=2, dtype="float64"))
+
+
+def test_topk_usage_counts_only_kept_latents():
+    sae = make_topk_sae()
+    x = torch.randn(40, 8, dtype=torch.float64)
+    usage = analysis.latent_usage(sae, x)
+    kept = (sae.encode(x) != 0).double()
+    # At most k latents per token can count as active.
+    assert float(usage["frequency"].sum()) <= 2.0 + 1e-9
+    assert (usage["frequency"] <= kept.mean(0) + 1e-12).all()
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "mixed"])
+def test_analyze_latent_writes_html_png_json(tmp_path, variant):
+    sae = make_sae(d=8, F=16, variant=variant, bottleneck=6 if variant == "mixed" else None, dtype="float32")
+    x = torch.randn(300, 8)
+    contexts = [f"the <b>context</b> of token {i}\nnext line" for i in range(300)]
+    tokens = [f"<tok{i}>" for i in range(300)]
+    report = analysis.analyze_latent(sae, 2, x, contexts, tmp_path, tokens=tokens, n=60)
+    for suffix in ("html", "png", "json"):
+        path = tmp_path / f"latent_2.{suffix}"
+        assert path.exists() and path.stat().st_size > 0
+        assert report[suffix] == str(path)
+    data = json.loads((tmp_path / "latent_2.json").read_text())
+    for key in ("latent", "mode", "variant", "eigenvalues", "eigenvectors", "stats", "usage", "top_tokens", "bottom_tokens", "members", "files"):
+        assert key in data
+    assert data["mode"] == ("cluster" if variant == "mixed" else "latent")
+    assert len(data["eigenvalues"]) == (2 if variant == "vanilla" else len(data["eigenvalues"])) and data["eigenvalues"]
+    assert data["eigenvectors"][0]["top_dims"][0].keys() == {"dim", "value"}
+    assert data["top_tokens"][0]["token"].startswith("<tok") and "context" in data["top_tokens"][0]
+    assert data["top_tokens"][0]["activation"] >= data["top_tokens"][-1]["activation"]
+    html = (tmp_path / "latent_2.html").read_text()
+    assert "plotly-graph-div" in html and "Plotly.newPlot" in html
+    assert "plotly.js v" in html and 'src="http' not in html  # plotly.js inline: works offline
+    assert html.count("Plotly.newPlot") == (3 if variant == "mixed" else 2)
+    assert "&lt;tok" in html or "\\u003ctok" in html  # hover text escaped, not markup
+    assert (tmp_path / "latent_2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- planted manifolds
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A vanilla bilinear SAE trained ~5 s on a circle + a paraboloid patch + linear features."""
+    import time
+
+    from sae_lens.saes.sae import TrainStepInput
+
+    from sae_bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+    from sae_bilinear.synthetic import Manifold, PlantedManifolds
+
+    data = PlantedManifolds(
+        d=16,
+        manifolds=[
+            Manifold("circle", probability=0.3),
+            Manifold("paraboloid", dim=2, offset=1.0, radius=1.5, curvature=0.5, probability=0.3),
+        ],
+        n_linear=6,
+        linear_probability=0.05,
+        noise=0.02,
+        seed=0,
+    )
+    torch.manual_seed(0)
+    steps, warm_up, alpha = 400, 100, 0.1
+    sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=16, d_sae=32, alpha=alpha, alpha_warm_up_steps=warm_up))
+    optimiser = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = data.sample(512).activations
+        coefficient = alpha * min(1.0, step / warm_up)
+        out = sae.training_forward_pass(TrainStepInput(batch, {"alpha": coefficient}, None, step, False))
+        optimiser.zero_grad()
+        out.loss.backward()
+        optimiser.step()
+    seconds = time.perf_counter() - start
+    test = data.sample(8192)
+    return data, sae.eval(), test, seconds
+
+
+def manifold_composite(sae, test, m):
+    """Weights = mean decoder coefficients g over manifold m's tokens: Σ ḡ_i Q_i is the SAE's
+    reconstruction of E[ũ⊗ũ | m], whose top eigenvectors span the manifold's subspace."""
+    with torch.no_grad():
+        f = analysis.latent_activations(sae, test.activations[test.manifold == m])
+        return sae.coefficients(f).mean(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", [0, 1], ids=["circle", "paraboloid"])
+def test_planted_manifold_subspace_is_recovered(planted, m):
+    data, sae, test, seconds = planted
+    assert seconds < 30
+    basis = data.basis(m)
+    k = basis.shape[1]
+    weights = manifold_composite(sae, test, m)
+    spec = analysis.composite_spectrum(sae, weights)
+    angles = analysis.subspace_angles(spec.eigenvectors[:, :k], basis)
+    # Baseline: top-k eigenvectors of the tokens' own second moment (the best any quadratic
+    # form can do from these tokens; off by noise and co-occurring linear features only).
+    u = kernels.unit_tokens(test.activations[test.manifold == m]).unit.double()
+    pca = analysis.spectrum(u.T @ u / len(u)).eigenvectors[:, :k]
+    baseline = analysis.subspace_angles(pca, basis)
+    # Bound: a random k-plane in 16 dims has its largest principal angle above 60° with
+    # overwhelming probability, the noise/sampling floor (baseline) is < 5°, so every angle
+    # < 10° and within 5° of the baseline means the SAE's form spans the planted subspace.
+    assert angles.max() < 10.0, (angles, baseline)
+    assert (angles - baseline).max() < 5.0, (angles, baseline)
+    # Its top eigenvalues stand out: the k-th is > 2× the (k+1)-th.
+    lam = spec.eigenvalues.abs()
+    assert lam[k - 1] > 2 * lam[k]
+
+
+def procrustes_residual(points: torch.Tensor, target: torch.Tensor) -> float:
+    """Relative RMS of points − target·R after the best rotation/reflection R (both centred)."""
+    p = points.double() - points.double().mean(0)
+    t = target.double() - target.double().mean(0)
+    U, _, Vh = torch.linalg.svd(t.T @ p, full_matrices=False)
+    fitted = t @ (U @ Vh)
+    return float((p - fitted).norm() / p.norm())
+
+
+@pytest.mark.slow
+def test_planted_circle_projects_to_a_circle(planted, tmp_path):
+    data, sae, test, _ = planted
+    weights = manifold_composite(sae, test, 0)
+    top = analysis.top_activations(sae, test.activations, weights=weights, n=1500, sign="positive")
+    assert (test.manifold[top.indices] == 0).float().mean() > 0.98
+    radius = top.coordinates[:, :2].norm(dim=-1)
+    assert float(radius.std() / radius.mean()) < 0.02  # near-constant radius in the top-2 plane
+    angles = torch.atan2(top.coordinates[:, 1], top.coordinates[:, 0])
+    assert torch.histc(angles, bins=8, min=-math.pi, max=math.pi).min() > 0  # the whole circle
+    # The view is the planted circle up to a rotation: compare with the true (cos θ, sin θ).
+    theta = test.coordinates[top.indices, 0]
+    truth = torch.stack([theta.cos(), theta.sin()], -1)
+    assert procrustes_residual(top.coordinates[:, :2], truth) < 0.05
+
+
+@pytest.mark.slow
+def test_planted_paraboloid_projects_to_its_surface(planted):
+    data, sae, test, _ = planted
+    weights = manifold_composite(sae, test, 1)
+    top = analysis.top_activations(sae, test.activations, weights=weights, n=400, sign="positive")
+    on = test.manifold[top.indices] == 1
+    assert on.float().mean() > 0.95
+    # Ground truth: the planted point p = (t, offset + curvature|t|²) seen as u = p/|p|.
+    local = test.local[top.indices][on][:, :3]
+    truth = local / local.norm(dim=-1, keepdim=True)
+    assert procrustes_residual(top.coordinates[on], truth) < 0.1
+    # And it is curved: a plane through the points leaves a clear residual, the truth does not.
+    centred = top.coordinates[on].double() - top.coordinates[on].double().mean(0)
+    assert torch.linalg.svdvals(centred)[-1] / torch.linalg.svdvals(centred)[0] > 0.05
+
+
+@pytest.mark.slow
+def test_planted_latent_analysis_files(planted, tmp_path):
+    data, sae, test, _ = planted
+    names = {-1: "off", 0: "circle", 1: "paraboloid"}
+    contexts = [names[int(m)] for m in test.manifold]
+    latent = analysis.choose_top_latents(sae, test.activations, 1)[0]
+    report = analysis.analyze_latent(sae, latent, test.activations, contexts, tmp_path, n=200)
+    assert report["latent"] == latent and report["stats"]["support"] == 1
+    assert len(report["eigenvalues"]) == 2
