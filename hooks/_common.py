@@ -165,8 +165,12 @@ def eval_tokens(model: Any, args: argparse.Namespace, n_seqs: int, context: int)
     context = min(context, model.cfg.n_ctx)
     if is_toy(model):
         return ToyLanguage(model.cfg.d_vocab, seed=model.cfg.seed or 0).sample(n_seqs, context, seed=10_000 + args.seed)
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else DEFAULT_TEXT
-    ids = model.to_tokens(text, prepend_bos=False)[0]
+    if args.text:
+        with open(args.text, encoding="utf-8") as handle:
+            text = handle.read(n_seqs * context * 16)  # enough characters for the tokens needed
+    else:
+        text = DEFAULT_TEXT
+    ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     bos = bool(model.cfg.default_prepend_bos) and model.tokenizer is not None and model.tokenizer.bos_token_id is not None
     body = context - 1 if bos else context
     n = min(n_seqs, len(ids) // body)

@@ -252,7 +252,8 @@ def _latent_statistics(
     sae: SAE[Any], x: Tensor, keep: Tensor, scaler: ActivationScaler, sums: _Sums
 ) -> None:
     """Accumulate the SAE's statistics on clean activations ``x`` [b, s, d_in] at kept positions."""
-    x = x[keep].to(sae.device)  # [n, d_in]
+    x = x[keep]
+    x = x.to(device=sae.device, dtype=torch.promote_types(x.dtype, torch.float32))  # [n, d_in]
     if x.shape[0] == 0:
         return
     scaled = scaler.scale(x)
