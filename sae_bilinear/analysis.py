@@ -376,36 +376,48 @@ def bottleneck_weights(sae: Any, row: int) -> Tensor:
     return down[row].clone()
 
 
-def direction_weights(sae: Any, direction: Tensor) -> Tensor:
-    """Weights over latents of a direction read through the SAE.
+def direction_weights(
+    sae: Any, direction: Tensor, space: Literal["latents", "bottleneck", "activations"] | None = None
+) -> Tensor:
+    """Weights over latents of a direction read through the SAE (for :func:`composite_matrix`).
 
-    - ``direction`` with ``bottleneck`` entries (mixed/combined): the bottleneck read-out
-      ``wᵀ D f``, i.e. weights ``Dᵀ w``.
-    - ``direction`` with ``d_in`` entries (lifted SAEs): the component of the decoded
-      ``û`` along it, ``wᵀ û = Σ_j g_j (dec_j·w)`` with ``g = f`` or ``DᵀD f``.
-    - ``direction`` with ``d_sae`` entries: taken as the weights themselves.
+    - ``space="bottleneck"`` (mixed/combined; ``bottleneck`` entries): the bottleneck
+      read-out ``wᵀ D f``, i.e. weights ``Dᵀ w``.
+    - ``space="activations"`` (lifted SAEs; ``d_in`` entries): the component of the
+      decoded ``û`` along ``w``, ``wᵀ û = Σ_j g_j (dec_j·w)`` with ``g = f`` or ``DᵀD f``.
+    - ``space="latents"`` (``d_sae`` entries): the weights themselves.
+
+    ``space=None`` infers it from the length of ``direction`` and refuses an ambiguous one.
     """
     left, right, down, lifted = factors(sae)
     w = direction.to(device=left.device, dtype=left.dtype).reshape(-1)
     d_sae, d_in = left.shape[0], left.shape[1] - int(lifted)
-    if down is not None and w.shape[0] == down.shape[0] and w.shape[0] not in (d_in, d_sae):
-        return down.T @ w
-    if w.shape[0] == d_sae:
-        return w.clone()
-    if w.shape[0] == d_in:
-        if not lifted:
+    sizes = {"latents": d_sae, "activations": d_in}
+    if down is not None:
+        sizes["bottleneck"] = down.shape[0]
+    if space is None:
+        matches = [name for name, size in sizes.items() if size == w.shape[0]]
+        if len(matches) != 1:
+            expected = ", ".join(f"{name}={size}" for name, size in sizes.items())
             raise ValueError(
-                "an activation-space direction can only be read through a lifted SAE (unlifted ones do not decode)"
+                f"direction has {w.shape[0]} entries: "
+                + ("ambiguous, pass space=" + " or ".join(repr(m) for m in matches) if matches else f"expected one of {expected}")
             )
-        decoder = kernels.lifted_decoder(left[:, 1:], right[:, 1:], left[:, 0], right[:, 0])
-        coefficients = decoder @ w
-        return down.T @ (down @ coefficients) if down is not None else coefficients
-    if down is not None and w.shape[0] == down.shape[0]:
+        space = matches[0]  # type: ignore[assignment]
+    if space not in sizes:
+        raise ValueError(f"space={space!r} does not exist for this SAE (it has {', '.join(sizes)})")
+    if w.shape[0] != sizes[space]:
+        raise ValueError(f"a direction in the {space} space needs {sizes[space]} entries, got {w.shape[0]}")
+    if space == "latents":
+        return w.clone()
+    if space == "bottleneck":
+        assert down is not None
         return down.T @ w
-    raise ValueError(
-        f"direction has {w.shape[0]} entries; expected d_sae={d_sae}, d_in={d_in}"
-        + (f" or bottleneck={down.shape[0]}" if down is not None else "")
-    )
+    if not lifted:
+        raise ValueError("an activation-space direction can only be read through a lifted SAE (unlifted ones do not decode)")
+    decoder = kernels.lifted_decoder(left[:, 1:], right[:, 1:], left[:, 0], right[:, 0])
+    coefficients = decoder @ w
+    return down.T @ (down @ coefficients) if down is not None else coefficients
 
 
 def interaction_matrix(sae: Any, latents: Sequence[int] | Tensor) -> Tensor:
@@ -993,6 +1005,17 @@ def _variant(sae: Any) -> str:
 # ----------------------------------------------------------------------------------------
 
 
+def _strict_json(value: Any) -> Any:
+    """NaN/inf → None, so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def _top_dims(vector: Tensor, lifted: bool, k: int) -> dict[str, Any]:
     body = vector[1:] if lifted else vector
     k = min(k, body.shape[0])
@@ -1128,5 +1151,5 @@ def analyze_latent(
     files["json"] = str(stem.with_suffix(".json"))
     report["files"] = files
     report.update(files)  # also top-level: report["html"], report["png"], report["json"]
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, allow_nan=True))
+    stem.with_suffix(".json").write_text(json.dumps(_strict_json(report), indent=1, allow_nan=False))
     return report

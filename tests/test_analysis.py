@@ -199,6 +199,14 @@ def test_activation_direction_read_through_lifted_sae(variant):
     torch.testing.assert_close(analysis.composite_activations(sae, x, w), u_hat @ y)
     with pytest.raises(ValueError, match="lifted"):
         analysis.direction_weights(make_sae(d=5, F=16), y)
+    latent_space = torch.randn(16, dtype=torch.float64)
+    torch.testing.assert_close(analysis.direction_weights(sae, latent_space), latent_space)
+    with pytest.raises(ValueError, match="expected one of"):
+        analysis.direction_weights(sae, torch.randn(11))
+    ambiguous = make_sae(d=5, F=5, lifted=True)  # d_in == d_sae
+    with pytest.raises(ValueError, match="ambiguous"):
+        analysis.direction_weights(ambiguous, y)
+    torch.testing.assert_close(analysis.direction_weights(ambiguous, y, space="latents"), y)
 
 
 # ---------------------------------------------------------------------------- similarity
