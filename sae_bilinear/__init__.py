@@ -17,6 +17,9 @@ from sae_bilinear.bilinear import (
 
 register()
 
+# After registration: the Hub helpers load through SAELens, which must know "bilinear".
+from sae_bilinear.hub import bae_loader, convert_bae, from_pretrained, list_releases, push  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,5 +28,10 @@ __all__ = [
     "BilinearTrainingSAE",
     "BilinearTrainingSAEConfig",
     "UnliftedDecodeError",
+    "bae_loader",
+    "convert_bae",
+    "from_pretrained",
+    "list_releases",
+    "push",
     "register",
 ]

@@ -186,6 +186,14 @@ class ShuffledBatches(Iterator[Tensor]):
         return self.activations[index]
 
 
+class _FrequentProgressTrainer(SAETrainer[Any, Any]):
+    """SAELens's trainer, with its progress bar moving every 10 steps instead of 100."""
+
+    @override
+    def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
+        super()._update_pbar(step_output, pbar, update_interval=10)
+
+
 @dataclass
 class TrainingSettings:
     """How :func:`train_on_activations` runs SAELens's trainer."""
@@ -233,7 +241,9 @@ def train_on_activations(
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=min(100, max(1, math.ceil(activations.shape[0] / settings.batch_size))),
     )
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed))
+    trainer = _FrequentProgressTrainer(
+        cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed)
+    )
     use_optimizer(trainer, settings.optimizer, settings.lr)
     trainer.fit()
     return trainer

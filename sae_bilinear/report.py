@@ -1,0 +1,163 @@
+"""``report.html`` of the main job: training curves, density vs error, CE bars, metrics, latents.
+
+Self-contained (plotly.js inline, works offline), plus ``report.png`` with the same three
+plots for places where a static picture is handier.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sae_bilinear import plots
+
+CE_KEYS = ("ce_clean", "ce_spliced", "ce_mean_ablated", "ce_zero_ablated")
+TABLE_KEYS = (
+    "ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated", "ce_loss_recovered", "kl",
+    "explained_variance", "reconstruction_error", "hoyer_density", "l0", "dead_fraction",
+)
+
+
+def curves_figure(history: Sequence[dict[str, float]]) -> go.Figure:
+    """Training curves: x⊗x reconstruction error, x̂ explained variance, Hoyer density, α."""
+    steps = [row["step"] for row in history]
+    panels = [
+        ("reconstruction_error", "reconstruction error of x⊗x"),
+        ("explained_variance", "explained variance of x̂"),
+        ("hoyer_density", "Hoyer density"),
+        ("alpha", "α (warm-up)"),
+    ]
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[title for _, title in panels])
+    for col, (key, _) in enumerate(panels, start=1):
+        values = [row.get(key) for row in history]
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=key, showlegend=False), row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_layout(height=320, margin=dict(t=40, b=40, l=40, r=20), title="Training (SAELens trainer)")
+    return fig
+
+
+def density_error_figure(history: Sequence[dict[str, float]], final: dict[str, Any]) -> go.Figure:
+    """Hoyer density against reconstruction error along training (the paper's trade-off axes)."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[row["hoyer_density"] for row in history],
+            y=[row["reconstruction_error"] for row in history],
+            mode="lines+markers",
+            marker=dict(color=[row["step"] for row in history], colorscale="Viridis", showscale=True,
+                        colorbar=dict(title="step")),
+            name="training",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[final["hoyer_density"]], y=[final["reconstruction_error"]], mode="markers",
+            marker=dict(symbol="star", size=16, color="crimson"), name="held-out (final)",
+        )
+    )
+    fig.update_layout(
+        height=380, title="Density vs reconstruction error", xaxis_title="Hoyer density (mean over latents)",
+        yaxis_title="||X − X̂||² / ||X||²", margin=dict(t=50, b=40, l=60, r=20),
+    )
+    return fig
+
+
+def ce_figure(metrics: dict[str, Any]) -> go.Figure:
+    """CE loss clean / spliced / mean- and zero-ablated, bilinear next to the baseline."""
+    labels = ["clean", "spliced", "mean-ablated", "zero-ablated"]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=[metrics[k] for k in CE_KEYS], name="bilinear"))
+    baseline = metrics.get("baseline")
+    if baseline:
+        fig.add_trace(go.Bar(x=labels, y=[baseline[k] for k in CE_KEYS], name=f"{baseline['kind']} baseline"))
+    fig.update_layout(
+        barmode="group", height=360, title="Next-token CE loss on held-out text (nats)", yaxis_title="CE loss",
+        margin=dict(t=50, b=40, l=60, r=20),
+    )
+    return fig
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    baseline = metrics.get("baseline")
+    head = "<tr><th>metric</th><th>bilinear</th>" + (f"<th>{html.escape(baseline['kind'])} baseline</th>" if baseline else "") + "</tr>"
+    rows = [
+        f"<tr><td>{key}</td><td>{_format(metrics.get(key))}</td>"
+        + (f"<td>{_format(baseline.get(key))}</td>" if baseline else "")
+        + "</tr>"
+        for key in TABLE_KEYS
+    ]
+    style = "border-collapse:collapse" 
+    return f'<table style="{style}" border="1" cellpadding="4">{head}{"".join(rows)}</table>'
+
+
+def write_report(
+    out: str | Path, metrics: dict[str, Any], history: Sequence[dict[str, float]], latent_pages: Sequence[dict[str, Any]]
+) -> Path:
+    """Write ``report.html`` and ``report.png`` into ``out``; returns the HTML path."""
+    out = Path(out)
+    figures = [curves_figure(history), density_error_figure(history, metrics), ce_figure(metrics)]
+    divs = [plots.figure_div(fig, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    links = "".join(
+        f'<li>latent {page["latent"]}: <a href="{html.escape(str(Path(page["html"]).relative_to(out)))}">3D manifold</a>'
+        f' · <a href="{html.escape(str(Path(page["png"]).relative_to(out)))}">PNG</a>'
+        f' · <a href="{html.escape(str(Path(page["json"]).relative_to(out)))}">JSON</a></li>'
+        for page in latent_pages
+        if page.get("html")
+    )
+    summary = (
+        f"<p>{html.escape(str(metrics['model']))} at <code>{html.escape(str(metrics['hook']))}</code>, "
+        f"{metrics['tokens']} training tokens, {metrics['eval_tokens']} held-out tokens, {metrics['seconds']:.0f} s.</p>"
+        + metrics_table(metrics)
+        + (f"<h2>Most active latents</h2><ul>{links}</ul>" if links else "")
+    )
+    page = plots.html_page([summary, *divs], title="sae-bilinear report")
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    _write_png(out / "report.png", metrics, history)
+    return path
+
+
+def _write_png(path: Path, metrics: dict[str, Any], history: Sequence[dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(steps, [row["reconstruction_error"] for row in history], label="x⊗x error")
+    if history and "explained_variance" in history[0]:
+        axes[0].plot(steps, [row["explained_variance"] for row in history], label="x̂ explained variance")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    axes[0].set_title("training")
+    axes[1].plot([row["hoyer_density"] for row in history], [row["reconstruction_error"] for row in history], ".-")
+    axes[1].plot([metrics["hoyer_density"]], [metrics["reconstruction_error"]], "r*", markersize=14, label="held-out")
+    axes[1].set_xlabel("Hoyer density")
+    axes[1].set_ylabel("reconstruction error")
+    axes[1].legend()
+    axes[1].set_title("density vs error")
+    labels = ["clean", "spliced", "mean-abl.", "zero-abl."]
+    x = range(len(labels))
+    axes[2].bar([i - 0.2 for i in x], [metrics[k] for k in CE_KEYS], width=0.4, label="bilinear")
+    if metrics.get("baseline"):
+        axes[2].bar([i + 0.2 for i in x], [metrics["baseline"][k] for k in CE_KEYS], width=0.4, label=metrics["baseline"]["kind"])
+    axes[2].set_xticks(list(x), labels)
+    axes[2].set_ylabel("CE loss (nats)")
+    axes[2].legend()
+    axes[2].set_title("splice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
