@@ -36,7 +36,7 @@ def curves_figure(history: Sequence[dict[str, float]]) -> go.Figure:
         values = [row.get(key) for row in history]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=key, showlegend=False), row=1, col=col)
         fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_layout(height=320, margin=dict(t=40, b=40, l=40, r=20), title="Training (SAELens trainer)")
+    fig.update_layout(height=340, margin=dict(t=80, b=40, l=40, r=20), title=dict(text="Training (SAELens trainer)", y=0.97))
     return fig
 
 
@@ -62,6 +62,7 @@ def density_error_figure(history: Sequence[dict[str, float]], final: dict[str, A
     fig.update_layout(
         height=380, title="Density vs reconstruction error", xaxis_title="Hoyer density (mean over latents)",
         yaxis_title="||X − X̂||² / ||X||²", margin=dict(t=50, b=40, l=60, r=20),
+        legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom", xanchor="left"),
     )
     return fig
 
