@@ -17,7 +17,7 @@ clear message (never silently wrong).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from numpy.typing import NDArray
@@ -185,6 +185,19 @@ class BilinearTrainingSAEConfig(TrainingSAEConfig):
         super().__post_init__()
 
 
+class _StepCache(NamedTuple):
+    """What training_forward_pass hands to calculate_aux_loss (SAELens fixes that signature)."""
+
+    sae_in: Tensor
+    """The step's input tensor itself: the cache applies only to a call with this very tensor."""
+    valid: Tensor
+    """Valid-token mask, flattened [n]."""
+    feature_acts: Tensor
+    """The post-activations the support was read from."""
+    support: tuple[Tensor, Tensor] | None
+    """TopK ``(indices, values)`` [n, k], or None."""
+
+
 class MagnitudeTopK(nn.Module):
     """Keep the ``k`` latents of largest ``|f|`` per token, signs kept (bilinear latents are signed)."""
 
@@ -195,6 +208,13 @@ class MagnitudeTopK(nn.Module):
     @override
     def forward(self, latents: Tensor) -> Tensor:
         return kernels.topk_by_magnitude(latents, self.k)
+
+    def with_indices(self, latents: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(forward(latents), indices kept)``; indices are None when ``k = d_sae`` (nothing dropped)."""
+        if self.k == latents.shape[-1]:
+            return latents, None
+        indices = kernels.topk_indices(latents, self.k)
+        return torch.zeros_like(latents).scatter(-1, indices, latents.gather(-1, indices)), indices
 
 
 class _BilinearMixin:
@@ -277,13 +297,29 @@ class _BilinearMixin:
 
         Masked (zero or non-finite) tokens get all-zero latents, lifted or not.
         """
+        post, pre, _ = self._encode_tokens_with_support(tokens)
+        return post, pre
+
+    def _encode_tokens_with_support(self, tokens: kernels.UnitTokens) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(post, pre, indices)``: as :meth:`_encode_tokens`, plus the TopK support.
+
+        ``indices`` [..., k] are the latents TopK kept (None without TopK, or when k = d_sae),
+        taken from the same ``torch.topk`` call that zeroes the others, so the sparse kernel
+        and the dense post-activations always agree, ties included.
+        """
         unit = tokens.unit
         left = self.hook_sae_left(nn.functional.linear(unit, self.W_left, self.b_left))  # type: ignore[attr-defined]
         right = self.hook_sae_right(nn.functional.linear(unit, self.W_right, self.b_right))  # type: ignore[attr-defined]
-        pre = torch.where(tokens.valid.unsqueeze(-1), left * right, torch.zeros((), dtype=unit.dtype, device=unit.device))
+        # In place on the fresh product (its backward needs only left and right): one B×F buffer less.
+        pre = (left * right).masked_fill_(~tokens.valid.unsqueeze(-1), 0.0)
         pre = self.hook_sae_acts_pre(pre)  # type: ignore[attr-defined]
-        post = self.hook_sae_acts_post(self.activation_fn(pre))  # type: ignore[attr-defined]
-        return post, pre
+        activation = self.activation_fn  # type: ignore[attr-defined]
+        if isinstance(activation, MagnitudeTopK):
+            post, indices = activation.with_indices(pre)
+        else:
+            post, indices = activation(pre), None
+        post = self.hook_sae_acts_post(post)  # type: ignore[attr-defined]
+        return post, pre, indices
 
     def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Latents ``(f_after_topk, f_dense)`` of raw activations ``x`` [..., d_in]."""
@@ -330,24 +366,77 @@ class _BilinearMixin:
                     "or pass input_norm"
                 )
         unit_hat = self.coefficients(feature_acts) @ directions
+        return self._finish_decode(unit_hat, input_norm)
+
+    def _finish_decode(self, unit_hat: Tensor, input_norm: Tensor) -> Tensor:
+        """``û → x̂ = ||x|| û``, through the reconstruction hook and SAELens's output reshaping."""
         sae_out = unit_hat * input_norm.to(unit_hat.dtype).unsqueeze(-1)
         sae_out = self.hook_sae_recons(sae_out)  # type: ignore[attr-defined]
         sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
 
-    def _kernel_error(self, dense: Tensor, sparse: Tensor, valid: Tensor, ordered: bool) -> kernels.KernelError:
+    kernel_backward: kernels.Backward = "fused"
+    """How the dense kernel loss is differentiated: ``"fused"`` (hand-written, default) or ``"autograd"``."""
+    kernel_tile_size: int | None = None
+    """Rows per block of the F×F matrices in the fused kernel (None: automatic)."""
+    kernel_memory_budget: int | None = None
+    """Bytes allowed for F×F-type buffers in the fused kernel (None: no limit)."""
+    sparse_kernel: bool = True
+    """With TopK (vanilla/ordered), score only each token's k×k block of K when that is cheaper."""
+
+    def _uses_sparse_kernel(self, indices: Tensor | None) -> bool:
+        """Whether the k×k-block kernel applies and costs fewer FLOPs than the dense one.
+
+        It needs ``g`` to be the TopK latents themselves: mixed/combined decode through
+        ``g = DᵀD f_topk``, which is dense, so they keep the dense kernel.
+        """
+        if indices is None or self.W_down is not None or not self.sparse_kernel:
+            return False
+        k, d_sae, d_in = indices.shape[-1], self.cfg.d_sae, self.cfg.d_in
+        tokens = max(1, indices.numel() // max(k, 1))
+        return 8 * tokens * k * k * d_in < 6 * d_sae * d_sae * d_in + 3 * tokens * d_sae * d_sae
+
+    def _kernel_error(
+        self,
+        dense: Tensor,
+        sparse: Tensor,
+        valid: Tensor,
+        ordered: bool,
+        indices: Tensor | None = None,
+        values: Tensor | None = None,
+    ) -> kernels.KernelError:
+        """Kernel error per token; ``indices`` (and optionally ``values = sparse[indices]``, flattened
+        to [n, k]) is the TopK support, which selects the k×k-block kernel when it applies."""
         batch_shape = dense.shape[:-1]
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-        result = kernels.kernel_error(
-            flat(dense),
-            flat(self.coefficients(sparse)),
-            self.W_left,
-            self.W_right,
-            self.b_left,
-            self.b_right,
-            valid.reshape(-1),
-            ordered=ordered,
-        )
+        if self._uses_sparse_kernel(indices):
+            assert indices is not None
+            flat_indices = flat(indices)
+            result = kernels.sparse_kernel_error(
+                flat(dense),
+                flat(sparse).gather(-1, flat_indices) if values is None else values,
+                flat_indices,
+                self.W_left,
+                self.W_right,
+                self.b_left,
+                self.b_right,
+                valid.reshape(-1),
+                ordered=ordered,
+            )
+        else:
+            result = kernels.kernel_error(
+                flat(dense),
+                flat(self.coefficients(sparse)),
+                self.W_left,
+                self.W_right,
+                self.b_left,
+                self.b_right,
+                valid.reshape(-1),
+                ordered=ordered,
+                backward=self.kernel_backward,
+                tile_size=self.kernel_tile_size,
+                memory_budget=self.kernel_memory_budget,
+            )
         return kernels.KernelError(*(t.reshape(batch_shape) for t in result))
 
     def reconstruction_error(self, x: Tensor) -> Tensor:
@@ -357,8 +446,8 @@ class _BilinearMixin:
         objective). Zero and non-finite tokens are masked: their error is 0.
         """
         tokens = kernels.unit_tokens(self.process_sae_in(x))
-        sparse, dense = self._encode_tokens(tokens)
-        return self._kernel_error(dense, sparse, tokens.valid, ordered=False).error
+        sparse, dense, indices = self._encode_tokens_with_support(tokens)
+        return self._kernel_error(dense, sparse, tokens.valid, ordered=False, indices=indices).error
 
     def active_latents(self, latents: Tensor) -> Tensor:
         """Boolean [..., d_sae]: ``|f_j|`` reaches ``activity_threshold`` of latent j's peak."""
@@ -420,6 +509,7 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
         self.history: list[dict[str, float]] = []
         """Scalars of every ``history_every``-th step (SAELens only logs to wandb)."""
         self.history_every = 10
+        self._step_cache: _StepCache | None = None
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -430,41 +520,80 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
         self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
         # Hoyer density over the valid tokens of the batch (ordered: harmonic-tail weighted).
-        valid = kernels.unit_tokens(step_input.sae_in.reshape(-1, step_input.sae_in.shape[-1])).valid
-        density = kernels.density(
-            feature_acts.reshape(-1, feature_acts.shape[-1]), valid, ordered=kernels.is_ordered(self.cfg.variant)
-        )
+        ordered = kernels.is_ordered(self.cfg.variant)
+        cache = self._step_cache
+        if cache is not None and cache.sae_in is step_input.sae_in:
+            # Called from training_forward_pass: the mask (and the TopK support) are known.
+            valid = cache.valid
+            if cache.support is not None and cache.feature_acts is feature_acts:
+                indices, values = cache.support
+                h = kernels.sparse_hoyer_density(values, indices, self.cfg.d_sae, valid)
+                density = kernels.weighted_density(h, ordered)
+                return {"density_penalty": step_input.coefficients.get("alpha", self.cfg.alpha) * density}
+        else:
+            valid = kernels.unit_tokens(step_input.sae_in.reshape(-1, step_input.sae_in.shape[-1])).valid
+        density = kernels.density(feature_acts.reshape(-1, feature_acts.shape[-1]), valid, ordered=ordered)
         return {"density_penalty": step_input.coefficients.get("alpha", self.cfg.alpha) * density}
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         tokens = kernels.unit_tokens(self.process_sae_in(step_input.sae_in))
-        sparse, dense = self._encode_tokens(tokens)
+        sparse, dense, indices = self._encode_tokens_with_support(tokens)
         ordered = kernels.is_ordered(self.cfg.variant)
-        objective = self._kernel_error(dense, sparse, tokens.valid, ordered=ordered)
+        flat_valid = tokens.valid.reshape(-1)
+        support = None
+        if indices is not None:
+            # The k kept latents per token, read from the post-activations (hooks included):
+            # loss, density and firing statistics then cost O(B·k) instead of O(B·F).
+            flat_indices = indices.reshape(-1, indices.shape[-1])
+            support = (flat_indices, sparse.reshape(-1, sparse.shape[-1]).gather(-1, flat_indices))
+        objective = self._kernel_error(
+            dense, sparse, tokens.valid, ordered=ordered, indices=indices, values=None if support is None else support[1]
+        )
         error = kernels.masked_mean(objective.error, tokens.valid)
-        penalty = self.calculate_aux_loss(step_input, sparse, dense, step_input.sae_in)["density_penalty"]
+        # SAELens's calculate_aux_loss signature has no room for the mask: hand it over here.
+        self._step_cache = _StepCache(step_input.sae_in, flat_valid, sparse, support)
+        try:
+            penalty = self.calculate_aux_loss(step_input, sparse, dense, step_input.sae_in)["density_penalty"]
+        finally:
+            self._step_cache = None
         alpha = step_input.coefficients.get("alpha", self.cfg.alpha)
         loss = error + penalty
 
         with torch.no_grad():
-            active = self.active_latents(sparse) & tokens.valid.unsqueeze(-1)
-            firing = torch.where(active, sparse.detach(), torch.zeros_like(sparse))
+            if support is None:
+                active = self.active_latents(sparse) & tokens.valid.unsqueeze(-1)
+                firing = torch.where(active, sparse.detach(), torch.zeros_like(sparse))
+                active_count = active.sum(-1)
+            else:
+                flat_indices, values = support[0], support[1].detach()
+                peak = kernels.latent_peak(self.W_left, self.W_right, self.b_left, self.b_right)
+                active_k = values.abs() >= self.cfg.activity_threshold * peak.to(values.dtype)[flat_indices]
+                active_k &= flat_valid.unsqueeze(-1)
+                firing = torch.zeros_like(sparse).reshape(-1, sparse.shape[-1])
+                firing = firing.scatter(-1, flat_indices, torch.where(active_k, values, torch.zeros_like(values)))
+                firing = firing.reshape(sparse.shape)
+                active_count = active_k.sum(-1).reshape(tokens.valid.shape)
             if self.cfg.lifted:
-                sae_out = self.decode(sparse.detach(), input_norm=tokens.norm)
+                sae_out = self._training_decode(sparse.detach(), indices, tokens.norm)
             else:
                 # x̂ does not exist without the lift; NaN makes any explained variance computed
                 # from it visibly undefined instead of quietly wrong.
                 sae_out = torch.full_like(step_input.sae_in, float("nan"))
 
+        def hoyer() -> Tensor:
+            if support is None:
+                return kernels.hoyer_density(sparse.detach(), tokens.valid).mean()
+            return kernels.sparse_hoyer_density(support[1].detach(), support[0], self.cfg.d_sae, flat_valid).mean()
+
         metrics: dict[str, Any] = {
-            "hoyer_density": lambda: kernels.hoyer_density(sparse.detach(), tokens.valid).mean(),
+            "hoyer_density": hoyer,
             "alpha": alpha,
-            "l0_active": lambda: active.float().sum(-1)[tokens.valid].mean() if tokens.valid.any() else 0.0,
+            "l0_active": lambda: active_count.float()[tokens.valid].mean() if tokens.valid.any() else 0.0,
             "masked_tokens": lambda: (~tokens.valid).sum(),
         }
         if ordered:
-            metrics["reconstruction_error"] = lambda: self._full_error(dense, sparse, tokens.valid)
+            metrics["reconstruction_error"] = lambda: self._full_error(dense, sparse, tokens.valid, indices)
         else:
             metrics["reconstruction_error"] = error.detach()
         if step_input.dead_neuron_mask is not None:
@@ -483,9 +612,21 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
             metrics=metrics,
         )
 
+    def _training_decode(self, sparse: Tensor, indices: Tensor | None, norm: Tensor) -> Tensor:
+        """``decode(sparse)``; with TopK (no bottleneck) from the k kept latents only (B·k·d, not B·F·d)."""
+        if indices is None or self.W_down is not None:
+            return self.decode(sparse, input_norm=norm)
+        flat_indices = indices.reshape(-1, indices.shape[-1])
+        values = sparse.reshape(-1, sparse.shape[-1]).gather(-1, flat_indices)
+        unit_hat = nn.functional.embedding_bag(
+            flat_indices, self.decoder_directions(), per_sample_weights=values, mode="sum"
+        ).reshape(*sparse.shape[:-1], -1)
+        return self._finish_decode(unit_hat, norm)
+
     @torch.no_grad()
-    def _full_error(self, dense: Tensor, sparse: Tensor, valid: Tensor) -> Tensor:
-        return kernels.masked_mean(self._kernel_error(dense.detach(), sparse.detach(), valid, ordered=False).error, valid)
+    def _full_error(self, dense: Tensor, sparse: Tensor, valid: Tensor, indices: Tensor | None = None) -> Tensor:
+        error = self._kernel_error(dense.detach(), sparse.detach(), valid, ordered=False, indices=indices).error
+        return kernels.masked_mean(error, valid)
 
     @torch.no_grad()
     def _record_history(

@@ -22,11 +22,15 @@ from typing import Literal, NamedTuple
 
 import torch
 from beartype import beartype
-from jaxtyping import Bool, Float, jaxtyped
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
+
+from sae_bilinear import kernel_autograd
 
 Variant = Literal["vanilla", "ordered", "mixed", "combined"]
 VARIANTS: tuple[str, ...] = ("vanilla", "ordered", "mixed", "combined")
+Backward = Literal["fused", "autograd"]
+BACKWARDS: tuple[str, ...] = ("fused", "autograd")
 
 typechecked = jaxtyped(typechecker=beartype)
 
@@ -119,7 +123,7 @@ def topk_by_magnitude(latents: Float[Tensor, "*batch d_sae"], k: int) -> Float[T
         raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}")
     if k == d_sae:
         return latents
-    indices = latents.abs().topk(k, dim=-1, sorted=False).indices
+    indices = topk_indices(latents, k)
     return torch.zeros_like(latents).scatter(-1, indices, latents.gather(-1, indices))
 
 
@@ -188,6 +192,10 @@ def kernel_error(
     b_right: Float[Tensor, " d_sae"] | None,
     valid: Bool[Tensor, " batch"],
     ordered: bool = False,
+    *,
+    backward: Backward = "fused",
+    tile_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> KernelError:
     """Relative error ``||X − X̂||²/||ũ||⁴`` of every token, from F×F Gram matrices only.
 
@@ -198,30 +206,112 @@ def kernel_error(
         W_left, W_right, b_left, b_right: encoder rows; biases present iff lifted.
         valid: tokens to score; the others get error 0.
         ordered: average the error over the F prefixes ``X̂_{≤k}``.
+        backward: ``"fused"`` (default): ``gᵀKg`` by the block-symmetric kernel with a
+            hand-written backward (:mod:`sae_bilinear.kernel_autograd`), about half the
+            FLOPs and at most ~1.1 F² numbers kept; ``"autograd"``: the plain formulation
+            ``((g @ K) * g).sum(-1)`` differentiated by autograd (reference; 5–6 F×F buffers).
+        tile_size, memory_budget: fused only: rows per block of the F×F matrices, and a
+            bound in bytes on the F×F-type buffers (Gram blocks are then recomputed in the
+            backward when keeping them would not fit); see
+            :func:`sae_bilinear.kernel_autograd.plan_tiles`.
 
     All arithmetic after the inputs runs in float32 at least, with autocast off.
+    Gradients reach ``latents``, ``coefficients`` and the weights.
     """
     if (b_left is None) != (b_right is None):
         raise ValueError("b_left and b_right must both be given (lifted) or both be None")
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     lifted = b_left is not None
     dtype = accumulation_dtype(latents.dtype)
     with torch.autocast(device_type=latents.device.type, enabled=False):
         f = latents.to(dtype)
         g = coefficients.to(dtype)
-        K = gram(W_left.to(dtype), None if b_left is None else b_left.to(dtype))
-        K = K * gram(W_right.to(dtype), None if b_right is None else b_right.to(dtype))
+        L, R = W_left.to(dtype), W_right.to(dtype)
+        bl = None if b_left is None else b_left.to(dtype)
+        br = None if b_right is None else b_right.to(dtype)
         d_sae = f.shape[-1]
         if ordered:
-            K = K * prefix_pair_weights(d_sae, device=f.device, dtype=dtype)
             cross = (g * f * prefix_weights(d_sae, device=f.device, dtype=dtype)).sum(-1)
         else:
             cross = (g * f).sum(-1)
-        quadratic = ((g @ K) * g).sum(-1)
-        # ||ũ||⁴ for unit u: 1 unlifted, (1 + 1)² = 4 lifted.
-        target = 4.0 if lifted else 1.0
-        error = (target - 2.0 * cross + quadratic) / target
-        error = torch.where(valid, error, torch.zeros_like(error))
+        if backward == "fused":
+            quadratic = kernel_autograd.dense_quadratic(
+                g, L, R, bl, br, ordered=ordered, tile_size=tile_size, memory_budget=memory_budget
+            )
+        else:
+            K = gram(L, bl) * gram(R, br)
+            if ordered:
+                K = K * prefix_pair_weights(d_sae, device=f.device, dtype=dtype)
+            quadratic = ((g @ K) * g).sum(-1)
+        error = _relative_error(cross, quadratic, valid, lifted)
     return KernelError(error=error, cross=cross, quadratic=quadratic)
+
+
+def _relative_error(cross: Tensor, quadratic: Tensor, valid: Tensor, lifted: bool) -> Tensor:
+    # ||ũ||⁴ for unit u: 1 unlifted, (1 + 1)² = 4 lifted.
+    target = 4.0 if lifted else 1.0
+    error = (target - 2.0 * cross + quadratic) / target
+    return torch.where(valid, error, torch.zeros_like(error))
+
+
+@typechecked
+def sparse_kernel_error(
+    latents: Float[Tensor, "batch d_sae"],
+    values: Float[Tensor, "batch k"],
+    indices: Int[Tensor, "batch k"],
+    W_left: Float[Tensor, "d_sae d_in"],
+    W_right: Float[Tensor, "d_sae d_in"],
+    b_left: Float[Tensor, " d_sae"] | None,
+    b_right: Float[Tensor, " d_sae"] | None,
+    valid: Bool[Tensor, " batch"],
+    ordered: bool = False,
+    *,
+    max_elements: int | None = None,
+) -> KernelError:
+    """:func:`kernel_error` for coefficients ``g`` non-zero only at ``indices`` (TopK latents).
+
+    ``g = zeros(B, F).scatter(-1, indices, values)`` (indices distinct per token, as
+    ``torch.topk`` gives them). Only each token's k×k block of K is formed, from the
+    gathered rows of L̃ and R̃: ``8Bk²d`` FLOPs for forward and backward, no F² term, and
+    the ordered weights ``(F − max(i,j))/F`` use the latents' global indices. The result
+    equals ``kernel_error(latents, g, ...)``. ``max_elements`` bounds the gathered
+    ``[tokens, k, d]`` rows held at once (tokens are processed in chunks).
+    """
+    if (b_left is None) != (b_right is None):
+        raise ValueError("b_left and b_right must both be given (lifted) or both be None")
+    d_sae = latents.shape[-1]
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
+        raise ValueError(f"indices must lie in [0, d_sae={d_sae})")
+    lifted = b_left is not None
+    dtype = accumulation_dtype(latents.dtype)
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        f = latents.to(dtype).gather(-1, indices)
+        v = values.to(dtype)
+        if ordered:
+            cross = (v * f * ((d_sae - indices).to(dtype) / d_sae)).sum(-1)
+        else:
+            cross = (v * f).sum(-1)
+        quadratic = kernel_autograd.sparse_quadratic(
+            v,
+            indices,
+            W_left.to(dtype),
+            W_right.to(dtype),
+            None if b_left is None else b_left.to(dtype),
+            None if b_right is None else b_right.to(dtype),
+            ordered=ordered,
+            max_elements=max_elements,
+        )
+        error = _relative_error(cross, quadratic, valid, lifted)
+    return KernelError(error=error, cross=cross, quadratic=quadratic)
+
+
+def topk_indices(latents: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` largest ``|f|`` per token, exactly those :func:`topk_by_magnitude` keeps."""
+    d_sae = latents.shape[-1]
+    if not 1 <= k <= d_sae:
+        raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}")
+    return latents.abs().topk(k, dim=-1, sorted=False).indices
 
 
 @typechecked
@@ -262,7 +352,39 @@ def density(
     latents: Float[Tensor, "batch d_sae"], valid: Bool[Tensor, " batch"] | None = None, ordered: bool = False
 ) -> Float[Tensor, ""]:
     """Sparsity penalty: mean Hoyer density; ordered variants weight latent j by its harmonic tail."""
-    h = hoyer_density(latents, valid)
+    return weighted_density(hoyer_density(latents, valid), ordered)
+
+
+@typechecked
+def sparse_hoyer_density(
+    values: Float[Tensor, "batch k"],
+    indices: Int[Tensor, "batch k"],
+    d_sae: int,
+    valid: Bool[Tensor, " batch"] | None = None,
+) -> Float[Tensor, " d_sae"]:
+    """:func:`hoyer_density` of latents that are zero outside ``indices`` (TopK), in O(B·k).
+
+    Equal to ``hoyer_density(zeros(B, F).scatter(-1, indices, values), valid)``, with the
+    same zero gradient for latents that never fire.
+    """
+    dtype = accumulation_dtype(values.dtype)
+    v = values.to(dtype)
+    if valid is None:
+        n = v.shape[0]
+    else:
+        v = torch.where(valid.unsqueeze(-1), v, torch.zeros((), dtype=dtype, device=v.device))
+        n = int(valid.sum())
+    flat = indices.reshape(-1)
+    l1 = torch.zeros(d_sae, dtype=dtype, device=v.device).index_add(0, flat, v.abs().reshape(-1))
+    sq = torch.zeros(d_sae, dtype=dtype, device=v.device).index_add(0, flat, v.square().reshape(-1))
+    alive = sq > 0
+    l2 = torch.where(alive, sq, torch.ones_like(sq)).sqrt()
+    scale = max(math.sqrt(n) - 1.0, 1e-12)
+    return torch.where(alive, (l1 / l2 - 1.0) / scale, torch.zeros_like(l1)).clamp(min=0.0)
+
+
+def weighted_density(h: Tensor, ordered: bool) -> Tensor:
+    """Mean of per-latent densities ``h``; ordered variants weight latent j by its harmonic tail."""
     if ordered:
         h = h * tail_harmonic_weights(h.shape[0], device=h.device, dtype=h.dtype)
     return h.mean()
