@@ -1,0 +1,290 @@
+"""Shared helpers of the experiment scripts: paths, seeding, strict JSON, cached SmolLM2
+activations, one bilinear training run, held-out metrics.
+
+Not a public API: the scripts in this folder import it as ``_common`` (they put their own
+folder on ``sys.path`` first, so ``python experiments/<script>.py`` works from anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / "cache"
+
+HOOK = "blocks.15.hook_resid_pre"
+"""The embedded SmolLM2-135M's middle layer (30 blocks)."""
+
+
+def setup(seed: int = 0, threads: int = 1) -> None:
+    """One torch thread (the machine is shared) and every RNG seeded."""
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parser(description: str, name: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every script shares: --out, --tiny, --seed, --cache."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=RESULTS / name, help="folder for the JSON and PNG results")
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke setting (tests); numbers are meaningless")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation")
+    p.add_argument("--cache", type=Path, default=CACHE, help="folder for cached activations and trained SAEs")
+    return p
+
+
+def strict(value: Any) -> Any:
+    """JSON-ready copy: tensors/numpy to Python, NaN/inf to None."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(strict(data), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib Figure (Agg, no pyplot state) as PNG."""
+    from sae_bilinear.plots import write_png
+
+    return write_png(fig, path, dpi=dpi)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str], digits: int = 3) -> str:
+    """A GitHub markdown table of ``rows`` (floats rounded to ``digits`` significant places)."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+                return f"{v:.{digits - 1}e}"
+            return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Activations of the embedded model, collected once and cached
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Which activations to collect: the cache file is keyed by every field."""
+
+    hook: str = HOOK
+    train_contexts: int = 192
+    eval_contexts: int = 8
+    context_size: int = 128
+    corpus: str = "kjv"
+    model: str = "smollm2-135m"
+
+    @property
+    def filename(self) -> str:
+        hook = self.hook.replace(".", "_")
+        return f"{self.model}_{self.corpus}_{hook}_t{self.train_contexts}_e{self.eval_contexts}_c{self.context_size}.pt"
+
+
+TINY_MODEL = "tiny-qwen3"
+"""A 2-layer, d=32 Qwen3 with random weights and the real tokenizer: the --tiny settings' model."""
+
+TINY_SPEC = ActivationSpec(hook="blocks.1.hook_resid_pre", train_contexts=24, eval_contexts=2, context_size=32, model=TINY_MODEL)
+
+
+def load_model(name: str = "smollm2-135m") -> Any:
+    """The embedded SmolLM2-135M (from its disk cache), or the random tiny Qwen3 for --tiny."""
+    from sae_bilinear import models
+
+    if name == TINY_MODEL:
+        return models.qwen3_tiny(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64)
+    return models.load_model(name)
+
+
+def model_activations(spec: ActivationSpec, cache: Path = CACHE, model: Any = None) -> dict[str, Any]:
+    """Train/held-out activations at ``spec.hook`` (BOS positions dropped), cached as one .pt.
+
+    Returns ``train`` [N, d], ``heldout`` [M, d] (the held-out contexts' tokens), ``eval_tokens``
+    [eval_contexts, context] (for splicing), ``tokens``/``contexts`` (a string per held-out
+    token, for top-activation listings) and ``seconds`` (collection time, 0 when cached).
+    ``model`` is loaded only when the cache is missing.
+    """
+    from sae_bilinear import data, models
+    from sae_bilinear.train import collect_activations
+
+    path = Path(cache) / spec.filename
+    if path.is_file():
+        stored = torch.load(path, weights_only=True)
+        stored["seconds"] = 0.0
+        stored["cache_file"] = str(path)
+        return stored
+    started = time.time()
+    model = model if model is not None else load_model(spec.model)
+    corpus = data.load_corpus(spec.corpus)
+    assert isinstance(corpus, data.TextCorpus)
+    prepend_bos = models.default_prepend_bos(model)
+    skip = 1 if prepend_bos else 0
+    tokenize = lambda texts, n: data.tokenize_contexts(  # noqa: E731
+        texts, model.tokenizer, spec.context_size, prepend_bos=prepend_bos, max_contexts=n
+    )
+    train_tokens = tokenize(corpus.train, spec.train_contexts)
+    eval_tokens = tokenize(corpus.heldout, spec.eval_contexts)
+    train = collect_activations(model, train_tokens, spec.hook, skip_first=skip)
+    heldout = collect_activations(model, eval_tokens, spec.hook, skip_first=skip, progress=False)
+    tokens, contexts = token_strings(model.tokenizer, eval_tokens, skip)
+    stored = {
+        "train": train,
+        "heldout": heldout,
+        "eval_tokens": eval_tokens,
+        "tokens": tokens,
+        "contexts": contexts,
+        "skip": skip,
+        "bos": model.tokenizer.bos_token_id if prepend_bos else None,
+        "spec": spec.__dict__,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stored, path)
+    stored["seconds"] = time.time() - started
+    stored["cache_file"] = str(path)
+    return stored
+
+
+def token_strings(tokenizer: Any, tokens: torch.Tensor, skip: int, window: int = 12) -> tuple[list[str], list[str]]:
+    """Per token (after the first ``skip`` of each row): its string and ``window`` tokens of context."""
+    strings, contexts = [], []
+    for row in tokens.tolist():
+        pieces = [tokenizer.convert_tokens_to_string([p]) for p in tokenizer.convert_ids_to_tokens(row)]
+        for position in range(skip, len(row)):
+            strings.append(pieces[position])
+            contexts.append("".join(pieces[max(skip, position - window) : position]) + "[[" + pieces[position] + "]]")
+    return strings, contexts
+
+
+# ----------------------------------------------------------------------------------------
+# Training and held-out metrics of one bilinear SAE
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    variant: str = "vanilla"
+    alpha: float = 0.1
+    lifted: bool = False
+    d_sae: int = 1152
+    steps: int = 100
+    batch_size: int = 512
+    lr: float = 3e-3
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        lift = "lifted" if self.lifted else "unlifted"
+        return f"{self.variant}-{lift}-a{round(self.alpha * 100):03d}-f{self.d_sae}-s{self.steps}-b{self.batch_size}-lr{self.lr:g}-seed{self.seed}"
+
+
+def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = False) -> tuple[Any, float]:
+    """Train one bilinear SAE with SAELens's trainer on cached activations; ``(sae, seconds)``.
+
+    α warms up over the first quarter of the steps; the LR decays linearly over the second half.
+    """
+    import contextlib
+    import io
+
+    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+    from sae_bilinear.train import TrainingSettings, train_on_activations
+
+    torch.manual_seed(run.seed)
+    cfg = BilinearTrainingSAEConfig(
+        d_in=activations.shape[-1],
+        d_sae=run.d_sae,
+        variant=run.variant,
+        lifted=run.lifted,
+        alpha=run.alpha,
+        alpha_warm_up_steps=max(1, run.steps // 4),
+    )
+    sae = BilinearTrainingSAE(cfg)
+    settings = TrainingSettings(
+        steps=run.steps, batch_size=run.batch_size, lr=run.lr, seed=run.seed, dead_feature_window=max(10, run.steps // 2)
+    )
+    started = time.time()
+    sink = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    with sink:
+        train_on_activations(sae, activations, settings)
+    return sae, time.time() - started
+
+
+def cached_bilinear(activations: torch.Tensor, run: RunSpec, folder: Path) -> tuple[Any, float, bool]:
+    """An inference :class:`BilinearSAE` for ``run``: loaded from ``folder/run.name`` when there,
+    otherwise trained and saved there. ``(sae, training_seconds, was_cached)``."""
+    from sae_lens import SAE
+
+    import sae_bilinear  # noqa: F401  (registers the architecture)
+
+    path = Path(folder) / run.name
+    meta = path / "experiment.json"
+    if (path / "cfg.json").is_file() and meta.is_file():
+        return SAE.load_from_disk(path, device="cpu"), float(json.loads(meta.read_text())["seconds"]), True
+    sae, seconds = train_bilinear(activations, run)
+    sae.save_inference_model(path)
+    write_json(meta, {"run": run.__dict__, "seconds": seconds, "history": sae.history})
+    return SAE.load_from_disk(path, device="cpu"), seconds, False
+
+
+@torch.no_grad()
+def heldout_metrics(sae: Any, activations: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
+    """Mean x⊗x reconstruction error and Hoyer density (over all held-out tokens) of a bilinear SAE.
+
+    Also the share of tokens with error < 0.1 and the fraction of latents whose Hoyer density is 0
+    (never active on these tokens).
+    """
+    from sae_bilinear import kernels
+
+    errors, latents = [], []
+    for start in range(0, activations.shape[0], batch_size):
+        x = activations[start : start + batch_size]
+        errors.append(sae.reconstruction_error(x).double())
+        latents.append(sae.encode(x).double())
+    error = torch.cat(errors)
+    f = torch.cat(latents)
+    valid = kernels.unit_tokens(activations).valid
+    h = kernels.hoyer_density(f, valid)
+    return {
+        "reconstruction_error": float(error[valid].mean()),
+        "reconstruction_error_median": float(error[valid].median()),
+        "tokens_below_0.1": float((error[valid] < 0.1).double().mean()),
+        "hoyer_density": float(h.mean()),
+        "dead_fraction": float((h == 0).double().mean()),
+        "n_tokens": int(valid.sum()),
+    }
