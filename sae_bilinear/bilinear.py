@@ -246,10 +246,12 @@ class _BilinearMixin:
         scale = getattr(cfg, "init_scale", 1.0)
 
         def orthogonal(rows: int, cols: int) -> nn.Parameter:
-            weight = torch.empty(rows, cols, dtype=dtype, device=device)
-            if device.type != "meta":
-                nn.init.orthogonal_(weight, gain=scale)
-            return nn.Parameter(weight)
+            if device.type == "meta":
+                return nn.Parameter(torch.empty(rows, cols, dtype=dtype, device=device))
+            # QR has no half-precision kernels: initialise in float32 (at least), then cast.
+            weight = torch.empty(rows, cols, dtype=kernels.accumulation_dtype(dtype), device=device)
+            nn.init.orthogonal_(weight, gain=scale)
+            return nn.Parameter(weight.to(dtype))
 
         self.W_left = orthogonal(cfg.d_sae, cfg.d_in)
         self.W_right = orthogonal(cfg.d_sae, cfg.d_in)
