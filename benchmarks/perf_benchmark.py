@@ -15,10 +15,12 @@ interleaved so that a busy machine slows them alike):
    ratio against the analytic FLOP ratio.
 3. **Accuracy**: fused float32 against float64 (values and gradients).
 
-On the CPU each measurement runs in a forked child: its peak memory is the rise of the
-resident set (``VmHWM`` after ``/proc/self/clear_refs``) over one cold forward+backward, and
-its time is a second, warm run (the first for sizes whose F×F buffers dominate). On CUDA
-peak memory is ``torch.cuda.max_memory_allocated`` and times are synchronised.
+On the CPU each measurement runs in a forked child, after the same workload at a tiny size
+(one-time initialisation): its time is a warm run (for F ≥ 8192, where F×F buffers dominate,
+the single measured run), its peak memory the rise of the resident set (``VmHWM`` after
+``/proc/self/clear_refs``) over one forward+backward with glibc told to mmap every buffer of
+64 KiB or more, so that the resident set follows the bytes alive. On CUDA peak memory is
+``torch.cuda.max_memory_allocated`` and times are synchronised.
 
     python benchmarks/perf_benchmark.py                  # default sizes (~5 min on 1 CPU thread)
     python benchmarks/perf_benchmark.py --quick          # small sizes only (~30 s)
@@ -58,6 +60,8 @@ TINY_KERNEL = {"float32": [(32, 256, 64)], "bfloat16": [(32, 256, 64)]}
 TINY_STEP = [(32, 256, 64)]
 COLD_ONLY_F = 8192
 """From this F on, F×F buffers dominate and one cold run per child is timed (no warm run)."""
+WARMUP_SIZE = (16, 128, 16)
+"""(d, F, B) of the tiny run that initialises a child before it is measured."""
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -87,47 +91,82 @@ class Sample:
     peak_bytes: int | None
 
 
-def _run_once(run: Callable[[], Any], device: torch.device, warm: bool) -> Sample:
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _mmap_threshold(size: int) -> None:
+    """glibc: serve every allocation of ``size`` bytes or more by mmap and unmap it on free.
+
+    With 64 KiB, freed buffers leave the resident set at once, so its high-water mark follows
+    the bytes actually alive (torch's CPU allocator is plain malloc) instead of what the heap
+    happened to cache.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, size)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * size)
+    except OSError:
+        pass
+
+
+def _timed(run: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _run_once(run: Callable[[], Any], device: torch.device, warm: bool, warmup: Callable[[], Any] | None) -> Sample:
+    """Time and peak memory of ``run``.
+
+    CUDA: a warm-up run, then one run timed and measured by ``max_memory_allocated``.
+    CPU (in a forked child): ``warmup`` (the same workload at a tiny size: one-time
+    initialisation out of the way); the memory run with a 64 KiB :func:`_mmap_threshold`
+    (also the timed run when not ``warm``: for large F its buffers are mmap-sized anyway);
+    if ``warm``, an untimed and a timed run with a 32 MiB threshold.
+    """
+    if device.type == "cuda":
+        run()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        if warm:
-            start = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            return Sample(time.perf_counter() - start, peak)
-        start = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        return Sample(time.perf_counter() - start, peak)
+        seconds = _timed(run, device)
+        return Sample(seconds, torch.cuda.max_memory_allocated() - base)
+    if warmup is not None:
+        warmup()
+    # Memory first, on a heap with no large free chunks cached (malloc serves those before
+    # it would mmap), with every buffer ≥ 64 KiB mmapped and unmapped on free.
+    _mmap_threshold(65536)
     can_reset = _reset_peak()
     base = _read_status("VmRSS")
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
+    seconds = _timed(run, device)
     high = _read_status("VmHWM")
     peak = high - base if can_reset and high is not None and base is not None else None
     if warm:
-        start = time.perf_counter()
+        # Then the time of a warm run with glibc's largest dynamic threshold (its steady state).
+        _mmap_threshold(32 * 2**20)
         run()
-        seconds = time.perf_counter() - start
+        seconds = _timed(run, device)
     return Sample(seconds, peak)
 
 
-def sample(run: Callable[[], Any], device: torch.device, warm: bool) -> Sample:
+def sample(
+    run: Callable[[], Any], device: torch.device, warm: bool, warmup: Callable[[], Any] | None = None
+) -> Sample:
     """One measurement; on the CPU in a forked child so that its peak memory is its own."""
     if device.type != "cpu" or not hasattr(os, "fork"):
-        return _run_once(run, device, warm)
+        return _run_once(run, device, warm, warmup)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         os.close(read)
         try:
-            result: Any = _run_once(run, device, warm)
+            result: Any = _run_once(run, device, warm, warmup)
         except BaseException as error:  # noqa: BLE001  # reported by the parent
             result = f"{type(error).__name__}: {error}"
         with os.fdopen(write, "wb") as pipe:
@@ -142,12 +181,18 @@ def sample(run: Callable[[], Any], device: torch.device, warm: bool) -> Sample:
     return result
 
 
-def best_of(configs: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warm: bool) -> dict[str, Sample]:
+def best_of(
+    configs: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warm: bool,
+    warmups: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, Sample]:
     """Interleave the configurations ``repeats`` times; keep the best time and the lowest peak."""
     best: dict[str, Sample] = {}
     for _ in range(repeats):
         for name, run in configs.items():
-            s = sample(run, device, warm)
+            s = sample(run, device, warm, (warmups or {}).get(name))
             old = best.get(name)
             if old is None:
                 best[name] = s
@@ -321,8 +366,10 @@ def kernel_row(d: int, F: int, B: int, k: int, dtype: torch.dtype, device: torch
     row["matmul_gflops"] = matmul_gflops(d, F, B, dtype, device, max(repeats, 3))
     configs, info = kernel_workloads(d, F, B, k, dtype, device)
     configs |= sae_step_workloads(d, F, B, k, dtype, device)
-    warm = F < COLD_ONLY_F or device.type == "cuda"
-    results = best_of(configs, device, repeats, warm)
+    warmups, _ = kernel_workloads(*WARMUP_SIZE, min(k, 8), dtype, device)
+    warmups |= sae_step_workloads(*WARMUP_SIZE, min(k, 8), dtype, device)
+    warm = F < COLD_ONLY_F
+    results = best_of(configs, device, repeats, warm, warmups)
     row["tile"], row["budget_bytes"], row["budget_tile"] = info["tile"], info["budget_bytes"], info["budget_tile"]
     for name, s in results.items():
         row[f"{name}_ms"] = s.seconds * 1e3
@@ -411,6 +458,11 @@ def fmt(value: Any, spec: str = ".1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def mb(value: float | None) -> float | None:
+    """Peak MB, clamped at 0 (allocator noise can make a tiny rise read as slightly negative)."""
+    return None if value is None else max(0.0, value)
+
+
 def format_kernel_table(rows: list[dict]) -> str:
     header = (
         "| d | F | B | k | dtype | autograd ms | fused ms | fused/autograd (FLOPs) | budget ms (tile) | TopK kernel ms "
@@ -424,8 +476,8 @@ def format_kernel_table(rows: list[dict]) -> str:
             f"{r['fused_vs_autograd']:.2f}× ({r['fused_vs_autograd_flops']:.2f}×) | {r['fused_budget_ms']:.1f} ({r['budget_tile']}) | "
             f"{r['sparse_ms']:.1f} | {r['relu_step_ms']:.1f} | {r['topk_step_ms']:.1f} | {r['fused_vs_relu']:.1f}× | "
             f"{r['sparse_vs_topk']:.2f}× | {r['fused_gflops']:.1f} ({r['fused_share_of_matmul']:.0%}) | "
-            f"{fmt(r['autograd_peak_mb'], '.0f')} / {fmt(r['fused_peak_mb'], '.0f')} / {fmt(r['fused_budget_peak_mb'], '.0f')} / "
-            f"{fmt(r['sparse_peak_mb'], '.0f')} |"
+            f"{fmt(mb(r['autograd_peak_mb']), '.0f')} / {fmt(mb(r['fused_peak_mb']), '.0f')} / {fmt(mb(r['fused_budget_peak_mb']), '.0f')} / "
+            f"{fmt(mb(r['sparse_peak_mb']), '.0f')} |"
         )
     return "\n".join(lines)
 

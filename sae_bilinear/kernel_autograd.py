@@ -200,7 +200,11 @@ class _DenseQuadratic(torch.autograd.Function):
                 grad_r = torch.zeros_like(W_right) if need_r else None
                 grad_bl = torch.zeros_like(b_left) if need_bl else None
                 grad_br = torch.zeros_like(b_right) if need_br else None
+                # Released here, not when the graph dies: a caller that keeps the loss (SAELens's
+                # TrainStepOutput lives until the next step) must not hold F² numbers. A second
+                # backward (retain_graph=True) recomputes them.
                 saved = iter(ctx.grams) if ctx.grams is not None else None
+                ctx.grams = None
                 for a, rows in enumerate(tiles):
                     for cols in tiles[a:]:
                         if saved is not None:
@@ -307,7 +311,7 @@ class _SparseQuadratic(torch.autograd.Function):
     def backward(ctx: Any, grad_q: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         values, indices, kv, W_left, W_right, b_left, b_right = ctx.saved_tensors
         ordered, chunk = ctx.plan
-        gram_l, gram_r = ctx.blocks
+        blocks, ctx.blocks = ctx.blocks, None  # released now; a second backward recomputes them
         need_v = ctx.needs_input_grad[0]
         need_l, need_r, need_bl, need_br = ctx.needs_input_grad[2:6]
         grad_v = grad_l = grad_r = grad_bl = grad_br = None
@@ -333,11 +337,16 @@ class _SparseQuadratic(torch.autograd.Function):
                     m = v.unsqueeze(-1) * values[start:stop].unsqueeze(-2)
                     if weights is not None:
                         m.mul_(weights[start:stop])
+                    if blocks is not None:
+                        gram_l, gram_r = blocks[0][start:stop], blocks[1][start:stop]
+                    else:
+                        gram_l = _gathered_gram(W_left, b_left, idx, rows)
+                        gram_r = _gathered_gram(W_right, b_right, idx, rows)
                     if need_l or need_bl:
-                        d_gl = m * gram_r[start:stop]
+                        d_gl = m * gram_r
                         _scatter_gathered(grad_l, grad_bl, d_gl, W_left, b_left, idx, rows, products)
                     if need_r or need_br:
-                        d_gr = m.mul_(gram_l[start:stop])
+                        d_gr = m.mul_(gram_l)
                         _scatter_gathered(grad_r, grad_br, d_gr, W_right, b_right, idx, rows, products)
         return grad_v, None, grad_l, grad_r, grad_bl, grad_br, None, None
 
