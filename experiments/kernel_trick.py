@@ -8,10 +8,10 @@ the kernel trick (``sae_bilinear.kernels.kernel_error``) needs only the F×F Gra
 Two parts:
 
 1. **Agreement by variant** (float64, small d): loss and gradient of the package's kernel
-   error against an independent naive implementation, for vanilla/ordered/mixed/combined,
+   error (both backwards) against an independent naive implementation, for vanilla/ordered/mixed/combined,
    lifted and unlifted. The ordered naive loss materialises every prefix ``X̂_{≤k}``.
-2. **Scaling** (float32, vanilla, F = expansion·d): forward+backward time of both as d
-   grows, relative loss and gradient differences, and the naive loss's estimated memory;
+2. **Scaling** (float32, vanilla, F = expansion·d): forward+backward time of the naive
+   loss and of the kernel loss (the package's fused backward, and plain autograd) as d grows, relative loss and gradient differences, and the naive loss's estimated memory;
    the naive loss is skipped (not run) once that estimate exceeds ``--memory-cap-gib``.
 
 Writes ``results.json``, ``table.md`` and ``scaling.png`` into ``--out``.
@@ -70,12 +70,23 @@ def naive_error(
     return (X[:, None, :] - prefixes).pow(2).sum(-1).mean(1) / norm4
 
 
-def kernel_error(x, W_left, W_right, b_left=None, b_right=None, W_down=None, ordered=False) -> torch.Tensor:
-    """The package's kernel-trick error (``kernels.unit_tokens`` → latents → ``kernels.kernel_error``)."""
+def kernel_error(x, W_left, W_right, b_left=None, b_right=None, W_down=None, ordered=False, backward="fused") -> torch.Tensor:
+    """The package's kernel-trick error (``kernels.unit_tokens`` → latents → ``kernels.kernel_error``).
+
+    ``backward``: ``"fused"`` (the package's default: hand-written backward of ``gᵀKg``) or
+    ``"autograd"`` (the plain ``((g @ K) * g).sum(-1)`` differentiated by autograd).
+    """
     tokens = kernels.unit_tokens(x)
     f = kernels.bilinear_latents(tokens.unit, W_left, W_right, b_left, b_right)
     g = f if W_down is None else kernels.mix(f, W_down)
-    return kernels.kernel_error(f, g, W_left, W_right, b_left, b_right, tokens.valid, ordered=ordered).error
+    return kernels.kernel_error(f, g, W_left, W_right, b_left, b_right, tokens.valid, ordered=ordered, backward=backward).error
+
+
+def _kernel(backward: str) -> Callable:
+    return lambda *a, **k: kernel_error(*a, **k, backward=backward)
+
+
+BACKWARDS = ("fused", "autograd")
 
 
 def _params(d: int, F: int, lifted: bool, mixed: bool, dtype: torch.dtype, gen: torch.Generator) -> dict:
@@ -104,7 +115,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def agreement(d: int, F: int, B: int, seed: int) -> list[dict]:
-    """float64: every variant, lifted and not; loss and gradient relative differences."""
+    """float64: every variant, lifted and not, both backwards; loss and gradient relative differences."""
     rows = []
     for variant in kernels.VARIANTS:
         for lifted in (False, True):
@@ -113,20 +124,15 @@ def agreement(d: int, F: int, B: int, seed: int) -> list[dict]:
             params = _params(d, F, lifted, kernels.is_mixed(variant), torch.float64, gen)
             ordered = kernels.is_ordered(variant)
             naive_loss, naive_grads = _loss_and_grads(naive_error, x, params, ordered)
-            kernel_loss, kernel_grads = _loss_and_grads(kernel_error, x, params, ordered)
-            rows.append(
-                {
-                    "variant": variant,
-                    "lifted": lifted,
-                    "d": d,
-                    "F": F,
-                    "B": B,
-                    "naive_loss": naive_loss,
-                    "kernel_loss": kernel_loss,
-                    "loss_rel_diff": abs(kernel_loss - naive_loss) / abs(naive_loss),
-                    "grad_rel_diff": max(_relative(kernel_grads[k], naive_grads[k]) for k in naive_grads),
-                }
-            )
+            row = {"variant": variant, "lifted": lifted, "d": d, "F": F, "B": B, "naive_loss": naive_loss}
+            for backward in BACKWARDS:
+                kernel_loss, kernel_grads = _loss_and_grads(_kernel(backward), x, params, ordered)
+                row[f"{backward}_loss_rel_diff"] = abs(kernel_loss - naive_loss) / abs(naive_loss)
+                row[f"{backward}_grad_rel_diff"] = max(_relative(kernel_grads[k], naive_grads[k]) for k in naive_grads)
+            row["kernel_loss"] = kernel_loss
+            row["loss_rel_diff"] = max(row[f"{b}_loss_rel_diff"] for b in BACKWARDS)
+            row["grad_rel_diff"] = max(row[f"{b}_grad_rel_diff"] for b in BACKWARDS)
+            rows.append(row)
     return rows
 
 
@@ -166,14 +172,15 @@ def scaling_row(d: int, F: int, B: int, cap_bytes: int, repeats: int, seed: int)
 
         return run
 
-    row["kernel_seconds"] = best_time(step(kernel_error), repeats)
+    row["autograd_seconds"] = best_time(step(_kernel("autograd")), repeats)
+    row["kernel_seconds"] = best_time(step(_kernel("fused")), repeats)
     row["kernel_flops"] = 8 * B * F * d + 12 * F * F * d + 6 * B * F * F
     if row["naive_bytes_estimate"] > cap_bytes:
         row.update(naive_seconds=None, naive_skipped="memory estimate above cap", loss_rel_diff=None, grad_rel_diff=None)
         return row
     row["naive_seconds"] = best_time(step(naive_error), max(1, repeats - 1))
     naive_loss, naive_grads = _loss_and_grads(naive_error, x, params, False)
-    kernel_loss, kernel_grads = _loss_and_grads(kernel_error, x, params, False)
+    kernel_loss, kernel_grads = _loss_and_grads(_kernel("fused"), x, params, False)
     # Reference in float64, to say which of the two float32 results is closer.
     ref_loss, _ = _loss_and_grads(naive_error, x.double(), {k: v.double() for k, v in params.items()}, False)
     row.update(
@@ -193,7 +200,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     ds = [r["d"] for r in rows]
-    ax.loglog(ds, [r["kernel_seconds"] for r in rows], "o-", label="kernel trick (F×F Grams)")
+    ax.loglog(ds, [r["kernel_seconds"] for r in rows], "o-", label="kernel trick, fused backward (package default)")
+    ax.loglog(ds, [r["autograd_seconds"] for r in rows], "^--", color="C2", label="kernel trick, autograd backward")
     measured = [r for r in rows if r["naive_seconds"] is not None]
     ax.loglog([r["d"] for r in measured], [r["naive_seconds"] for r in measured], "s-", label="naive x⊗x")
     skipped = [r for r in rows if r["naive_seconds"] is None]
@@ -240,13 +248,15 @@ def main(argv: list[str] | None = None) -> dict:
         "naive_bytes_estimate": naive_bytes(1024, 16 * 1024, 32 * 256),
         "atoms_bytes": 16 * 1024 * 1024 * 1024 * 4,
     }
-    table_agree = _common.markdown_table(agree, ["variant", "lifted", "naive_loss", "kernel_loss", "loss_rel_diff", "grad_rel_diff"], 3)
+    table_agree = _common.markdown_table(agree, ["variant", "lifted", "naive_loss", "fused_loss_rel_diff", "fused_grad_rel_diff",
+                                                 "autograd_loss_rel_diff", "autograd_grad_rel_diff"], 3)
     for r in rows:
         r["naive_gib"] = r["naive_bytes_estimate"] / 2**30
-        r["kernel_ms"] = r["kernel_seconds"] * 1e3
+        r["fused_ms"] = r["kernel_seconds"] * 1e3
+        r["autograd_ms"] = r["autograd_seconds"] * 1e3
         r["naive_ms"] = None if r["naive_seconds"] is None else r["naive_seconds"] * 1e3
     table_scale = _common.markdown_table(
-        rows, ["d", "F", "B", "naive_ms", "kernel_ms", "speedup", "naive_gib", "loss_rel_diff", "grad_rel_diff", "kernel_fp32_vs_fp64", "naive_fp32_vs_fp64"], 3
+        rows, ["d", "F", "B", "naive_ms", "autograd_ms", "fused_ms", "speedup", "naive_gib", "loss_rel_diff", "grad_rel_diff", "kernel_fp32_vs_fp64", "naive_fp32_vs_fp64"], 3
     )
     out = args.out
     result = {

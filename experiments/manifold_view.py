@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p.add_argument("--lifted", action="store_true", help="use the lifted SAE of the sweep (default: unlifted, as the paper)")
     p.add_argument("--view-contexts", type=int, default=64, help="held-out contexts whose tokens are shown")
     p.add_argument("--n", type=int, default=400, help="tokens in the 3D view (half top, half bottom)")
-    p.add_argument("--d-sae", type=int, default=1152)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-2)
+    _common.add_training_arguments(p)
     args = p.parse_args(argv)
     _common.setup(args.seed)
     train_spec = _common.ActivationSpec()
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     view = _common.model_activations(view_spec, args.cache, model=model)
     folder = args.cache / "sweep" / Path(train_acts["cache_file"]).stem
     run = _common.RunSpec(variant=args.variant, alpha=args.alpha, lifted=args.lifted, d_sae=args.d_sae, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                          batch_size=args.batch_size, lr=_common.learning_rate(args.variant, args.lr, args.lr_mixed), seed=args.seed)
     sae, seconds, cached = _common.cached_bilinear(train_acts["train"], run, folder)
     acts, tokens, contexts = view["heldout"], view["tokens"], view["contexts"]
     positions = torch.arange(view_spec.context_size - view["skip"]).repeat(view["eval_tokens"].shape[0]) + view["skip"]

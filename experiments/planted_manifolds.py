@@ -7,8 +7,9 @@ the origin, a sphere S² and a paraboloid patch, each in its own random orthonor
 — plus noise. Every token carries its ground truth (which manifold, intrinsic coordinates).
 
 Trained on the same tokens, in the same order, at an equal parameter budget:
-lifted bilinear SAEs (vanilla; mixed with a small bottleneck), SAELens TopK SAEs (several k)
-and a SAELens standard (ReLU + L1) SAE. Untrained inits and a hand-made *oracle* bilinear
+lifted bilinear SAEs (vanilla with the Hoyer penalty; mixed with a small bottleneck; and with
+magnitude-TopK sparsity, for an equal-L0 comparison), SAELens TopK SAEs (several k) and a
+SAELens standard (ReLU + L1) SAE. Untrained inits and a hand-made *oracle* bilinear
 SAE (built from the ground truth) calibrate every metric.
 
 Per SAE and planted manifold (held-out tokens; readouts fitted on one half, scored on the other):
@@ -129,7 +130,10 @@ class LinearView:
 
 
 class BilinearView:
-    """A bilinear SAE, or any object with ``W_left``/``W_right`` (+ ``b_left``/``b_right``, ``W_down``)."""
+    """A bilinear SAE, or any object with ``W_left``/``W_right`` (+ ``b_left``/``b_right``, ``W_down``).
+
+    The factors are copied (float64) when the view is made: make it after training.
+    """
 
     kind = "bilinear"
 
@@ -138,6 +142,7 @@ class BilinearView:
         self.left, self.right, self.down, self.lifted = analysis.factors(sae, dtype=torch.float64)
         cfg = getattr(sae, "cfg", None)
         self.threshold = activity_threshold or float(getattr(cfg, "activity_threshold", 0.1))
+        self.topk = int(cfg.k) if getattr(cfg, "sparsity", "hoyer") == "topk" else None
         off = int(self.lifted)
         self.l, self.r = self.left[:, off:], self.right[:, off:]
         self.bl = self.left[:, 0] if self.lifted else None
@@ -145,11 +150,14 @@ class BilinearView:
 
     @torch.no_grad()
     def latents(self, x: Tensor) -> Tensor:
-        return analysis.latent_activations(self.sae, x.double()).double()
+        """The code the SAE decodes from: dense ``f`` (Hoyer), or its magnitude-TopK (``sparsity="topk"``)."""
+        f = analysis.latent_activations(self.sae, x.double()).double()
+        return kernels.topk_by_magnitude(f, self.topk) if self.topk else f
 
     def active(self, f: Tensor) -> Tensor:
+        """``|f_j|`` reaches ``activity_threshold`` of latent j's peak (TopK: and was kept)."""
         peak = kernels.latent_peak(self.l, self.r, self.bl, self.br)
-        return f.abs() >= self.threshold * peak
+        return (f.abs() >= self.threshold * peak) & (f != 0)
 
     def linear_part(self) -> Tensor:
         """``[F, d]`` rows ``½(b_l r + b_r l)`` (zero when unlifted): the decoder of û."""
@@ -436,13 +444,15 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
     torch.manual_seed(seed)
     kind, *rest = spec.split(":")
     d = budget.d
-    if kind == "bilinear" or spec == "init:bilinear":
-        variant, alpha = (rest[0], float(rest[1])) if kind == "bilinear" else ("vanilla", 0.0)
+    if kind in ("bilinear", "bilinear-topk") or spec == "init:bilinear":
+        variant = rest[0] if kind != "init" else "vanilla"
+        alpha = float(rest[1]) if kind == "bilinear" else 0.0
+        topk = {"sparsity": "topk", "k": int(rest[1])} if kind == "bilinear-topk" else {}
         bottleneck = max(1, d // 2) if variant in ("mixed", "combined") else None
         width = budget.mixed_latents(bottleneck) if bottleneck else budget.bilinear_latents
         sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(
             d_in=d, d_sae=width, variant=variant, lifted=True, alpha=alpha, bottleneck=bottleneck,
-            alpha_warm_up_steps=max(1, steps // 4)))
+            alpha_warm_up_steps=max(1, steps // 4), **topk))
         return sae, BilinearView(sae)
     width = budget.linear_latents()
     if kind == "topk" or spec == "init:topk":
@@ -459,6 +469,8 @@ def label_of(spec: str) -> str:
     kind, *rest = spec.split(":")
     if kind == "bilinear":
         return f"bilinear {rest[0]} α={rest[1]}"
+    if kind == "bilinear-topk":
+        return f"bilinear {rest[0]} TopK k={rest[1]}"
     if kind == "topk":
         return f"TopK k={rest[0]}"
     if kind == "standard":
@@ -501,23 +513,23 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
 
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     ax, ax2, ax3 = fig.subplots(1, 3)
+    colour = {r["spec"]: f"C{i % 10}" for i, r in enumerate(rows)}  # as in recovery.png
     trained = [r for r in rows if "fvu" in r and not r["spec"].startswith("init")]
-    for i, r in enumerate(trained):
+    for r in trained:
         marker = "o" if r["kind"] == "bilinear" else "s"
-        ax.scatter(r["l0"], r["fvu"], marker=marker, color=f"C{i % 10}", label=r["label"])
-        ax2.scatter(r["hoyer_density"], r["fvu"], marker=marker, color=f"C{i % 10}")
+        ax.scatter(r["l0"], r["fvu"], marker=marker, color=colour[r["spec"]], label=r["label"])
+        ax2.scatter(r["hoyer_density"], r["fvu"], marker=marker, color=colour[r["spec"]])
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU of x")
-    ax.set_xscale("log")
     ax.set_yscale("log")
     ax2.set_xlabel("Hoyer density")
     ax2.set_yscale("log")
-    ax.legend(fontsize=6)
-    ax.set_title("reconstruction vs L0", fontsize=9)
+    ax.legend(fontsize=6, loc="upper right")
+    ax.set_title("reconstruction vs L0 (circles: bilinear)", fontsize=9)
     ax2.set_title("reconstruction vs Hoyer density", fontsize=9)
     width = 0.8 / max(1, len(trained))
     for i, r in enumerate(trained):
-        ax3.bar([m + i * width for m in range(len(LABELS))], [mm["tiling"] for mm in r["manifolds"]], width=width, color=f"C{i % 10}")
+        ax3.bar([m + i * width for m in range(len(LABELS))], [mm["tiling"] for mm in r["manifolds"]], width=width, color=colour[r["spec"]])
     ax3.set_xticks([m + 0.4 - width / 2 for m in range(len(LABELS))], LABELS, fontsize=8)
     ax3.set_ylabel("latents tiling the manifold")
     ax3.set_title("latents mostly inside the subspace, firing on it", fontsize=9)
@@ -563,14 +575,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--saes", nargs="+", default=[
-        "bilinear:vanilla:0.1", "bilinear:vanilla:0.3", "bilinear:mixed:0.1",
-        "topk:2", "topk:4", "topk:8", "standard:0.03", "init:bilinear", "init:topk"])
+        "bilinear:vanilla:0.1", "bilinear:vanilla:0.3", "bilinear:mixed:0.1", "bilinear-topk:vanilla:4",
+        "bilinear-topk:vanilla:8", "topk:2", "topk:4", "topk:8", "standard:0.03", "init:bilinear", "init:topk"],
+        help="SAEs to train: bilinear:VARIANT:ALPHA (Hoyer), bilinear-topk:VARIANT:K, topk:K, standard:L1, init:bilinear|topk")
     args = p.parse_args(argv)
     _common.setup(args.seed)
     if args.tiny:
         args.d, args.n_linear, args.latents = 16, 4, 24
         args.train_tokens, args.test_tokens, args.steps, args.batch_size = 2048, 1024, 20, 256
-        args.saes = ["bilinear:vanilla:0.1", "topk:2", "init:bilinear"]
+        args.saes = ["bilinear:vanilla:0.1", "bilinear-topk:vanilla:2", "topk:2", "init:bilinear"]
     started = time.time()
     gen = make_generator(args.d, args.n_linear, args.linear_probability, args.noise, args.seed)
     train_x = gen.sample(args.train_tokens).activations
@@ -584,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
         sae, view = build_saes(spec, budget, args.steps, args.seed)
         seconds = 0.0 if spec.startswith("init") else train(sae, train_x, args.steps, args.batch_size, args.lr, args.seed)
         sae.eval()
+        view = type(view)(sae)  # a view copies the factors it reads: take them after training
         row = {"spec": spec, "label": label_of(spec), "seconds": seconds, **sae_metrics(view, test, gen, args.seed)}
         rows.append(row)
         if spec in ("bilinear:vanilla:0.1", "topk:4", "standard:0.03", "topk:2"):

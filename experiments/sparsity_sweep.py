@@ -12,6 +12,10 @@ same α grid is also trained lifted (``ũ = [1, u]``), which decodes to the acti
 and spliced into the model on the held-out contexts: CE loss recovered, KL, explained
 variance (``sae_bilinear.evaluate.evaluate_splice``).
 
+Training: SAELens's trainer with Adam, 100 steps of 512 tokens, d_sae = 1152 (2 × d_model),
+learning rate 1e-2 for vanilla/ordered and 3e-3 for mixed/combined (whose bottleneck overshoots
+at 1e-2), α warmed up over the first 25 steps, the LR decaying linearly over the last 50.
+
 Trained SAEs are kept under ``--cache/sweep/`` (SAELens folders) and reused by
 ``manifold_view.py`` and ``stability.py``; a rerun with the same settings loads them.
 
@@ -113,10 +117,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
     p.add_argument("--lifted-variants", nargs="*", default=["mixed"], choices=VARIANTS,
                    help="variants also trained lifted and spliced into the model (CE loss recovered)")
-    p.add_argument("--d-sae", type=int, default=1152, help="latents (2 × d_model for SmolLM2)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-2)
+    _common.add_training_arguments(p)
     p.add_argument("--train-contexts", type=int, default=192)
     p.add_argument("--eval-contexts", type=int, default=8)
     p.add_argument("--context-size", type=int, default=128)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     runs += [(v, a, True) for v in args.lifted_variants for a in args.alphas]
     for variant, alpha, lifted in runs:
         run = _common.RunSpec(variant=variant, alpha=alpha, lifted=lifted, d_sae=args.d_sae, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                              batch_size=args.batch_size, lr=_common.learning_rate(variant, args.lr, args.lr_mixed), seed=args.seed)
         sae, seconds, cached = _common.cached_bilinear(acts["train"], run, folder)
         row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
                                "train_seconds": seconds, "cached": cached}

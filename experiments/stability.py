@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.6, 1.0], help="α grid of the across-α comparison")
     p.add_argument("--seed-alphas", type=float, nargs="+", default=[0.1, 0.6], help="α values trained with a second seed")
     p.add_argument("--other-seeds", type=int, nargs="+", default=[1])
-    p.add_argument("--d-sae", type=int, default=1152)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-2)
+    _common.add_training_arguments(p)
     args = p.parse_args(argv)
     _common.setup(args.seed)
     spec = _common.ActivationSpec()
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
 
     def get(variant: str, alpha: float, seed: int) -> Any:
         run = _common.RunSpec(variant=variant, alpha=alpha, lifted=False, d_sae=args.d_sae, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, seed=seed)
+                              batch_size=args.batch_size, lr=_common.learning_rate(variant, args.lr, args.lr_mixed), seed=seed)
         sae, seconds, cached = _common.cached_bilinear(acts["train"], run, folder)
         how = "cached" if cached else f"trained in {seconds:.0f}s"
         print(f"{run.name}: {how}", flush=True)
