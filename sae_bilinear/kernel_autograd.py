@@ -187,6 +187,12 @@ class _DenseQuadratic(torch.autograd.Function):
         ordered, tile = ctx.plan
         need_g, need_l, need_r, need_bl, need_br = ctx.needs_input_grad[:5]
         grad_g = grad_l = grad_r = grad_bl = grad_br = None
+        # Released here, not when the graph dies: a caller that keeps the loss (SAELens's
+        # TrainStepOutput lives until the next step) must not hold F² numbers; each block is
+        # dropped as soon as it is used. A second backward (retain_graph=True) recomputes them.
+        grams, ctx.grams = ctx.grams, None
+        if grams is not None:
+            grams.reverse()  # pop() then walks the blocks in forward order
         with torch.autocast(device_type=gT.device.type, enabled=False):
             s = grad_q.to(gT.dtype)
             if need_g:
@@ -200,22 +206,17 @@ class _DenseQuadratic(torch.autograd.Function):
                 grad_r = torch.zeros_like(W_right) if need_r else None
                 grad_bl = torch.zeros_like(b_left) if need_bl else None
                 grad_br = torch.zeros_like(b_right) if need_br else None
-                # Released here, not when the graph dies: a caller that keeps the loss (SAELens's
-                # TrainStepOutput lives until the next step) must not hold F² numbers. A second
-                # backward (retain_graph=True) recomputes them.
-                saved = iter(ctx.grams) if ctx.grams is not None else None
-                ctx.grams = None
                 for a, rows in enumerate(tiles):
                     for cols in tiles[a:]:
-                        if saved is not None:
-                            gl, gr = next(saved)
+                        if grams is not None:
+                            gl, gr = grams.pop()
                         else:
                             gl = _gram_block(W_left, b_left, rows, cols)
                             gr = _gram_block(W_right, b_right, rows, cols)
                         m = gsT[rows[0] : rows[1]] @ gT[cols[0] : cols[1]].T  # ∂q/∂K block
                         _weigh_block(m, w, rows, cols)
                         if need_l or need_bl:
-                            d_gl = torch.mul(m, gr) if saved is not None else gr.mul_(m)
+                            d_gl = gr.mul_(m)  # the block is ours to overwrite (popped or recomputed)
                             _accumulate(grad_l, grad_bl, d_gl, W_left, b_left, rows, cols)
                             del d_gl
                         if need_r or need_br:
