@@ -25,6 +25,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+# Import sae_bilinear from this tree even where it is not pip-installed (the device machine gets
+# a copy of the working tree; torch and sae_lens must already be there: it has no network).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python -c "import torch, sae_lens" || { echo "torch and sae_lens are needed (pip install -e . where there is network)" >&2; exit 1; }
+
 OUT_DIR=benchmarks/results
 mkdir -p "$OUT_DIR"
 if [[ "$TINY" == 1 ]]; then
