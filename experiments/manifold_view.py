@@ -91,7 +91,8 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
             if seen[text] >= 2:  # label each token string at most twice
                 continue
             seen[text] += 1
-            a.annotate(text, (xyz[k, i], xyz[k, j]), fontsize=6, alpha=0.8)
+            a.annotate(text, (xyz[k, i], xyz[k, j]), fontsize=6, xytext=(4, 2), textcoords="offset points",
+                       bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.7, "lw": 0})
             if sum(seen.values()) >= n_labels:
                 break
         labels = list(top.axis_labels)

@@ -27,12 +27,15 @@ Writes ``results.json``, ``table.md``, ``pareto.png`` (and ``lifted.png``) into 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
 
 import _common  # noqa: E402
 
@@ -69,7 +72,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     _common.save_figure(fig, path, dpi=110)
 
 
-def plot_lifted(rows: list[dict], path: Path, title: str) -> None:
+def plot_lifted(rows: list[dict], path: Path, title: str, baselines: list[dict] = ()) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -81,16 +84,29 @@ def plot_lifted(rows: list[dict], path: Path, title: str) -> None:
         ax2.plot(xs, [r["reconstruction_error"] for r in pts], "o-", color=f"C{i}", label=f"{variant} (lifted)")
         for r, x in zip(pts, xs):
             ax.annotate(f"α={r['alpha']:g}", (x, r["ce_loss_recovered"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for j, base in enumerate(baselines):
+        ax.axhline(base["ce_loss_recovered"], color=f"C{j + 5}", ls="--", lw=0.9,
+                   label=f"{base['variant']} (d_sae {base['d_sae']}, same parameters; density {base['hoyer_density']:.2f})")
     ax.set_xlabel("Hoyer density")
     ax.set_ylabel("CE loss recovered (spliced)")
     ax.set_title("splicing the lifted SAE into the model", fontsize=9)
     ax2.set_xlabel("Hoyer density")
     ax2.set_ylabel("error of ũ⊗ũ (lifted, / ||ũ||⁴)")
     ax2.set_title("lifted reconstruction error", fontsize=9)
-    for a in (ax, ax2):
-        a.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
+    ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     _common.save_figure(fig, path, dpi=110)
+
+
+def draw(rows: list[dict], lifted_rows: list[dict], baseline_rows: list[dict], title: str, out: Path) -> None:
+    import textwrap
+
+    title = "\n".join(textwrap.wrap(title, 80))
+    if rows:
+        plot_pareto(rows, out / "pareto.png", title)
+    if lifted_rows:
+        plot_lifted(lifted_rows, out / "lifted.png", title, baseline_rows)
 
 
 def shape_summary(rows: list[dict]) -> dict[str, Any]:
@@ -111,6 +127,33 @@ def shape_summary(rows: list[dict]) -> dict[str, Any]:
     return out
 
 
+def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path) -> tuple[Any, float, bool]:
+    """A SAELens TopK SAE with about ``n_params`` parameters, trained on the same activations
+    (Adam, the sweep's steps/batch, lr ``args.lr_mixed``), cached like the bilinear runs."""
+    import json
+
+    from sae_lens import SAE
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from sae_bilinear.train import TrainingSettings, train_on_activations
+
+    d_in = activations.shape[-1]
+    d_sae = max(1, round((n_params - d_in) / (2 * d_in + 1)))  # W_enc, W_dec, b_enc, b_dec
+    path = folder / f"topk-k{k}-f{d_sae}-s{args.steps}-b{args.batch_size}-lr{args.lr_mixed:g}-seed{args.seed}"
+    if (path / "cfg.json").is_file() and (path / "experiment.json").is_file():
+        return SAE.load_from_disk(path, device="cpu"), float(json.loads((path / "experiment.json").read_text())["seconds"]), True
+    torch.manual_seed(args.seed)
+    # SAELens's usual normalisation for raw residuals (norms in the hundreds), folded when saved.
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=min(k, d_sae), normalize_activations="expected_average_only_in"))
+    started = time.time()
+    train_on_activations(sae, activations, TrainingSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr_mixed,
+                                                            seed=args.seed, dead_feature_window=max(10, args.steps // 2)))
+    seconds = time.time() - started
+    sae.save_inference_model(path)
+    _common.write_json(path / "experiment.json", {"k": k, "d_sae": d_sae, "seconds": seconds})
+    return SAE.load_from_disk(path, device="cpu"), seconds, False
+
+
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p = _common.parser(__doc__.split("\n\n")[0], NAME)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
@@ -118,10 +161,17 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p.add_argument("--lifted-variants", nargs="*", default=["mixed"], choices=VARIANTS,
                    help="variants also trained lifted and spliced into the model (CE loss recovered)")
     _common.add_training_arguments(p)
+    p.add_argument("--baseline-k", type=int, nargs="*", default=[32],
+                   help="SAELens TopK baselines spliced next to the lifted runs (parameters of the first lifted SAE)")
     p.add_argument("--train-contexts", type=int, default=192)
     p.add_argument("--eval-contexts", type=int, default=8)
     p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--replot", action="store_true", help="only redraw the figures from --out/results.json")
     args = p.parse_args(argv)
+    if args.replot:
+        stored = json.loads((args.out / "results.json").read_text())
+        draw(stored["unlifted"], stored["lifted"], stored.get("baselines", []), stored["title"], args.out)
+        return stored
     _common.setup(args.seed)
     spec = _common.ActivationSpec(
         train_contexts=args.train_contexts, eval_contexts=args.eval_contexts, context_size=args.context_size
@@ -129,7 +179,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     if args.tiny:
         spec = _common.TINY_SPEC
         args.d_sae, args.steps, args.batch_size, args.alphas = 64, 20, 128, [0.0, 0.5]
-        args.variants, args.lifted_variants = ["vanilla", "mixed"], ["mixed"]
+        args.variants, args.lifted_variants, args.baseline_k = ["vanilla", "mixed"], ["mixed"], [4]
     started = time.time()
     need_model = bool(args.lifted_variants)
     if model is None and need_model:
@@ -148,6 +198,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         sae, seconds, cached = _common.cached_bilinear(acts["train"], run, folder)
         row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
                                "train_seconds": seconds, "cached": cached}
+        row["n_params"] = sum(p.numel() for p in sae.parameters())
         row.update(_common.heldout_metrics(sae, acts["heldout"]))
         if lifted:
             from sae_bilinear.evaluate import evaluate_splice
@@ -164,6 +215,23 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         how = "cached" if cached else f"{seconds:.0f}s"
         print(f"{run.name}: error {row['reconstruction_error']:.4f}, density {row['hoyer_density']:.3f}{extra} ({how})", flush=True)
 
+    baseline_rows = []
+    if lifted_rows:
+        from sae_bilinear.evaluate import evaluate_splice
+
+        n_params = lifted_rows[0]["n_params"]
+        for k in args.baseline_k:
+            sae, seconds, cached = cached_topk(acts["train"], k, n_params, args, folder)
+            bos = acts.get("bos")
+            metrics = evaluate_splice(model, sae, acts["eval_tokens"], hook_name=spec.hook,
+                                      ignore_tokens=[bos] if bos is not None else None, progress=False).to_dict()
+            row = {"variant": f"SAELens TopK k={k}", "alpha": None, "d_sae": sae.cfg.d_sae, "n_params": sum(p.numel() for p in sae.parameters()),
+                   "train_seconds": seconds, "cached": cached, "hoyer_density": metrics["hoyer_density"],
+                   "reconstruction_error": None, "ce_loss_recovered": metrics["ce_loss_recovered"],
+                   **{f"splice_{key}": value for key, value in metrics.items()}}
+            baseline_rows.append(row)
+            print(f"TopK k={k} baseline (d_sae {sae.cfg.d_sae}): CE recovered {row['ce_loss_recovered']:.3f}", flush=True)
+
     out = args.out
     title = (f"{spec.model} {spec.hook}: d_sae={args.d_sae}, {args.steps} steps × {args.batch_size} tokens, "
              f"{acts['train'].shape[0]} training / {acts['heldout'].shape[0]} held-out tokens")
@@ -172,7 +240,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     if lifted_rows:
         lifted_columns = ["variant", "alpha", "hoyer_density", "reconstruction_error", "ce_loss_recovered",
                           "splice_kl", "splice_explained_variance", "splice_ce_clean", "splice_ce_spliced", "splice_ce_zero_ablated"]
-        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + _common.markdown_table(lifted_rows, lifted_columns)
+        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + _common.markdown_table(lifted_rows + baseline_rows, lifted_columns)
     result = {
         "command": "python experiments/sparsity_sweep.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -181,15 +249,14 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "paper": PAPER,
         "unlifted": rows,
         "lifted": lifted_rows,
+        "baselines": baseline_rows,
         "shape": shape_summary(rows) if rows else {},
+        "title": title,
         "seconds": time.time() - started,
     }
     _common.write_json(out / "results.json", result)
     (out / "table.md").write_text(table + "\n")
-    if rows:
-        plot_pareto(rows, out / "pareto.png", title)
-    if lifted_rows:
-        plot_lifted(lifted_rows, out / "lifted.png", title)
+    draw(rows, lifted_rows, baseline_rows, title, out)
     print(table)
     print(f"wrote {out} in {result['seconds']:.0f}s")
     return result

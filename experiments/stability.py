@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
             for other in args.other_seeds:
                 b, _ = get(variant, alpha, other)
                 row = {"variant": variant, "alpha": alpha, "seed_a": args.seed, "seed_b": other, **_scores(saes[alpha][0], b)}
+                for side, sae in (("a", saes[alpha][0]), ("b", b)):  # held-out error and density of both
+                    metrics = _common.heldout_metrics(sae, acts["heldout"])
+                    row[f"error_{side}"], row[f"density_{side}"] = metrics["reconstruction_error"], metrics["hoyer_density"]
                 seed_rows.append(row)
                 print(f"{variant} α={alpha:g} seeds {args.seed}/{other}: {row['operator_similarity']:.4f}", flush=True)
         across[variant] = {}
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         refs.append({"variant": variant, "label": f"{variant} α={alpha:g}: trained vs its init", **_scores(sae, init_a)})
 
     out = args.out
-    cols = ["variant", "alpha", "seed_a", "seed_b", *KEYS]
+    cols = ["variant", "alpha", "seed_a", "seed_b", *KEYS, "error_a", "error_b", "density_a", "density_b"]
     table = "## Seeds at equal α\n\n" + _common.markdown_table(seed_rows, cols)
     table += "\n\n## Across α (seed " + str(args.seed) + ")\n\n" + _common.markdown_table(across_rows, ["variant", "alpha_a", "alpha_b", *KEYS])
     table += "\n\n## References\n\n" + _common.markdown_table(refs, ["label", *KEYS])
