@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     u = analysis._unit(sae, acts).unit.double()
     u = analysis.lift(u) if analysis.is_lifted(sae) else u
     coordinates = u @ eig.eigenvectors[:, :3].double()
+    # Is an eigenvector the direction every token shares? cos(v_k, mean of u) and the mean |u·v_k|.
+    mean_u = u.mean(0)
+    shared = [{"cos_with_mean_token": float(mean_u @ eig.eigenvectors[:, k].double() / mean_u.norm()),
+               "mean_abs_projection": float(coordinates[:, k].abs().mean())} for k in range(3)]
     probes = {"activation": correlations(composite, props)}
     for k in range(3):
         probes[f"v{k}"] = correlations(coordinates[:, k], props)
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "eigenvectors_top_dims": [analysis._top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)],
         "axes": top.axis_labels,
         "probes": probes,
+        "eigenvectors_vs_mean_token": shared,
         "top_tokens": listing(top, order, 25),
         "bottom_tokens": listing(top, order.flip(0), 25),
         "top_token_counts": top_counts.most_common(15),

@@ -385,7 +385,8 @@ def xx_error(view: BilinearView, x: Tensor) -> float:
     """Mean per-token error of ``ũ⊗ũ`` (kernel trick; / ||ũ||⁴), from the view's factors."""
     tokens = kernels.unit_tokens(x.double())
     f = kernels.bilinear_latents(tokens.unit, view.l, view.r, view.bl, view.br)
-    g = f if view.down is None else kernels.mix(f, view.down)
+    code = kernels.topk_by_magnitude(f, view.topk) if view.topk else f  # what the SAE decodes from
+    g = code if view.down is None else kernels.mix(code, view.down)
     err = kernels.kernel_error(f, g, view.l, view.r, view.bl, view.br, tokens.valid).error
     return float(kernels.masked_mean(err, tokens.valid))
 

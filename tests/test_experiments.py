@@ -133,6 +133,9 @@ def test_planted_manifolds_tiny(tmp_path):
     assert abs(bilinear["n_params"] - topk["n_params"]) <= 2 * 16 + 1
     # Metrics read the trained weights, not the init's: training lowered the x⊗x error.
     assert bilinear["xx_error"] < trained["init:bilinear"]["xx_error"] - 0.02
+    # A TopK bilinear SAE is scored on the code it decodes from (its k kept latents).
+    bilinear_topk = trained["bilinear-topk:vanilla:2"]
+    assert bilinear_topk["l0"] <= 2 and bilinear_topk["xx_error"] < 1.5
     for name in ("recovery.png", "tradeoff.png", "circle_latents.png", "table.md"):
         assert (tmp_path / name).is_file()
 
