@@ -72,7 +72,7 @@ def main() -> None:
     )
     rows = []
     for optimizer, lrs in (("adam", args.adam_lrs), ("muon", args.muon_lrs)):
-        for lr in (float(v) for v in lrs.split(",")):
+        for lr in (float(v) for v in lrs.split(",") if v.strip()):
             sae = copy.deepcopy(base)  # same init for every run
             started = time.time()
             train_on_activations(sae, acts, TrainingSettings(steps=args.steps, batch_size=1024, lr=lr, optimizer=optimizer))
@@ -82,7 +82,11 @@ def main() -> None:
             rows.append({"optimizer": optimizer, "lr": lr, "steps": args.steps, "heldout_error": error,
                          "heldout_explained_variance": ev, "seconds": time.time() - started})
             print(rows[-1], flush=True)
-    best = {opt: min((r for r in rows if r["optimizer"] == opt), key=lambda r: r["heldout_error"]) for opt in ("adam", "muon")}
+    best = {
+        opt: min((r for r in rows if r["optimizer"] == opt), key=lambda r: r["heldout_error"])
+        for opt in ("adam", "muon")
+        if any(r["optimizer"] == opt for r in rows)
+    }
     lines = ["| optimizer | lr | held-out x⊗x error | x̂ explained variance |", "|---|---|---|---|"]
     lines += [f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['heldout_explained_variance']:.3f} |" for r in rows]
     table = "\n".join(lines)

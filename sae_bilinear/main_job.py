@@ -49,8 +49,8 @@ class MainJobConfig:
     """Optimiser steps."""
     batch_size: int = 1024
     """Tokens per step."""
-    lr: float = 3e-3
-    """Peak learning rate."""
+    lr: float = 1e-3
+    """Peak learning rate (see benchmarks/results/optimizer_comparison_smollm2-135m.json)."""
     optimizer: str = "adam"
     """``adam`` (SAELens's) or ``muon``."""
     baseline: str = "topk"

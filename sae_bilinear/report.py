@@ -60,8 +60,8 @@ def density_error_figure(history: Sequence[dict[str, float]], final: dict[str, A
         )
     )
     fig.update_layout(
-        height=380, title="Density vs reconstruction error", xaxis_title="Hoyer density (mean over latents)",
-        yaxis_title="||X − X̂||² / ||X||²", margin=dict(t=50, b=40, l=60, r=20),
+        height=400, title=dict(text="Density vs reconstruction error", y=0.97), xaxis_title="Hoyer density (mean over latents)",
+        yaxis_title="||X − X̂||² / ||X||²", margin=dict(t=80, b=40, l=60, r=20),
         legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom", xanchor="left"),
     )
     return fig
