@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+import exp_common as _common  # noqa: E402
 from sae_bilinear import analysis, plots  # noqa: E402
 
 NAME = "manifold_view"

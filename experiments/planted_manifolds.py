@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-import _common  # noqa: E402
+import exp_common as _common  # noqa: E402
 from sae_bilinear import analysis, kernels  # noqa: E402
 from sae_bilinear.synthetic import Manifold, PlantedBatch, PlantedManifolds  # noqa: E402
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+import exp_common as _common  # noqa: E402
 
 NAME = "sparsity_sweep"
 VARIANTS = ["vanilla", "ordered", "mixed", "combined"]

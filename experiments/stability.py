@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+import exp_common as _common  # noqa: E402
 
 NAME = "stability"
 KEYS = ("operator_similarity", "operator_similarity_unsymmetrised", "matched_similarity", "matched_above_0.9")

@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from sae_bilinear import analysis, data, models
-    from sae_bilinear.main_job import _eval_activations
+    from sae_bilinear.main_job import token_activations
 
     sae = _load_sae(args.sae_dir)
     meta = sae.cfg.metadata
@@ -111,7 +111,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     tokens = data.tokenize_contexts(
         corpus.heldout, model.tokenizer, args.context_size, prepend_bos=prepend_bos, max_contexts=args.contexts
     )
-    acts, contexts, token_strs = _eval_activations(model, tokens, hook, 1 if prepend_bos else 0)
+    acts, contexts, token_strs = token_activations(model, tokens, hook, 1 if prepend_bos else 0)
     if args.latent == "top":
         latents = analysis.choose_top_latents(sae, acts, n=args.n)
     else:

@@ -185,7 +185,7 @@ def run_main_job(config: MainJobConfig, out: str | Path, model: Any = None) -> d
         ).to_dict()
 
     _log("eigen-analysis of the most active latents")
-    eval_acts, contexts, token_strs = _eval_activations(model, eval_tokens, config.hook_name, skip)
+    eval_acts, contexts, token_strs = token_activations(model, eval_tokens, config.hook_name, skip)
     latents = analysis.choose_top_latents(inference, eval_acts, n=config.n_latents)
     latent_pages = []
     for latent in latents:
@@ -225,7 +225,7 @@ def _inference_copy(folder: Path, device: str) -> Any:
 
 
 @torch.no_grad()
-def _eval_activations(model: Any, tokens: torch.Tensor, hook_name: str, skip: int) -> tuple[torch.Tensor, list[str], list[str]]:
+def token_activations(model: Any, tokens: torch.Tensor, hook_name: str, skip: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """Held-out activations with, per token, its string and a short context ending at it."""
     acts = collect_activations(model, tokens, hook_name, skip_first=skip, progress=False)
     tokenizer = model.tokenizer

@@ -14,7 +14,7 @@ import torch
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import _common  # noqa: E402
+import exp_common as _common  # noqa: E402
 import kernel_trick  # noqa: E402
 import manifold_view  # noqa: E402
 import planted_manifolds as pm  # noqa: E402

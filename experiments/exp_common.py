@@ -1,7 +1,7 @@
 """Shared helpers of the experiment scripts: paths, seeding, strict JSON, cached SmolLM2
 activations, one bilinear training run, held-out metrics.
 
-Not a public API: the scripts in this folder import it as ``_common`` (they put their own
+Not a public API: the scripts in this folder import it as ``exp_common`` (they put their own
 folder on ``sys.path`` first, so ``python experiments/<script>.py`` works from anywhere).
 """
 
