@@ -83,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     context = args.context_size or meta.context_size or 128
     corpus = data.load_corpus(args.corpus)
     if not isinstance(corpus, data.TextCorpus):
-        raise SystemExit(f"evaluate reads local text; {args.corpus!r} is not a local corpus")
+        raise ValueError(f"evaluate reads local text; {args.corpus!r} is not a local corpus")
     tokens = data.tokenize_contexts(
         corpus.heldout, model.tokenizer, context, prepend_bos=models.default_prepend_bos(model), max_contexts=args.contexts
     )
@@ -117,7 +117,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         latent = int(args.latent)
         if not 0 <= latent < sae.cfg.d_sae:
-            raise SystemExit(f"--latent {latent} is out of range: this SAE has latents 0..{sae.cfg.d_sae - 1}")
+            raise ValueError(f"--latent {latent} is out of range: this SAE has latents 0..{sae.cfg.d_sae - 1}")
         latents = [latent]
     out = Path(args.out or Path(args.sae_dir) / "analysis")
     for latent in latents:

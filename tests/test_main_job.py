@@ -76,6 +76,16 @@ def test_main_job_end_to_end(tmp_path, smollm2_model, corpus_file):
     ).to_dict()
     for key in ("ce_spliced", "explained_variance", "reconstruction_error"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-5), key
+
+    # The other CLI commands on the written SAE (they load the model named in its metadata).
+    sae_dir = str(out / "sae")
+    common = ["--corpus", str(corpus_file), "--contexts", "2", "--context-size", "32"]
+    assert cli.main(["evaluate", sae_dir, *common, "--out", str(tmp_path / "eval.json")]) == 0
+    assert set(json.loads((tmp_path / "eval.json").read_text())) >= {"ce_spliced", "kl", "explained_variance"}
+    assert cli.main(["analyze", sae_dir, "--latent", "3", "--out", str(tmp_path / "an"), *common]) == 0
+    assert (tmp_path / "an" / "latent_3.html").exists() and (tmp_path / "an" / "latent_3.json").exists()
+    assert cli.main(["analyze", sae_dir, "--latent", "99999", *common]) != 0
+    assert cli.main(["compare", sae_dir, sae_dir, "--no-matched"]) == 0
     report = (out / "report.html").read_text()
     assert "plotly" in report and "Density vs reconstruction error" in report and "CE loss" in report
     assert (out / "report.png").stat().st_size > 10_000
