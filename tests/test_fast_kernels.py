@@ -388,86 +388,8 @@ def test_sparse_hoyer_density_equals_dense(ordered):
     )
 
 
-# ------------------------------------------------------------------------------------- memory
-
-
-def _peak_rss_of(run, warmup) -> int | None:
-    """Rise of the resident set over ``run()`` in a forked child (Linux), or None if unmeasurable.
-
-    ``warmup()`` first gets one-time initialisation out of the way; glibc is then told to mmap
-    every buffer of 64 KiB or more, so that the resident set follows the bytes alive.
-    """
-    import ctypes
-    import os
-    import pickle
-    from pathlib import Path
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        result = None
-        try:
-            warmup()
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 65536)  # M_TRIM_THRESHOLD
-            Path("/proc/self/clear_refs").write_text("5")
-            status = lambda key: next(  # noqa: E731
-                int(line.split()[1]) * 1024
-                for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(key + ":")
-            )
-            base = status("VmRSS")
-            run()
-            result = status("VmHWM") - base
-        except BaseException:  # noqa: BLE001
-            result = None
-        with os.fdopen(write, "wb") as pipe:
-            pickle.dump(result, pipe)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        result = pickle.load(pipe)
-    os.waitpid(pid, 0)
-    return result
-
-
-def test_fused_memory_stays_within_a_few_FxF_buffers():
-    """Autograd keeps ~5 F×F buffers; fused keeps ≈1.1 (upper Gram blocks); a budget keeps none."""
-    import os
-
-    if not (hasattr(os, "fork") and os.path.exists("/proc/self/clear_refs")):
-        pytest.skip("needs fork and /proc/self/clear_refs (Linux)")
-    d, F, B = 32, 2048, 16
-    fxf = F * F * 4
-    gen = torch.Generator().manual_seed(0)
-    L = (torch.randn(F, d, generator=gen) / d**0.5).requires_grad_()
-    R = (torch.randn(F, d, generator=gen) / d**0.5).requires_grad_()
-    f = torch.randn(B, F, generator=gen).requires_grad_()
-    valid = torch.ones(B, dtype=torch.bool)
-
-    small = [t[:64, :16].detach().clone().requires_grad_() for t in (L, R)] + [f[:4, :64].detach().clone().requires_grad_()]
-
-    def step(**options):
-        return lambda: kernels.kernel_error(f, f, L, R, None, None, valid, **options).error.sum().backward()
-
-    def warmup():
-        Ls, Rs, fs = small
-        for options in ({"backward": "autograd"}, {"tile_size": 16}):
-            kernels.kernel_error(fs, fs, Ls, Rs, None, None, valid[:4], **options).error.sum().backward()
-
-    peaks = {
-        "autograd": _peak_rss_of(step(backward="autograd"), warmup),
-        "fused": _peak_rss_of(step(), warmup),
-        "budget": _peak_rss_of(step(memory_budget=fxf // 4), warmup),
-    }
-    if None in peaks.values():
-        pytest.skip(f"peak RSS not measurable here: {peaks}")
-    ratios = {name: peak / fxf for name, peak in peaks.items()}
-    assert ratios["autograd"] > 3.0, ratios  # the measurement sees F×F buffers at all
-    assert ratios["fused"] < 2.0, ratios  # upper Gram blocks (1.25 F² at 4 tiles) + 2 block temporaries
-    assert ratios["budget"] < 0.5, ratios  # the budget (F²/4 numbers) plus small B×F and F×d buffers
+# Peak memory of the fused/budget paths is a benchmark target, measured by
+# benchmarks/perf_benchmark.py (its RSS probe is too noise-prone for a pass/fail test).
 
 
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
