@@ -175,52 +175,38 @@ class SAEHook:
 # ----------------------------------------------------------------------------------------------
 
 
-def zero_latents(latents: Sequence[int]) -> LatentEdit:
-    """Edit: set the given latents to 0."""
+def _edit_latents(latents: Sequence[int], update: Callable[[Tensor], Tensor]) -> LatentEdit:
+    """An edit that replaces the given latents ``f[..., latents]`` by ``update(f[..., latents])``."""
     index = list(latents)
 
     def edit(f: Tensor) -> Tensor:
         f = f.clone()
-        f[..., index] = 0.0
+        f[..., index] = update(f[..., index])
         return f
 
     return edit
+
+
+def zero_latents(latents: Sequence[int]) -> LatentEdit:
+    """Edit: set the given latents to 0."""
+    return _edit_latents(latents, torch.zeros_like)
 
 
 def set_latents(latents: Sequence[int], values: Tensor | Sequence[float] | float) -> LatentEdit:
     """Edit: set the given latents to fixed values (one per latent, or one for all)."""
-    index = list(latents)
-
-    def edit(f: Tensor) -> Tensor:
-        f = f.clone()
-        f[..., index] = torch.as_tensor(values, dtype=f.dtype, device=f.device)
-        return f
-
-    return edit
+    return _edit_latents(
+        latents, lambda current: torch.as_tensor(values, dtype=current.dtype, device=current.device).expand_as(current)
+    )
 
 
 def scale_latents(latents: Sequence[int], factor: float) -> LatentEdit:
     """Edit: multiply the given latents by ``factor``."""
-    index = list(latents)
-
-    def edit(f: Tensor) -> Tensor:
-        f = f.clone()
-        f[..., index] = f[..., index] * factor
-        return f
-
-    return edit
+    return _edit_latents(latents, lambda current: current * factor)
 
 
 def add_to_latents(latents: Sequence[int], amount: float) -> LatentEdit:
     """Edit: add ``amount`` to the given latents."""
-    index = list(latents)
-
-    def edit(f: Tensor) -> Tensor:
-        f = f.clone()
-        f[..., index] = f[..., index] + amount
-        return f
-
-    return edit
+    return _edit_latents(latents, lambda current: current + amount)
 
 
 def latent_edit_hook(edit: LatentEdit, d_sae: int | None = None) -> HookFn:
