@@ -336,3 +336,17 @@ def test_other_bad_arguments(toy, activations):
         iv.splice_hook(sae)(torch.ones(2, 3, 16))
     with pytest.raises(ValueError, match="one non-empty sequence"):
         iv.walk_manifold(model, sae, torch.zeros(2, 4, dtype=torch.long), 0)
+
+
+def test_latent_edit_builders_change_only_their_latents():
+    f = torch.arange(12.0).reshape(2, 6)
+    assert iv.zero_latents([1, 4])(f)[:, [1, 4]].abs().sum() == 0
+    torch.testing.assert_close(iv.set_latents([0, 2], [5.0, -1.0])(f)[:, [0, 2]], torch.tensor([[5.0, -1.0]] * 2))
+    torch.testing.assert_close(iv.set_latents([3], 9.0)(f)[:, 3], torch.tensor([9.0, 9.0]))
+    torch.testing.assert_close(iv.scale_latents([5], 2.0)(f)[:, 5], f[:, 5] * 2)
+    torch.testing.assert_close(iv.add_to_latents([0], 0.5)(f)[:, 0], f[:, 0] + 0.5)
+    for edit in (iv.zero_latents([1]), iv.set_latents([1], 3.0), iv.scale_latents([1], 2.0), iv.add_to_latents([1], 1.0)):
+        out = edit(f)
+        untouched = [c for c in range(6) if c != 1]
+        torch.testing.assert_close(out[:, untouched], f[:, untouched])
+    assert f[0, 1] == 1.0  # edits never write into their input
