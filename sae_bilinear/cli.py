@@ -47,23 +47,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sae_bilinear.train import expand_config, train_from_config
+    from sae_bilinear.train import expand_config, set_dotted, train_from_config
 
     runs = expand_config(args.config)
     for name, raw in runs:
         for assignment in args.set or []:
             key, _, value = assignment.partition("=")
-            target = raw
-            *parents, leaf = key.split(".")
-            for part in parents:
-                target = target.setdefault(part, {})
-            target[leaf] = json.loads(value) if value[:1] in "0123456789-[{tn" or value in ("true", "false") else value
+            set_dotted(raw, key, _parse_value(value))
         if args.dry_run:
             print(f"{name}: {json.dumps(raw, default=str)}")
             continue
         print(f"[sae-bilinear] training {name} -> {raw.get('output_path')}", flush=True)
         train_from_config(raw)
     return 0
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON where it parses (numbers, true/false/null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _load_sae(path: str) -> Any:
@@ -73,21 +77,31 @@ def _load_sae(path: str) -> Any:
     return SAE.load_from_disk(path)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sae_bilinear import data, evaluate, models
+def _model_and_heldout_tokens(args: argparse.Namespace, sae: Any, context_size: int) -> tuple[Any, str, Any, bool]:
+    """``(model, hook, held-out token contexts, prepend_bos)`` for an SAE: the model and hook
+    from the options or the SAE's metadata, the contexts from the local corpus's held-out split."""
+    from sae_bilinear import data, models
 
-    sae = _load_sae(args.sae_dir)
     meta = sae.cfg.metadata
     model = models.load_model(args.model or meta.model_name or models.EMBEDDED_MODEL_NAME, device=args.device)
-    hook = args.hook or meta.hook_name
-    context = args.context_size or meta.context_size or 128
     corpus = data.load_corpus(args.corpus)
     if not isinstance(corpus, data.TextCorpus):
-        raise ValueError(f"evaluate reads local text; {args.corpus!r} is not a local corpus")
+        raise ValueError(f"{args.command} reads local text; {args.corpus!r} is not a local corpus")
+    prepend_bos = models.default_prepend_bos(model)
     tokens = data.tokenize_contexts(
-        corpus.heldout, model.tokenizer, context, prepend_bos=models.default_prepend_bos(model), max_contexts=args.contexts
+        corpus.heldout, model.tokenizer, context_size, prepend_bos=prepend_bos, max_contexts=args.contexts
     )
-    bos = model.tokenizer.bos_token_id if models.default_prepend_bos(model) else None
+    return model, args.hook or meta.hook_name, tokens, prepend_bos
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sae_bilinear import evaluate
+
+    sae = _load_sae(args.sae_dir)
+    model, hook, tokens, prepend_bos = _model_and_heldout_tokens(
+        args, sae, args.context_size or sae.cfg.metadata.context_size or 128
+    )
+    bos = model.tokenizer.bos_token_id if prepend_bos else None
     metrics = evaluate.evaluate_splice(
         model, sae, tokens, hook_name=hook, ignore_tokens=None if bos is None else [bos]
     ).to_dict()
@@ -99,18 +113,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from sae_bilinear import analysis, data, models
+    from sae_bilinear import analysis
     from sae_bilinear.main_job import token_activations
 
     sae = _load_sae(args.sae_dir)
-    meta = sae.cfg.metadata
-    model = models.load_model(args.model or meta.model_name or models.EMBEDDED_MODEL_NAME, device=args.device)
-    hook = args.hook or meta.hook_name
-    corpus = data.load_corpus(args.corpus)
-    prepend_bos = models.default_prepend_bos(model)
-    tokens = data.tokenize_contexts(
-        corpus.heldout, model.tokenizer, args.context_size, prepend_bos=prepend_bos, max_contexts=args.contexts
-    )
+    model, hook, tokens, prepend_bos = _model_and_heldout_tokens(args, sae, args.context_size)
     acts, contexts, token_strs = token_activations(model, tokens, hook, 1 if prepend_bos else 0)
     if args.latent == "top":
         latents = analysis.choose_top_latents(sae, acts, n=args.n)

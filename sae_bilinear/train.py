@@ -269,7 +269,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def _set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``config["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, creating missing levels."""
     *parents, last = dotted.split(".")
     for key in parents:
         config = config.setdefault(key, {})
@@ -294,7 +295,7 @@ def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     for values in itertools.product(*(raw["sweep"][key] for key in keys)):
         config = copy.deepcopy(base)
         for key, value in zip(keys, values):
-            _set_dotted(config, key, value)
+            set_dotted(config, key, value)
         name = "-".join(_short_value(key, value) for key, value in zip(keys, values))
         config["output_path"] = str(Path(raw.get("output_root", "runs/sweep")) / name)
         runs.append((name, config))

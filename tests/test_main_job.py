@@ -120,10 +120,12 @@ def test_cli_help_and_dry_run(capsys):
     assert exit_info.value.code == 0
     assert "convert-bae" in capsys.readouterr().out
     assert cli.main(["train", "--config", "hub_configs/train/qwen3-0.6b-base-l18-sweep.yaml", "--dry-run",
-                     "--set", "sae.d_sae=2048"]) == 0
+                     "--set", "sae.d_sae=2048", "--set", "sae.sparsity=topk", "--set", "sae.k=64"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 44  # 4 variants × 11 α
     assert '"d_sae": 2048' in lines[0] and "combined-a100" in lines[-1]
+    # Values that are not JSON stay strings; JSON ones are parsed.
+    assert '"sparsity": "topk"' in lines[0] and '"k": 64' in lines[0]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):
