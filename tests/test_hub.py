@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from safetensors.torch import save_file
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, BilinearTrainingSAE, BilinearTrainingSAEConfig, hub
 from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, WeightFileError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import StandInHub, git_blob_sha1, redirect_hub  # noqa: E402
+# pytest's default (prepend) import mode puts this folder on sys.path for its test modules.
+from hub_server import StandInHub, git_blob_sha1, redirect_hub
 
 AUTHORS_REPO = "tdooms/qwen3-0.6b-base-scope"
 AUTHORS_RELEASE = "qwen3-0.6b-base-bae-scope"
