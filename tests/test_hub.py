@@ -5,157 +5,48 @@ releases, and every bad-file case."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+# pytest's default (prepend) import mode puts this folder on sys.path for its test modules.
+from hub_helpers import (
+    AUTHORS_RELEASE,
+    AUTHORS_REPO,
+    UNREACHABLE,
+    build_cache,
+    edit_cfg,
+    edit_weights,
+    folder_files,
+    front_matter,
+    make_sae,
+    naive_latents,
+    no_network,
+    refuse_pickle,
+    saelens_folder,
+    stand_in_hub,
+    truncate,
+    write_bae,
+    write_releases,
+)
+from hub_server import git_blob_sha1, redirect_hub
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from sae_lens import SAE
-from safetensors.torch import save_file
 
-from sae_bilinear import BilinearSAE, BilinearSAEConfig, BilinearTrainingSAE, BilinearTrainingSAEConfig, hub
+from sae_bilinear import BilinearSAE, BilinearTrainingSAE, BilinearTrainingSAEConfig, hub
 from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, WeightFileError
-
-# pytest's default (prepend) import mode puts this folder on sys.path for its test modules.
-from hub_server import StandInHub, git_blob_sha1, redirect_hub
-
-AUTHORS_REPO = "tdooms/qwen3-0.6b-base-scope"
-AUTHORS_RELEASE = "qwen3-0.6b-base-bae-scope"
-UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing must be sent in offline tests
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
-
-@contextmanager
-def no_network():
-    """Any attempt to open a connection fails: proves a load was served from the cache."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        yield
 
 
 @pytest.fixture(autouse=True)
 def no_pickle(monkeypatch):
-    """Weights are safetensors only: any torch.load during these tests fails them."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("torch.load (pickle) must never be called by sae_bilinear.hub")
-
-    monkeypatch.setattr(torch, "load", refuse)
+    refuse_pickle(monkeypatch)
 
 
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path):
-    """A stand-in Hub on 127.0.0.1, huggingface_hub pointed at it, a fresh cache; stopped after."""
-    with StandInHub() as server:
-        redirect_hub(monkeypatch, server.url, tmp_path / "hf-cache")
-        monkeypatch.delenv(hub.RELEASES_ENV, raising=False)
-        yield server
-        assert server.unhandled == [], f"requests the stand-in did not understand: {server.unhandled}"
-
-
-def make_sae(variant="mixed", lifted=True, d_in=8, d_sae=24, bottleneck=6, seed=0, alpha=0.3) -> BilinearSAE:
-    cfg = BilinearSAEConfig(
-        d_in=d_in,
-        d_sae=d_sae,
-        variant=variant,
-        lifted=lifted,
-        bottleneck=bottleneck if variant in ("mixed", "combined") else None,
-    )
-    cfg.metadata.model_name = "Qwen/Qwen3-0.6B-Base"
-    cfg.metadata.hook_name = "blocks.18.hook_resid_pre"
-    cfg.metadata.training_architecture_details = {"alpha": alpha}
-    sae = BilinearSAE(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in sae.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) / param.shape[-1] ** 0.5)
-    return sae
-
-
-def front_matter(card: str) -> dict:
-    assert card.startswith("---\n")
-    return yaml.safe_load(card[4 : card.index("\n---", 4)])
-
-
-def write_bae(
-    folder: Path,
-    kind="mixed",
-    d=8,
-    expansion=3,
-    bottleneck=2,
-    biased=False,
-    alpha=0.29,
-    layer=18,
-    seed=0,
-    extra_config=None,
-    tensors=None,
-) -> dict[str, torch.Tensor]:
-    """An authors'-layout folder with random weights; returns the tensors."""
-    generator = torch.Generator().manual_seed(seed)
-    features = d * expansion
-    if tensors is None:
-        left, right = (torch.randn(features, d, generator=generator) for _ in range(2))
-        tensors = {"left.weight": left, "right.weight": right} if biased else {"left": left, "right": right}
-        if biased:
-            tensors["left.bias"] = torch.randn(features, generator=generator)
-            tensors["right.bias"] = torch.randn(features, generator=generator)
-        if kind in ("mixed", "combined"):
-            tensors["down"] = torch.randn(d * bottleneck, features, generator=generator)
-    config = {  # what their Config (a transformers PretrainedConfig) dumps, abridged
-        "layer": layer,
-        "d_model": d,
-        "n_ctx": 256,
-        "expansion": expansion,
-        "bottleneck": None,
-        "alpha": alpha,
-        "beta": 0.0,
-        "warmup": 256,
-        "kind": kind,
-        "tags": [],
-        "base": "qwen3-0.6b-base",
-        "transformers_version": "4.56.0",
-        "return_dict": True,
-        "kwargs": {},
-    }
-    config.update(extra_config or {})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return tensors
-
-
-def naive_latents(x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The authors' encoder, in float64: u = x/||x||, f = (left·u [+ b]) * (right·u [+ b])."""
-    u = x.double() / x.double().norm(dim=-1, keepdim=True)
-    if "left" in tensors:
-        return (u @ tensors["left"].double().T) * (u @ tensors["right"].double().T)
-    left = u @ tensors["left.weight"].double().T + tensors["left.bias"].double()
-    right = u @ tensors["right.weight"].double().T + tensors["right.bias"].double()
-    return left * right
-
-
-def folder_files(folder: Path, prefix: str) -> dict[str, bytes]:
-    return {f"{prefix}/{p.name}": p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def write_releases(path: Path, release: str, repo_id: str, ids: list[str], conversion_func=None) -> Path:
-    entry = {"repo_id": repo_id, "model": "Qwen/Qwen3-0.6B-Base", "saes": [{"id": i, "path": i} for i in ids]}
-    if conversion_func:
-        entry["conversion_func"] = conversion_func
-    path.write_text(yaml.safe_dump({release: entry}))
-    return path
+    yield from stand_in_hub(monkeypatch, tmp_path)
 
 
 # --------------------------------------------------------------------------- push → load
@@ -285,22 +176,6 @@ def test_stand_in_answers_missing_repo_and_file_like_the_hub(stand_in):
 # --------------------------------------------------------------------------- offline cache
 
 
-def build_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> str:
-    """The standard HF cache layout: blobs/<etag>, snapshots/<commit>/<path> -> blob, refs/main."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / ("models--" + repo_id.replace("/", "--"))
-    for path, data in files.items():
-        blob = root / "blobs" / git_blob_sha1(data)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        pointer = root / "snapshots" / commit / path
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    return commit
-
-
 def test_from_pretrained_by_release_name_offline_from_a_hand_built_cache(monkeypatch, tmp_path):
     cache = tmp_path / "hf-cache"
     redirect_hub(monkeypatch, UNREACHABLE, cache, offline=True)
@@ -420,31 +295,6 @@ def test_releases_listing_and_unknown_names(monkeypatch):
 
 
 # --------------------------------------------------------------------------- bad files
-
-
-def saelens_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "sae"
-    make_sae("mixed", True).save_model(folder)
-    return folder
-
-
-def edit_cfg(folder: Path, **changes) -> None:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    cfg.update(changes)
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-
-
-def edit_weights(folder: Path, edit) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "sae_weights.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(folder / "sae_weights.safetensors"))
-
-
-def truncate(path: Path, keep: float = 0.6) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
 
 
 SAELENS_BAD = {

@@ -218,7 +218,7 @@ def _render_block(repo_id: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
     metric_cells = [[(rows[sae_id].get("metrics") or {}).get(name) for name in metric_names] for sae_id in ids]
     lines += _table(
         [*CONFIG_HEADER, *metric_names],
-        [[*_config_cells(sae_id, rows[sae_id]), *cells] for sae_id, cells in zip(ids, metric_cells)],
+        [[*_config_cells(sae_id, rows[sae_id]), *cells] for sae_id, cells in zip(ids, metric_cells, strict=True)],
     )
     index = json.dumps({k: rows[k] for k in ids}, sort_keys=True).replace("--", "-\\u002d")
     lines += ["", "<!-- sae-bilinear-index", index, "-->", CARD_END, ""]

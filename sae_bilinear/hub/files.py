@@ -214,10 +214,17 @@ def check_bilinear_cfg(cfg_dict: dict[str, Any], label: str) -> BilinearSAEConfi
     for key in ("d_in", "d_sae"):
         if key not in cfg_dict:
             raise WeightFileError(label, f"has no {key!r}")
+    _check_metadata(cfg_dict, label)
     try:
         return BilinearSAEConfig.from_dict(cfg_dict)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise WeightFileError(label, f"is not a valid bilinear SAE config ({error})") from error
+
+
+def _check_metadata(cfg_dict: Mapping[str, Any], label: str) -> None:
+    metadata = cfg_dict.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise WeightFileError(label, f"'metadata' must be a JSON object, got {type(metadata).__name__}")
 
 
 def expected_shapes(cfg: BilinearSAEConfig) -> dict[str, tuple[int, ...]]:
@@ -370,61 +377,80 @@ def load_from_disk(path: str | os.PathLike[str], device: str = "cpu", dtype: str
     return sae
 
 
-def any_disk_loader(
-    path: str | os.PathLike[str], device: str = "cpu", cfg_overrides: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """SAELens ``PretrainedSaeDiskLoader`` for a local SAE folder of any registered architecture.
+def _check_state_dict(
+    sae: SAE[Any], state_dict: Mapping[str, torch.Tensor], label: str, cfg_label: str
+) -> None:
+    """The tensors are exactly the ones the SAE built from the config has, with its shapes."""
+    wanted = {name: tuple(tensor.shape) for name, tensor in sae.state_dict().items()}
+    missing = sorted(set(wanted) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(wanted))
+    if missing or unexpected:
+        raise WeightFileError(
+            label,
+            f"has missing tensor(s) {missing} and unexpected tensor(s) {unexpected} for the SAE {cfg_label} "
+            f"describes (it expects {sorted(wanted)})",
+        )
+    for name, shape in wanted.items():
+        got = tuple(state_dict[name].shape)
+        if got != shape:
+            raise WeightFileError(label, f"tensor {name!r} has shape {list(got)}, {cfg_label} expects {list(shape)}")
 
-    The config must parse and build; every tensor must be floating-point and finite. The
-    tensors are then read by SAELens's own reader, so its conventions (e.g. a stored
-    ``scaling_factor``) apply unchanged.
-    """
-    folder = _sae_folder(path)
-    cfg_label, weights_label = str(folder / SAE_CFG_FILENAME), str(folder / SAE_WEIGHTS_FILENAME)
-    cfg_dict = apply_overrides(read_json(folder / SAE_CFG_FILENAME, cfg_label), cfg_overrides)
-    cfg_dict["device"] = check_device(device)
+
+def _any_config(folder: Path, device: str, dtype: str | None) -> tuple[dict[str, Any], SAEConfig, SAE[Any]]:
+    """The validated config dict and config of any registered architecture, and its SAE on ``meta``."""
+    cfg_label = str(folder / SAE_CFG_FILENAME)
+    cfg_dict = read_json(folder / SAE_CFG_FILENAME, cfg_label)
+    if dtype is not None:
+        cfg_dict["dtype"] = dtype
+    cfg_dict["device"] = device
     architecture = cfg_dict.get("architecture", "standard")  # SAELens's default for old files
-    if architecture not in SAE_CLASS_REGISTRY:
+    if not isinstance(architecture, str) or architecture not in SAE_CLASS_REGISTRY:
         raise WeightFileError(
             cfg_label,
             f"architecture {architecture!r} is not one SAELens knows ({', '.join(sorted(SAE_CLASS_REGISTRY))})",
         )
+    sae_class = SAE_CLASS_REGISTRY[architecture][0]
+    _check_metadata(cfg_dict, cfg_label)
     try:
         cfg_dict = handle_config_defaulting(cfg_dict)
         cfg = SAEConfig.from_dict(cfg_dict)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        dtype_of(cfg.dtype, cfg_label)
+        cfg.device = "meta"  # as SAELens does: no throw-away initialisation
+        sae = sae_class(cfg)
+    except WeightFileError:
+        raise
+    except Exception as error:  # the config class or the SAE refused a value
         raise WeightFileError(cfg_label, f"is not a valid {architecture!r} SAE config ({error})") from error
-    check_all_tensors(folder / SAE_WEIGHTS_FILENAME, weights_label)
-    try:
-        return read_sae_components_from_disk(
-            cfg_dict, folder / SAE_WEIGHTS_FILENAME, device=device, dtype=dtype_of(cfg.dtype, cfg_label)
-        )
-    except (ValueError, KeyError) as error:  # e.g. a scaling_factor the config does not allow
-        raise WeightFileError(weights_label, f"does not match {cfg_label} ({error})") from error
+    sae.cfg.device = device
+    return cfg_dict, cfg, sae
 
 
 def load_any_from_disk(path: str | os.PathLike[str], device: str = "cpu", dtype: str | None = None) -> SAE[Any]:
     """Load any SAELens SAE folder (bilinear, standard, topk, ...) with validation.
 
-    Bilinear SAEs go through :func:`load_from_disk`; others through SAELens's
-    ``SAE.load_from_disk`` with a validating reader. A missing, damaged or inconsistent
+    Bilinear SAEs go through :func:`load_from_disk`. Others are built as SAELens's
+    ``SAE.load_from_disk`` builds them (SAELens's own tensor reader included, so its
+    conventions apply), with checks between the steps. A missing, damaged or inconsistent
     ``cfg.json`` or ``sae_weights.safetensors``, non-floating-point tensors and NaN/inf
-    weights raise :class:`WeightFileError` naming the file; a bad ``device`` or ``dtype``
-    raises ConfigError.
+    weights raise :class:`WeightFileError` naming the file (and tensor); a bad ``device``
+    or ``dtype`` argument raises :class:`~sae_bilinear.errors.ConfigError`.
     """
     folder = _sae_folder(path)
     check_device(device)
     if dtype is not None:
         check_dtype(dtype)
-    cfg_label = str(folder / SAE_CFG_FILENAME)
+    cfg_label, weights_label = str(folder / SAE_CFG_FILENAME), str(folder / SAE_WEIGHTS_FILENAME)
     if read_json(folder / SAE_CFG_FILENAME, cfg_label).get("architecture") == ARCHITECTURE:
         return load_from_disk(folder, device=device, dtype=dtype)
+    cfg_dict, cfg, sae = _any_config(folder, device, dtype)
+    check_all_tensors(folder / SAE_WEIGHTS_FILENAME, weights_label)
     try:
-        return SAE.load_from_disk(folder, device=device, dtype=dtype, converter=any_disk_loader)
-    except RuntimeError as error:  # load_state_dict: tensor names or shapes the config does not expect
-        if "state_dict" not in str(error):
-            raise
-        first_lines = " ".join(str(error).split())[:400]
-        raise WeightFileError(
-            folder / SAE_WEIGHTS_FILENAME, f"does not match {cfg_label}: {first_lines}"
-        ) from error
+        _, state_dict = read_sae_components_from_disk(
+            cfg_dict, folder / SAE_WEIGHTS_FILENAME, device=device, dtype=str_to_dtype(cfg.dtype)
+        )
+    except (ValueError, KeyError) as error:  # e.g. a scaling_factor the config does not allow
+        raise WeightFileError(weights_label, f"does not match {cfg_label} ({error})") from error
+    sae.process_state_dict_for_loading(state_dict)
+    _check_state_dict(sae, state_dict, weights_label, cfg_label)
+    sae.load_state_dict(state_dict, assign=True)
+    return sae.to(dtype=str_to_dtype(cfg.dtype), device=device)

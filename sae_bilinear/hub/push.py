@@ -9,21 +9,23 @@ anything is sent.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from sae_lens import SAE, upload_saes_to_huggingface
-from sae_lens.constants import SAE_CFG_FILENAME, SPARSITY_FILENAME
-from sae_lens.saes.sae import TrainingSAE
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from sae_lens.constants import RUNNER_CFG_FILENAME, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
+from sae_lens.saes.sae import SAE, TrainingSAE
 
 from sae_bilinear.bilinear import ARCHITECTURE
-from sae_bilinear.errors import ConfigError
+from sae_bilinear.errors import ConfigError, OfflineError, UserError
 from sae_bilinear.hub.card import README_FILENAME, card_rows, jsonable, model_card, summary
 from sae_bilinear.hub.files import (
     MissingWeightFileError,
@@ -34,9 +36,12 @@ from sae_bilinear.hub.files import (
     read_sparsity,
 )
 
-__all__ = ["METRICS_FILENAME", "PushResult", "push", "push_many"]
+__all__ = ["METRICS_FILENAME", "PushResult", "push", "push_many", "run_metrics"]
 
 METRICS_FILENAME = "metrics.json"
+UPLOADED_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME, RUNNER_CFG_FILENAME)
+"""The files of an SAE folder that SAELens's ``upload_saes_to_huggingface`` sends; we add ``metrics.json``."""
+CommitOperation = CommitOperationAdd | CommitOperationDelete
 _SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
@@ -59,6 +64,56 @@ class PushResult:
         if len(self.paths_in_repo) == 1:
             return f"{self.url}/tree/{self.revision}/{self.paths_in_repo[0]}"
         return self.url
+
+
+# --------------------------------------------------------------------------- network errors
+
+
+def _unreachable(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):  # OfflineModeIsEnabled is a ConnectionError
+        return True
+    # The HTTP client depends on the huggingface_hub version (requests, httpx, httpx2): match by name.
+    return any(
+        cls.__name__ in ("TransportError", "ConnectionError", "Timeout")
+        and cls.__module__.startswith(("httpx", "requests", "urllib3"))
+        for cls in type(error).__mro__
+    )
+
+
+@contextmanager
+def _reaching_hub(repo_id: str) -> Iterator[None]:
+    """Turn "no network", "offline mode" and "not allowed" into one-line user errors."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        reason = " ".join(str(error).split())[:300]
+        if isinstance(error, OfflineModeIsEnabled):
+            raise OfflineError(
+                f"cannot push to {repo_id}: HF_HUB_OFFLINE is set; unset it (and connect) to push"
+            ) from error
+        if _unreachable(error):
+            raise OfflineError(
+                f"cannot reach the Hugging Face Hub to push to {repo_id} ({type(error).__name__}: {reason}); "
+                "check the network connection (and HF_ENDPOINT if set)"
+            ) from error
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, HfHubHTTPError) and status in (401, 403):
+            raise UserError(
+                f"the Hugging Face Hub refused to write {repo_id} (HTTP {status}); log in with `hf auth login` "
+                "or set HF_TOKEN to a token with write access to that namespace"
+            ) from error
+        raise
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def run_metrics(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metrics a local SAE folder's run recorded: its own ``metrics.json``, else ``{}``."""
+    path = Path(folder) / METRICS_FILENAME
+    return read_json(path, str(path)) if path.is_file() else {}
 
 
 def _check_sae_id(sae_id: str) -> str:
@@ -97,7 +152,40 @@ def _stage(ref: Any, staging: Path, index: int) -> tuple[Path, dict[str, Any]]:
     sparsity = folder / SPARSITY_FILENAME
     if sparsity.exists():
         read_sparsity(sparsity, str(sparsity), int(cfg_dict["d_sae"]), "cpu")
+    runner_cfg = folder / RUNNER_CFG_FILENAME
+    if runner_cfg.exists():
+        read_json(runner_cfg, str(runner_cfg))
     return folder, cfg_dict
+
+
+@dataclass
+class _Staged:
+    """One SAE ready to send: its validated folder, its files and its card row."""
+
+    folder: Path
+    files: dict[str, Path | bytes]
+    """Name in the SAE's folder of the repo → local file or content."""
+    row: dict[str, Any]
+
+
+def _staged_files(folder: Path, run_metrics: Mapping[str, Any]) -> dict[str, Path | bytes]:
+    files: dict[str, Path | bytes] = {name: folder / name for name in UPLOADED_FILES if (folder / name).is_file()}
+    if run_metrics:
+        files[METRICS_FILENAME] = json.dumps(jsonable(dict(run_metrics)), indent=2, sort_keys=True).encode()
+    return files
+
+
+def _folder_operations(staged: Mapping[str, _Staged], remote: set[str]) -> list[CommitOperation]:
+    """Adds for every staged file, and deletes for the files of the same folders that this push
+    does not replace (an old ``sparsity.safetensors`` or ``metrics.json``), so that no folder
+    ever mixes two SAEs. Files of nested folders (other SAEs) are left alone."""
+    operations: list[CommitOperation] = []
+    for sae_id, item in staged.items():
+        paths = {f"{sae_id}/{name}" for name in item.files}
+        stale = sorted(path for path in remote if path.rsplit("/", 1)[0] == sae_id and path not in paths)
+        operations += [CommitOperationDelete(path) for path in stale]
+        operations += [CommitOperationAdd(f"{sae_id}/{name}", data) for name, data in item.files.items()]
+    return operations
 
 
 def push_many(
@@ -115,22 +203,24 @@ def push_many(
         saes: ``{path_in_repo: SAE or folder}``, or SAEs/folders (a folder keeps its name,
             an SAE gets ``{hook}-{variant}[-lifted]-f{d_sae}``).
         repo_id: ``namespace/name``; created if missing (``private`` applies then only).
-        metrics: ``{path_in_repo: {name: value}}``, merged over each folder's ``metrics.json``;
-            uploaded as ``{path_in_repo}/metrics.json`` and shown in the card.
+        metrics: ``{path_in_repo: {name: value}}``, merged over each folder's run metrics
+            (see :func:`run_metrics`); uploaded as ``{path_in_repo}/metrics.json`` and shown
+            in the card.
         revision: branch to push to.
         update_card: write/refresh ``README.md``; it lists every SAE folder of the repo,
             keeps text outside its generated block and existing front-matter keys.
 
-    Everything is validated locally before anything is sent. The SAE folders are uploaded
-    by SAELens's ``upload_saes_to_huggingface``; card and metrics follow in one commit.
+    Everything is validated locally before anything is sent. Then one commit writes the
+    SAE folders (the files SAELens's ``upload_saes_to_huggingface`` sends, plus
+    ``metrics.json``), removes files of those folders that this push does not replace, and
+    updates the card, so the repo never holds a half-pushed or mixed SAE. No network
+    raises :class:`~sae_bilinear.errors.OfflineError`.
     """
     items = list(saes.items()) if isinstance(saes, Mapping) else [(None, ref) for ref in saes]
     if not items:
         raise ConfigError("no SAEs to push")
     with tempfile.TemporaryDirectory(prefix="sae-bilinear-push-") as tmp:
-        staged: dict[str, Path] = {}
-        rows: dict[str, dict[str, Any]] = {}
-        uploads: list[CommitOperationAdd] = []
+        staged: dict[str, _Staged] = {}
         for index, (sae_id, ref) in enumerate(items):
             folder, cfg_dict = _stage(ref, Path(tmp), index)
             if sae_id is None:
@@ -138,47 +228,34 @@ def push_many(
             sae_id = _check_sae_id(str(sae_id))
             if sae_id in staged:
                 raise ConfigError(f"two SAEs would be pushed to the same folder {sae_id!r}")
-            run_metrics: dict[str, Any] = {}
-            if (folder / METRICS_FILENAME).is_file():
-                run_metrics = read_json(folder / METRICS_FILENAME, str(folder / METRICS_FILENAME))
-            run_metrics.update(jsonable(dict((metrics or {}).get(sae_id) or {})))
-            if run_metrics:
-                payload = json.dumps(jsonable(run_metrics), indent=2, sort_keys=True).encode()
-                uploads.append(CommitOperationAdd(f"{sae_id}/{METRICS_FILENAME}", payload))
-            staged[sae_id] = folder
-            rows[sae_id] = summary(cfg_dict, run_metrics)
+            own = {} if isinstance(ref, SAE) else run_metrics(folder)
+            own.update(jsonable(dict((metrics or {}).get(sae_id) or {})))
+            staged[sae_id] = _Staged(folder, _staged_files(folder, own), summary(cfg_dict, own))
         unknown = set(metrics or {}) - set(staged)
         if unknown:
             raise ConfigError(f"metrics given for SAEs that are not pushed: {sorted(unknown)}")
 
         api = HfApi()
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        card_text = None
-        if update_card:
-            card_text = _updated_card(api, repo_id, revision, rows)
-        upload_saes_to_huggingface(
-            {sae_id: folder for sae_id, folder in staged.items()},
-            hf_repo_id=repo_id,
-            hf_revision=revision,
-            show_progress=False,
-            add_default_readme=False,
-        )
-        if card_text is not None:
-            uploads.append(CommitOperationAdd(README_FILENAME, card_text.encode()))
-        if uploads:
+        with _reaching_hub(repo_id):
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+            remote = set(api.list_repo_files(repo_id, revision=revision))
+            operations = _folder_operations(staged, remote)
+            if update_card:
+                rows = {sae_id: item.row for sae_id, item in staged.items()}
+                card = _updated_card(api, repo_id, revision, rows, remote)
+                operations.append(CommitOperationAdd(README_FILENAME, card.encode()))
             api.create_commit(
-                repo_id,
-                uploads,
-                commit_message=f"sae-bilinear: model card and metrics for {', '.join(staged)}",
-                revision=revision,
+                repo_id, operations, commit_message=f"sae-bilinear: push {', '.join(staged)}", revision=revision
             )
     return PushResult(repo_id, tuple(staged), str(repo_url).rstrip("/"), revision, update_card)
 
 
-def _updated_card(api: HfApi, repo_id: str, revision: str, new_rows: Mapping[str, dict[str, Any]]) -> str:
+def _updated_card(
+    api: HfApi, repo_id: str, revision: str, new_rows: Mapping[str, dict[str, Any]], files: set[str]
+) -> str:
     """The card after this push: rows of the existing card's index for folders still in
-    the repo, rows read from ``cfg.json`` for folders it does not list, and ``new_rows``."""
-    files = set(api.list_repo_files(repo_id, revision=revision))
+    the repo (``files``, as before the push), rows read from ``cfg.json`` for folders it
+    does not list, and ``new_rows``."""
     folders = {path.rsplit("/", 1)[0] for path in files if path.endswith(f"/{SAE_CFG_FILENAME}")}
     existing = None
     if README_FILENAME in files:

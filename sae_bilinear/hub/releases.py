@@ -214,7 +214,7 @@ def format_releases(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = 
     for row in rows:
         cells.append(["-" if row.get(column) is None else str(row.get(column)) for column in columns])
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
     if not rows:
         lines.append("(no releases; add some to hub_configs/releases.yaml or $" + RELEASES_ENV + ")")
     return "\n".join(lines)
