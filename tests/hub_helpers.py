@@ -83,6 +83,19 @@ def front_matter(card: str) -> dict:
     return yaml.safe_load(card[4 : card.index("\n---", 4)])
 
 
+def card_table(card: str, heading: str) -> list[str]:
+    """The rows (lines starting "| `") of the card's table under ``heading`` (e.g. "## SAEs")."""
+    lines = card.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("## ") or line.startswith("<!--"):
+            break
+        if line.startswith("| `"):
+            rows.append(line)
+    return rows
+
+
 def write_bae(
     folder: Path,
     kind="mixed",
@@ -152,8 +165,6 @@ def write_releases(path: Path, release: str, repo_id: str, ids: list[str], conve
     return path
 
 
-
-
 def build_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> str:
     """The standard HF cache layout: blobs/<etag>, snapshots/<commit>/<path> -> blob, refs/main."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -191,5 +202,3 @@ def edit_weights(folder: Path, edit) -> None:
 def truncate(path: Path, keep: float = 0.6) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-
-

@@ -16,6 +16,7 @@ from hub_helpers import (
     AUTHORS_REPO,
     UNREACHABLE,
     build_cache,
+    card_table,
     edit_cfg,
     edit_weights,
     folder_files,
@@ -36,7 +37,10 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from sae_lens import SAE
 
 from sae_bilinear import BilinearSAE, BilinearTrainingSAE, BilinearTrainingSAEConfig, hub
+from sae_bilinear.evaluate import METRIC_KEYS
 from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, WeightFileError
+from sae_bilinear.hub import card as hub_card
+from sae_bilinear.hub import upload as hub_upload
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +88,8 @@ def test_push_then_from_pretrained_gives_identical_outputs(stand_in, monkeypatch
     assert meta["library_name"] == "saelens"
     assert {"saelens", "sae_lens", "sae-bilinear", "bilinear-autoencoder"} <= set(meta["tags"])
     assert meta["base_model"] == "Qwen/Qwen3-0.6B-Base"
-    row = next(line for line in card.splitlines() if line.startswith("| `alpha-0.3`"))
+    # The SAE's config row and its metrics row.
+    row = " ".join(line for line in card.splitlines() if line.startswith("| `alpha-0.3`"))
     for text in ("blocks.18.hook_resid_pre", variant, "0.3", "0.0912", "0.4"):
         assert text in row
     assert 'sae_lens.SAE.from_pretrained("lab/bilinear-sweep", "alpha-0.3")' in card
@@ -124,11 +129,11 @@ def test_sweep_pushes_keep_one_folder_each_and_the_card_lists_all(stand_in, tmp_
     assert meta["license"] == "mit" and "my-tag" in meta["tags"] and "sae-bilinear" in meta["tags"]
     assert "# Notes by the author" in card and "Keep me." in card
     assert card.count("<!-- sae-bilinear:begin") == 1
-    rows = [line for line in card.splitlines() if line.startswith("| `")]
+    rows = card_table(card, "## SAEs")
     assert [r.split("`")[1] for r in rows] == sorted(folders)
-    assert "0.8" in next(r for r in rows if "`alpha-0.1`" in r)  # nested metric flattened
+    assert "0.8" in next(r for r in card_table(card, "## Metrics") if "`alpha-0.1`" in r)  # nested metric flattened
     assert "explained_variance/spliced" in card
-    vanilla_row = next(r for r in rows if "`vanilla`" in r).split(" | ")
+    vanilla_row = next(r for r in rows if "`vanilla`" in r).rstrip(" |").split(" | ")
     assert vanilla_row[9] == "0.2"  # α of a training SAE, from metadata.training_architecture_details
 
     # Loading any of them still works, and each matches what was pushed.
@@ -171,6 +176,96 @@ def test_stand_in_answers_missing_repo_and_file_like_the_hub(stand_in):
     assert top == {("RepoFolder", "a")}
     assert HfApi().list_repo_files("lab/x") == ["a/cfg.json"]
     assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+
+
+# --------------------------------------------------------------------------- main-job runs and the card
+
+
+def main_job_run(root: Path) -> tuple[Path, dict]:
+    """A folder as ``sae-bilinear run`` leaves it: ``sae/``, ``baseline/`` and the run's
+    ``metrics.json`` one folder up (the bilinear SAE's metrics at the top level, beside the
+    run's config, the baseline's block and the analysed latents)."""
+    run = root / "runs" / "20250101-120000"
+    make_sae("vanilla", True, seed=11).save_model(run / "sae")
+    own = {key: 0.01 * (i + 1) for i, key in enumerate(METRIC_KEYS)}
+    own.update({"ce_loss_recovered": 0.9731, "kl": 0.1234, "n_tokens": 4096})
+    config = {f"option_{i}": i for i in range(40)}  # the run's many settings: never card columns
+    metrics = {
+        **own,
+        "model": "smollm2-135m",
+        "hook": "blocks.18.hook_resid_pre",
+        "tokens": 100_000,
+        "eval_tokens": 4096,
+        "training_seconds": 61.5,
+        "seconds": 200.0,
+        "config": config,
+        "baseline": {"kind": "topk", "d_sae": 1234, "ce_loss_recovered": 0.5555, "kl": 7.777},
+        "latents": [3, 1, 4],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run, own
+
+
+def test_push_of_a_main_job_sae_carries_its_own_metrics_into_a_short_card(stand_in, tmp_path):
+    run, own = main_job_run(tmp_path)
+    hub.push(run / "sae", "lab/main-job", "smollm2-l18")
+
+    files = stand_in.files("lab/main-job")
+    pushed = json.loads(files["smollm2-l18/metrics.json"])
+    assert pushed["kl"] == 0.1234 and pushed["ce_loss_recovered"] == 0.9731
+    assert not {"config", "baseline", "latents"} & set(pushed), "only the SAE's own block is pushed"
+    card = files["README.md"].decode()
+    tables = card.split("<!-- sae-bilinear-index")[0]
+    assert "option_" not in tables and "baseline" not in tables and "7.777" not in tables
+    [row] = card_table(card, "## Metrics")
+    header = next(line for line in tables.splitlines() if line.startswith("| SAE id | ce_loss_recovered"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:4] == ["SAE id", "ce_loss_recovered", "kl", "explained_variance"]
+    assert len(columns) == 1 + hub_card.MAX_METRIC_COLUMNS
+    assert "n_tokens" not in columns and "seconds" not in columns  # bookkeeping yields to metrics
+    assert row.startswith("| `smollm2-l18` | 0.9731 | 0.1234 |")
+    [config_row] = card_table(card, "## SAEs")
+    assert config_row.count("|") == len(hub_card.CONFIG_HEADER) + 1
+
+
+def test_run_metrics_picks_the_saes_own_block(tmp_path):
+    run, own = main_job_run(tmp_path)
+    picked = hub_upload.run_metrics(run / "sae")
+    assert {key: picked[key] for key in own} == own
+    assert picked["hook"] == "blocks.18.hook_resid_pre" and "config" not in picked
+    make_sae("vanilla", True).save_model(run / "baseline")
+    assert hub_upload.run_metrics(run / "baseline") == {
+        "kind": "topk",
+        "d_sae": 1234,
+        "ce_loss_recovered": 0.5555,
+        "kl": 7.777,
+    }
+    (run / "sae" / "metrics.json").write_text(json.dumps({"kl": 0.5}))
+    assert hub_upload.run_metrics(run / "sae") == {"kl": 0.5}, "the folder's own file comes first"
+    sweep = tmp_path / "sweep"
+    make_sae().save_model(sweep / "alpha-0.1")
+    (sweep / "metrics.json").write_text(json.dumps({"alpha-0.1": {"kl": 0.25}, "alpha-0.5": {"kl": 0.75}}))
+    assert hub_upload.run_metrics(sweep / "alpha-0.1") == {"kl": 0.25}
+    assert hub_upload.run_metrics(tmp_path / "lonely") == {}
+
+
+def test_format_releases_is_a_table_with_a_header(monkeypatch):
+    monkeypatch.delenv(hub.RELEASES_ENV, raising=False)
+    rows = hub.list_releases()
+    text = hub.format_releases(rows)
+    lines = text.splitlines()
+    assert lines[0].split() == ["RELEASE", "SAE_ID", "REPO_ID", "PATH", "MODEL", "HOOK", "FORMAT"]
+    assert len(lines) == len(rows) + 1
+    sae_id_at = lines[0].index("SAE_ID")
+    for line, row in zip(lines[1:], rows, strict=True):
+        assert line.split() == [
+            str(row[key]) if row[key] is not None else "-"
+            for key in ("release", "sae_id", "repo_id", "path", "model", "hook", "format")
+        ]
+        assert line[sae_id_at:].startswith(row["sae_id"])  # columns are aligned
+    custom = hub.format_releases([{"release": "r", "sae_id": "a", "hook": None}], columns=("release", "hook"))
+    assert custom.splitlines() == ["RELEASE  HOOK", "r        -"]
+    assert "no releases" in hub.format_releases([]).splitlines()[1]
 
 
 # --------------------------------------------------------------------------- offline cache

@@ -12,7 +12,7 @@ One module per job (as SAELens splits ``loading/pretrained_sae_loaders.py``,
   SAELens ``converter=``) and :func:`convert_bae` (into SAELens's layout).
 * :mod:`~sae_bilinear.hub.releases`: ``hub_configs/releases.yaml`` (SAELens's
   ``pretrained_saes.yaml`` schema) and :func:`from_pretrained` by release name.
-* :mod:`~sae_bilinear.hub.card` and :mod:`~sae_bilinear.hub.push`: :func:`push` /
+* :mod:`~sae_bilinear.hub.card` and :mod:`~sae_bilinear.hub.upload`: :func:`push` /
   :func:`push_many` and the repo's model card.
 
 Safety: weights are read with ``safetensors`` only (never pickle / ``torch.load``), nothing
@@ -39,7 +39,6 @@ from sae_bilinear.hub.files import (
     load_any_from_disk,
     load_from_disk,
 )
-from sae_bilinear.hub.push import METRICS_FILENAME, PushResult, push, push_many
 from sae_bilinear.hub.releases import (
     RELEASES_ENV,
     Release,
@@ -51,6 +50,7 @@ from sae_bilinear.hub.releases import (
     load_releases,
     releases_files,
 )
+from sae_bilinear.hub.upload import METRICS_FILENAME, PushResult, push, push_many
 
 __all__ = [
     "BAE_CONFIG_FILENAME",

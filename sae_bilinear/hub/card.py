@@ -208,18 +208,19 @@ def _intro(repo_id: str, example: str) -> list[str]:
 
 def _render_block(repo_id: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
     ids = sorted(rows)
-    metric_names: list[str] = []
-    for sae_id in ids:
-        for name in rows[sae_id].get("metrics") or {}:
-            if name not in metric_names:
-                metric_names.append(name)
     lines = _intro(repo_id, ids[0] if ids else "<sae_id>")
     lines += [f"## SAEs ({len(ids)})", ""]
-    metric_cells = [[(rows[sae_id].get("metrics") or {}).get(name) for name in metric_names] for sae_id in ids]
-    lines += _table(
-        [*CONFIG_HEADER, *metric_names],
-        [[*_config_cells(sae_id, rows[sae_id]), *cells] for sae_id, cells in zip(ids, metric_cells, strict=True)],
-    )
+    lines += _table(CONFIG_HEADER, [_config_cells(sae_id, rows[sae_id]) for sae_id in ids])
+    columns = metric_columns(rows)
+    if columns:
+        metric_rows = [
+            [f"`{sae_id}`", *[(rows[sae_id].get("metrics") or {}).get(name) for name in columns]]
+            for sae_id in ids
+            if rows[sae_id].get("metrics")
+        ]
+        lines += ["", "## Metrics", ""]
+        lines += _table(["SAE id", *columns], metric_rows)
+        lines += ["", "Every metric of an SAE is in its folder's `metrics.json`."]
     index = json.dumps({k: rows[k] for k in ids}, sort_keys=True).replace("--", "-\\u002d")
     lines += ["", "<!-- sae-bilinear-index", index, "-->", CARD_END, ""]
     return "\n".join(lines)

@@ -377,9 +377,7 @@ def load_from_disk(path: str | os.PathLike[str], device: str = "cpu", dtype: str
     return sae
 
 
-def _check_state_dict(
-    sae: SAE[Any], state_dict: Mapping[str, torch.Tensor], label: str, cfg_label: str
-) -> None:
+def _check_state_dict(sae: SAE[Any], state_dict: Mapping[str, torch.Tensor], label: str, cfg_label: str) -> None:
     """The tensors are exactly the ones the SAE built from the config has, with its shapes."""
     wanted = {name: tuple(tensor.shape) for name, tensor in sae.state_dict().items()}
     missing = sorted(set(wanted) - set(state_dict))

@@ -111,9 +111,27 @@ def _reaching_hub(repo_id: str) -> Iterator[None]:
 
 
 def run_metrics(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metrics a local SAE folder's run recorded: its own ``metrics.json``, else ``{}``."""
-    path = Path(folder) / METRICS_FILENAME
-    return read_json(path, str(path)) if path.is_file() else {}
+    """The metrics a local SAE folder's run recorded, or ``{}``.
+
+    The folder's own ``metrics.json`` if it has one. Otherwise the run's ``metrics.json``
+    one folder up, as the main job writes it (``runs/<time>/sae/`` beside
+    ``runs/<time>/metrics.json``): there the SAE's own block is the entry named like the
+    folder if that is an object (e.g. ``baseline``), else the file's top-level values that
+    are not objects or lists (the SAE's metrics, without the run's ``config``, the other
+    SAEs' blocks and latent lists).
+    """
+    folder = Path(folder)
+    own = folder / METRICS_FILENAME
+    if own.is_file():
+        return read_json(own, str(own))
+    parent = folder.resolve().parent / METRICS_FILENAME
+    if not parent.is_file():
+        return {}
+    run = read_json(parent, str(parent))
+    block = run.get(folder.resolve().name)
+    if isinstance(block, dict):
+        return dict(block)
+    return {key: value for key, value in run.items() if not isinstance(value, (dict, list))}
 
 
 def _check_sae_id(sae_id: str) -> str:
