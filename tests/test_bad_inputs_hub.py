@@ -242,7 +242,8 @@ def test_bad_linear_folder_names_the_file(tmp_path, case):
 
 
 ARGUMENTS = {
-    "no such folder": (lambda p: {"path": p / "nope"}, MissingWeightFileError, ["nope", "not a folder"]),
+    "no such folder": (lambda p: {"path": p / "nope"}, MissingWeightFileError, ["nope", "not found"]),
+    "a file": (lambda p: {"path": p / "sae" / WEIGHTS}, MissingWeightFileError, [WEIGHTS, "not a folder"]),
     "cfg.json itself": (lambda p: {"path": p / "sae" / CFG}, MissingWeightFileError, [CFG, "pass the SAE folder"]),
     "device nonsense": (lambda p: {"path": p / "sae", "device": "gpu:0"}, ConfigError, ["device", "gpu:0"]),
     "dtype nonsense": (lambda p: {"path": p / "sae", "dtype": "float8"}, ConfigError, ["dtype", "float8"]),

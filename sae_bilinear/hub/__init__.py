@@ -30,7 +30,7 @@ from sae_bilinear.hub.bae import (
     convert_bae,
     parse_bae_name,
 )
-from sae_bilinear.hub.card import model_card
+from sae_bilinear.hub.card import CARD_BEGIN, CARD_END, CARD_TAGS, LIBRARY_NAME, README_FILENAME, model_card
 from sae_bilinear.hub.files import (
     MissingWeightFileError,
     WeightFileError,
@@ -55,7 +55,12 @@ from sae_bilinear.hub.upload import METRICS_FILENAME, PushResult, push, push_man
 __all__ = [
     "BAE_CONFIG_FILENAME",
     "BAE_WEIGHTS_FILENAME",
+    "CARD_BEGIN",
+    "CARD_END",
+    "CARD_TAGS",
+    "LIBRARY_NAME",
     "METRICS_FILENAME",
+    "README_FILENAME",
     "RELEASES_ENV",
     "BaeName",
     "MissingWeightFileError",

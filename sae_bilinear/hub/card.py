@@ -24,7 +24,7 @@ from sae_bilinear.bilinear import ARCHITECTURE
 from sae_bilinear.errors import DataFileError
 from sae_bilinear.hub.bae import BAE_MODELS
 
-__all__ = ["CARD_TAGS", "LIBRARY_NAME", "README_FILENAME", "model_card"]
+__all__ = ["CARD_BEGIN", "CARD_END", "CARD_TAGS", "LIBRARY_NAME", "README_FILENAME", "model_card"]
 
 README_FILENAME = "README.md"
 CARD_BEGIN = (

@@ -363,6 +363,8 @@ def _sae_folder(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     if folder.is_file() and folder.name == SAE_CFG_FILENAME:
         raise MissingWeightFileError(folder, f"is a file; pass the SAE folder that holds it ({folder.parent})")
+    if not folder.exists():
+        raise MissingWeightFileError(folder, f"not found (expected a SAELens SAE folder with {SAE_CFG_FILENAME})")
     if not folder.is_dir():
         raise MissingWeightFileError(folder, f"is not a folder (expected a SAELens SAE folder with {SAE_CFG_FILENAME})")
     return folder
