@@ -43,6 +43,7 @@ from sae_bilinear.checks import (
     NonFiniteResultError,
     check_bool,
     check_can_splice,
+    check_finite_float,
     check_finite_parameters,
     check_finite_result,
     check_finite_tensor,
@@ -293,8 +294,11 @@ def evaluate_splice(
     ignore = _check_ignore_tokens(ignore_tokens)
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise ConfigError(f"model_kwargs must be a mapping of keyword arguments, got {type(model_kwargs).__name__}")
-    if activation_scaler is not None and not isinstance(activation_scaler, ActivationScaler):
-        raise ConfigError(f"activation_scaler must be a SAELens ActivationScaler, got {type(activation_scaler).__name__}")
+    if activation_scaler is not None:
+        if not isinstance(activation_scaler, ActivationScaler):
+            raise ConfigError(f"activation_scaler must be a SAELens ActivationScaler, got {type(activation_scaler).__name__}")
+        if activation_scaler.scaling_factor is not None:
+            check_finite_float("activation_scaler.scaling_factor", activation_scaler.scaling_factor, lo=0, lo_open=True)
     if not isinstance(mean_source, str) or not mean_source:
         raise ConfigError(f"mean_source must be a non-empty label, got {mean_source!r}")
     hook = resolve_hook_name(sae, hook_name)

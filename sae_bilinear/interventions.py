@@ -176,13 +176,18 @@ class SAEHook:
         return result
 
     def _check_finite(self, activation: Tensor, out: Tensor) -> None:
-        """An edit that turns finite activations into NaN/inf is an error, not a silent NaN
-        forward pass (e.g. a latent scaled by 1e30 overflows float32)."""
-        bad = ~torch.isfinite(out) & torch.isfinite(activation)
+        """An edit that makes a token's activation NaN/inf, or so large that its squared norm
+        overflows float32 (the model's next LayerNorm would then give NaN), is an error rather
+        than silently NaN logits (e.g. a latent scaled by 1e30). Tokens that came in that way
+        are left alone."""
+        squared_out = out.detach().float().pow(2).sum(-1)
+        squared_in = activation.detach().float().pow(2).sum(-1)
+        bad = ~torch.isfinite(squared_out) & torch.isfinite(squared_in)
         if bool(bad.any()):
             raise NonFiniteResultError(
-                f"{self.label} at {self.hook_name!r} turned {int(bad.sum())} finite activation value(s) "
-                f"into NaN/inf ({out.dtype} overflows): use a smaller edit value"
+                f"{self.label} at {self.hook_name!r} made {int(bad.sum())} token activation(s) NaN/inf or "
+                "so large that their squared norm overflows float32 (the model's next LayerNorm would "
+                "give NaN logits): use a smaller edit value"
             )
 
 

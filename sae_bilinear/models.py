@@ -399,10 +399,19 @@ def load_local_model(
     parse_device(device)
     remote = {"trust_remote_code": allow_remote_code}
     with _refusing_remote_code(str(folder)):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **remote)
+        # The model first: its config says whether the folder needs code of its own.
         hf_model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype, local_files_only=True, use_safetensors=True, **remote
         )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **remote)
+        except (OSError, ValueError) as err:
+            if "trust_remote_code" in str(err):
+                raise
+            raise errors.DataFileError(
+                f"{folder}: the model loads but its tokenizer does not ({type(err).__name__}: {err}); "
+                "save the tokenizer into the folder (tokenizer.save_pretrained)."
+            ) from err
     return model_from_hf(
         hf_model,
         tokenizer,
