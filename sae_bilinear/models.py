@@ -590,6 +590,12 @@ def _official_without_remote_code(
     convert it like a local folder, so that TransformerLens cannot switch remote code on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    unknown = sorted(set(kwargs) - {"n_ctx", "default_prepend_bos"})
+    if unknown:
+        raise errors.ConfigError(
+            f"{official} is loaded without remote code, which takes only n_ctx and default_prepend_bos; "
+            f"got {unknown} (pass allow_remote_code=True to use TransformerLens's loader and its options)"
+        )
     with _refusing_remote_code(official):
         tokenizer = AutoTokenizer.from_pretrained(official, trust_remote_code=False)
         hf_model = AutoModelForCausalLM.from_pretrained(

@@ -398,6 +398,17 @@ def test_official_qwen3_loads_without_remote_code(monkeypatch):
     assert model.cfg.model_name == "Qwen3-0.6B-Base" and model.cfg.d_model == 32
 
 
+def test_unknown_official_name_is_a_config_error():
+    assert_refused(lambda: models.load_model("gpt-2"), ConfigError, ["Unknown model 'gpt-2'", "gpt2"])
+
+
+def test_qwen3_without_remote_code_refuses_loader_options_it_cannot_honour(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert_refused(
+        lambda: models.load_model("Qwen/Qwen3-0.6B-Base", n_devices=2), ConfigError, ["n_devices", "allow_remote_code=True"]
+    )
+
+
 def test_official_name_offline_is_an_offline_error(monkeypatch, block_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with block_network(), pytest.raises(OfflineError, match=r"Hub is unreachable"):
