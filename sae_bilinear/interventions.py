@@ -166,14 +166,14 @@ class SAEHook:
                 f"the SAE reads d_in={self.sae.cfg.d_in}"
             )
         out = self.transform(activation.to(device=self.sae.device)).to(device=activation.device, dtype=activation.dtype)
+        if self.positions is not None:
+            if activation.ndim < 3:
+                raise ConfigError("positions= needs activations of shape [batch, seq, d_in]")
+            result = activation.clone()
+            result[:, self.positions] = out[:, self.positions]
+            out = result
         self._check_finite(activation, out)
-        if self.positions is None:
-            return out
-        if activation.ndim < 3:
-            raise ConfigError("positions= needs activations of shape [batch, seq, d_in]")
-        result = activation.clone()
-        result[:, self.positions] = out[:, self.positions]
-        return result
+        return out
 
     def _check_finite(self, activation: Tensor, out: Tensor) -> None:
         """An edit that makes a token's activation NaN/inf, or so large that its squared norm
