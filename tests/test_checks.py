@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_bilinear import checks, errors, evaluate, interventions, models
+from sae_bilinear import checks, errors, evaluate, interventions, models, qwen3_offline
 from sae_bilinear.checks import (
     ConfigTypeError,
     IndexRangeError,
@@ -172,6 +172,16 @@ def test_old_names_are_the_checks_functions(module):
     for name in REEXPORTS[module]:
         assert getattr(module, name) is getattr(checks, name), f"{module.__name__}.{name}"
     assert models._parse_device is checks.parse_device
+    assert models.qwen3_tokenizer is qwen3_offline.qwen3_tokenizer
+    assert models.qwen3_tiny_hf is qwen3_offline.qwen3_tiny_hf
+
+
+def test_a_missing_optional_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(errors.MissingDependencyError) as info:
+        checks.require_package("some_pkg", "pip install some-pkg", "The frobnicator")
+    assert "The frobnicator" in str(info.value) and "'some_pkg'" in str(info.value) and "pip install some-pkg" in str(info.value)
+    assert isinstance(info.value, ImportError)
 
 
 def test_models_errors_derive_from_the_package_errors():
@@ -198,7 +208,7 @@ def test_checks_imports_only_the_layers_below_it():
     assert not nested
 
 
-@pytest.mark.parametrize("module", ["checks", "models", "evaluate", "interventions", "data"])
+@pytest.mark.parametrize("module", ["checks", "models", "qwen3_offline", "evaluate", "interventions", "data"])
 def test_no_function_level_imports_of_our_own_modules(module):
     _, nested = _imports(PACKAGE / f"{module}.py")
     assert not nested, nested
