@@ -15,8 +15,13 @@ What is reused from SAELens and what is not:
   batch at a time, which is right for :class:`~sae_bilinear.BilinearSAE`, whose ``decode``
   rescales ``û`` by the token norms that the preceding ``encode`` of the same batch stored.
   It also handles ``hook_z`` hooks, head indices, the activation scaler and ignored tokens.
-* Mean ablation is not in SAELens, and needs the mean activation over the whole evaluation set
-  before it can run, so it is a second loop over the batches with our own hook.
+* Mean ablation is not in SAELens. It replaces the activation by a mean: the one passed in
+  (best the training activations' mean, :func:`activation_mean`, so the baseline is the
+  distribution the SAE was trained on), else the mean over the whole evaluation set, which is
+  known only after the first loop; either way it is a second loop over the batches with our
+  own hook. :attr:`SpliceMetrics.mean_ablation_source` records which mean was used.
+* Every argument is checked before the first forward pass (:mod:`sae_bilinear.checks`), and a
+  metric that comes out NaN/inf is an error naming it, never a number in the results.
 * The clean activations are taken from ``get_recons_loss``'s own clean pass by a hook around it
   (no extra forward pass), and the SAE statistics are computed on them: explained variance by
   SAELens's streaming :class:`sae_lens.evals.ExplainedVarianceCalculator`; the rest (x⊗x error,
@@ -32,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
 from sae_lens.saes.sae import SAE
 from sae_lens.training.activation_scaler import ActivationScaler
@@ -156,7 +162,7 @@ def _check_something_to_score(tokens: Tensor, ignore_tokens: list[int]) -> None:
         )
 
 
-def activation_mean(activations: Tensor) -> Tensor:
+def activation_mean(activations: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
     """The mean ``[*shape]`` of activations ``[n, *shape]`` (e.g. the training activations of
     the main job, ``[n_tokens, d_in]``), accumulated in float64 and returned in their dtype.
 
