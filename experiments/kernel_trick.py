@@ -23,18 +23,16 @@ Writes ``results.json``, ``table.md`` and ``scaling.png`` into ``--out``.
 from __future__ import annotations
 
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from sae_bilinear import experiment_utils as common
+from sae_bilinear import kernels
 
-import exp_common as _common  # noqa: E402
-from sae_bilinear import kernels  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 NAME = "kernel_trick"
 
 
@@ -218,18 +216,18 @@ def plot(rows: list[dict], path: Path) -> None:
     ax2.set_ylabel("GiB")
     ax2.set_title("memory of the naive loss")
     ax2.legend(fontsize=8)
-    _common.save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256, 384, 512, 768, 1024])
     p.add_argument("--expansion", type=int, default=2, help="F = expansion·d (the paper uses 16; naive memory grows with F)")
     p.add_argument("--batch", type=int, default=256, help="tokens per batch")
     p.add_argument("--memory-cap-gib", type=float, default=4.0, help="skip the naive loss above this estimated memory")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    _common.setup(args.seed)
+    common.setup(args.seed)
     if args.tiny:
         args.dims, args.batch, args.repeats = [8, 16, 32], 32, 1
         args.memory_cap_gib = naive_bytes(16, args.expansion * 16, 32) / 2**30  # the naive loss runs at d ≤ 16 only
@@ -248,14 +246,14 @@ def main(argv: list[str] | None = None) -> dict:
         "naive_bytes_estimate": naive_bytes(1024, 16 * 1024, 32 * 256),
         "atoms_bytes": 16 * 1024 * 1024 * 1024 * 4,
     }
-    table_agree = _common.markdown_table(agree, ["variant", "lifted", "naive_loss", "fused_loss_rel_diff", "fused_grad_rel_diff",
-                                                 "autograd_loss_rel_diff", "autograd_grad_rel_diff"], 3)
+    table_agree = common.markdown_table(agree, ["variant", "lifted", "naive_loss", "fused_loss_rel_diff", "fused_grad_rel_diff",
+                                                "autograd_loss_rel_diff", "autograd_grad_rel_diff"], 3)
     for r in rows:
         r["naive_gib"] = r["naive_bytes_estimate"] / 2**30
         r["fused_ms"] = r["kernel_seconds"] * 1e3
         r["autograd_ms"] = r["autograd_seconds"] * 1e3
         r["naive_ms"] = None if r["naive_seconds"] is None else r["naive_seconds"] * 1e3
-    table_scale = _common.markdown_table(
+    table_scale = common.markdown_table(
         rows, ["d", "F", "B", "naive_ms", "autograd_ms", "fused_ms", "speedup", "naive_gib", "loss_rel_diff", "grad_rel_diff", "kernel_fp32_vs_fp64", "naive_fp32_vs_fp64"], 3
     )
     out = args.out
@@ -268,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         "paper_size_estimate": paper,
         "seconds": time.time() - started,
     }
-    _common.write_json(out / "results.json", result)
+    common.write_json(out / "results.json", result)
     (out / "table.md").write_text(
         "## Agreement (float64)\n\n" + table_agree + "\n\n## Scaling (float32, vanilla, unlifted)\n\n" + table_scale + "\n"
     )

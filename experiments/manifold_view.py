@@ -26,19 +26,17 @@ Writes ``results.json``, ``composite.png``, ``composite_tokens.png`` and ``clust
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from sae_bilinear import analysis, plots
+from sae_bilinear import experiment_utils as common
 
-import exp_common as _common  # noqa: E402
-from sae_bilinear import analysis, plots  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 NAME = "manifold_view"
 
 
@@ -99,35 +97,35 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
         a.set_xlabel(labels[i], fontsize=7)
         a.set_ylabel(labels[j], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _common.save_figure(fig, path, dpi=110)
+    common.save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
     p.add_argument("--variant", default="mixed", choices=["mixed", "combined"])
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--lifted", action="store_true", help="use the lifted SAE of the sweep (default: unlifted, as the paper)")
     p.add_argument("--view-contexts", type=int, default=64, help="held-out contexts whose tokens are shown")
     p.add_argument("--n", type=int, default=400, help="tokens in the 3D view (half top, half bottom)")
-    _common.add_training_arguments(p)
+    common.add_training_arguments(p)
     args = p.parse_args(argv)
-    _common.setup(args.seed)
-    train_spec = _common.ActivationSpec()
+    common.setup(args.seed)
+    train_spec = common.ActivationSpec()
     if args.tiny:
-        train_spec = _common.TINY_SPEC
+        train_spec = common.TINY_SPEC
         args.d_sae, args.steps, args.batch_size, args.view_contexts, args.n = 64, 20, 128, 4, 60
-    view_spec = _common.ActivationSpec(hook=train_spec.hook, train_contexts=1, eval_contexts=args.view_contexts,
-                                       context_size=train_spec.context_size, corpus=train_spec.corpus, model=train_spec.model)
+    view_spec = common.ActivationSpec(hook=train_spec.hook, train_contexts=1, eval_contexts=args.view_contexts,
+                                      context_size=train_spec.context_size, corpus=train_spec.corpus, model=train_spec.model)
     started = time.time()
     if model is None:
         needs = [s for s in (train_spec, view_spec) if not (args.cache / s.filename).is_file()]
-        model = _common.load_model(train_spec.model) if needs else None
-    train_acts = _common.model_activations(train_spec, args.cache, model=model)
-    view = _common.model_activations(view_spec, args.cache, model=model)
+        model = common.load_model(train_spec.model) if needs else None
+    train_acts = common.model_activations(train_spec, args.cache, model=model)
+    view = common.model_activations(view_spec, args.cache, model=model)
     folder = args.cache / "sweep" / Path(train_acts["cache_file"]).stem
-    run = _common.RunSpec(variant=args.variant, alpha=args.alpha, lifted=args.lifted, d_sae=args.d_sae, steps=args.steps,
-                          batch_size=args.batch_size, lr=_common.learning_rate(args.variant, args.lr, args.lr_mixed), seed=args.seed)
-    sae, seconds, cached = _common.cached_bilinear(train_acts["train"], run, folder)
+    run = common.RunSpec(variant=args.variant, alpha=args.alpha, lifted=args.lifted, d_sae=args.d_sae, steps=args.steps,
+                         batch_size=args.batch_size, lr=common.learning_rate(args.variant, args.lr, args.lr_mixed), seed=args.seed)
+    sae, seconds, cached = common.cached_bilinear(train_acts["train"], run, folder)
     acts, tokens, contexts = view["heldout"], view["tokens"], view["contexts"]
     positions = torch.arange(view_spec.context_size - view["skip"]).repeat(view["eval_tokens"].shape[0]) + view["skip"]
 
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     out = args.out
     title = f"{run.variant} α={run.alpha:g} ({'lifted' if run.lifted else 'unlifted'}), bottleneck row {row}"
     fig = plots.latent_png_figure(top, kept, title=f"{title}: Σ_j D_kj Q_j on {acts.shape[0]} held-out tokens")
-    _common.save_figure(fig, out / "composite.png", dpi=100)
+    common.save_figure(fig, out / "composite.png", dpi=100)
     plot_tokens(top, out / "composite_tokens.png", f"{title}: strongest tokens on the eigen-planes")
 
     # The authors' visualiser: the strongest latent of that row and its 10 partners in normalised DᵀD.
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         interactions=(analysis.interaction_matrix(sae, members), [str(m) for m in members]),
         title=f"authors' view: latent {strongest} and its 10 partners in normalised DᵀD",
     )
-    _common.save_figure(cluster_fig, out / "cluster.png", dpi=100)
+    common.save_figure(cluster_fig, out / "cluster.png", dpi=100)
     cluster_order = torch.argsort(cluster_top.values, descending=True)
 
     top_counts = Counter(top.tokens[i] for i in order[: args.n // 2].tolist()) if top.tokens else Counter()
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         },
         "seconds": time.time() - started,
     }
-    _common.write_json(out / "results.json", result)
+    common.write_json(out / "results.json", result)
     print(f"row {row}: share {result['row_share_of_cross_term']:.3f}, stats {stats}")
     print("top:", [r["token"] for r in result["top_tokens"][:20]])
     print("bottom:", [r["token"] for r in result["bottom_tokens"][:20]])

@@ -43,22 +43,22 @@ Writes ``results.json``, ``table.md`` and the PNGs into ``--out``.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from sae_bilinear import analysis, kernels
+from sae_bilinear import experiment_utils as common
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.synthetic import Manifold, PlantedBatch, PlantedManifolds
+from sae_bilinear.train import TrainingSettings, train_on_activations
 
-import exp_common as _common  # noqa: E402
-from sae_bilinear import analysis, kernels  # noqa: E402
-from sae_bilinear.synthetic import Manifold, PlantedBatch, PlantedManifolds  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 NAME = "planted_manifolds"
 K_MAX = 16
 R2_KS = (1, 2, 4, 8)
@@ -425,8 +425,6 @@ def train(sae: Any, x: Tensor, steps: int, batch_size: int, lr: float, seed: int
     import contextlib
     import io
 
-    from sae_bilinear.train import TrainingSettings, train_on_activations
-
     started = time.time()
     with contextlib.redirect_stderr(io.StringIO()):
         train_on_activations(sae, x, TrainingSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
@@ -440,8 +438,6 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
-
     torch.manual_seed(seed)
     kind, *rest = spec.split(":")
     d = budget.d
@@ -453,7 +449,7 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
         width = budget.mixed_latents(bottleneck) if bottleneck else budget.bilinear_latents
         sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(
             d_in=d, d_sae=width, variant=variant, lifted=True, alpha=alpha, bottleneck=bottleneck,
-            alpha_warm_up_steps=max(1, steps // 4), **topk))
+            alpha_warm_up_steps=common.default_alpha_warm_up_steps(steps), **topk))
         return sae, BilinearView(sae)
     width = budget.linear_latents()
     if kind == "topk" or spec == "init:topk":
@@ -506,7 +502,7 @@ def plot_recovery(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{LABELS[m]}: coordinate R²", fontsize=9)
     axes[0].set_ylabel("held-out R²")
     axes[-1].legend(fontsize=6, loc="lower right")
-    _common.save_figure(fig, path, dpi=100)
+    common.save_figure(fig, path, dpi=100)
 
 
 def plot_tradeoff(rows: list[dict], path: Path) -> None:
@@ -534,7 +530,7 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
     ax3.set_xticks([m + 0.4 - width / 2 for m in range(len(LABELS))], LABELS, fontsize=8)
     ax3.set_ylabel("latents tiling the manifold")
     ax3.set_title("latents mostly inside the subspace, firing on it", fontsize=9)
-    _common.save_figure(fig, path, dpi=100)
+    common.save_figure(fig, path, dpi=100)
 
 
 def plot_circle(views: list[tuple[str, Any, dict]], batch: PlantedBatch, path: Path, index: int = 0) -> None:
@@ -557,14 +553,14 @@ def plot_circle(views: list[tuple[str, Any, dict]], batch: PlantedBatch, path: P
         ax.set_title(f"{label}: {len(picks)} latents\n(tiling {m['tiling']}, R²@2 {m['coord_r2@2']:.2f})", fontsize=8)
         ax.set_xlabel("θ on the circle")
     axes[0].set_ylabel("activation / max")
-    _common.save_figure(fig, path, dpi=100)
+    common.save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
     p.add_argument("--d", type=int, default=48)
     p.add_argument("--n-linear", type=int, default=32)
     p.add_argument("--linear-probability", type=float, default=0.08)
@@ -580,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bilinear-topk:vanilla:8", "topk:2", "topk:4", "topk:8", "standard:0.03", "init:bilinear", "init:topk"],
         help="SAEs to train: bilinear:VARIANT:ALPHA (Hoyer), bilinear-topk:VARIANT:K, topk:K, standard:L1, init:bilinear|topk")
     args = p.parse_args(argv)
-    _common.setup(args.seed)
+    common.setup(args.seed)
     if args.tiny:
         args.d, args.n_linear, args.latents = 16, 4, 24
         args.train_tokens, args.test_tokens, args.steps, args.batch_size = 2048, 1024, 20, 256
@@ -607,14 +603,14 @@ def main(argv: list[str] | None = None) -> dict:
               + ", ".join(f"{LABELS[m['manifold']]} R²@2 {m['coord_r2@2']:.2f} tiling {m['tiling']}" for m in row["manifolds"]), flush=True)
 
     summary_cols = ["label", "n_params", "d_sae", "l0", "hoyer_density", "fvu", "xx_error", "mcc", "dead_fraction"]
-    table = "## SAEs (held-out tokens)\n\n" + _common.markdown_table(rows, summary_cols)
+    table = "## SAEs (held-out tokens)\n\n" + common.markdown_table(rows, summary_cols)
     per_manifold = []
     for r in rows:
         for m in r["manifolds"]:
             per_manifold.append({"label": r["label"], "manifold": LABELS[m["manifold"]], **{k: m[k] for k in (
                 "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered")}})
     per_manifold.sort(key=lambda r: (LABELS.index(r["manifold"]), 0))
-    table += "\n\n## Per planted manifold\n\n" + _common.markdown_table(per_manifold, [
+    table += "\n\n## Per planted manifold\n\n" + common.markdown_table(per_manifold, [
         "manifold", "label", "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered"])
     chance = chance_mcc(args.n_linear, budget.linear_latents(), args.d, args.seed) if args.n_linear else None
     table += f"\n\nMCC of random directions (chance): {chance:.3f}\n" if chance is not None else "\n"
@@ -630,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
         "saes": rows,
         "seconds": time.time() - started,
     }
-    _common.write_json(out / "results.json", result)
+    common.write_json(out / "results.json", result)
     (out / "table.md").write_text(table)
     plot_recovery(rows, out / "recovery.png")
     plot_tradeoff(rows, out / "tradeoff.png")

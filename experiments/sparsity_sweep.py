@@ -28,17 +28,17 @@ Writes ``results.json``, ``table.md``, ``pareto.png`` (and ``lifted.png``) into 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from sae_bilinear import experiment_utils as common
+from sae_bilinear.evaluate import evaluate_splice
+from sae_bilinear.train import TrainingSettings, train_on_activations
 
-import exp_common as _common  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 NAME = "sparsity_sweep"
 VARIANTS = ["vanilla", "ordered", "mixed", "combined"]
 ALPHAS = [0.0, 0.1, 0.3, 0.6, 1.0]
@@ -69,7 +69,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    _common.save_figure(fig, path, dpi=110)
+    common.save_figure(fig, path, dpi=110)
 
 
 def plot_lifted(rows: list[dict], path: Path, title: str, baselines: list[dict] = ()) -> None:
@@ -96,7 +96,7 @@ def plot_lifted(rows: list[dict], path: Path, title: str, baselines: list[dict] 
     ax.legend(fontsize=7, loc="center right")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _common.save_figure(fig, path, dpi=110)
+    common.save_figure(fig, path, dpi=110)
 
 
 def draw(rows: list[dict], lifted_rows: list[dict], baseline_rows: list[dict], title: str, out: Path) -> None:
@@ -135,8 +135,6 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
     from sae_lens import SAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    from sae_bilinear.train import TrainingSettings, train_on_activations
-
     d_in = activations.shape[-1]
     d_sae = max(1, round((n_params - d_in) / (2 * d_in + 1)))  # W_enc, W_dec, b_enc, b_dec
     path = folder / f"topk-k{k}-f{d_sae}-s{args.steps}-b{args.batch_size}-lr{args.lr_mixed:g}-seed{args.seed}"
@@ -150,17 +148,17 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
                                                             seed=args.seed, dead_feature_window=max(10, args.steps // 2)))
     seconds = time.time() - started
     sae.save_inference_model(path)
-    _common.write_json(path / "experiment.json", {"k": k, "d_sae": d_sae, "seconds": seconds})
+    common.write_json(path / "experiment.json", {"k": k, "d_sae": d_sae, "seconds": seconds})
     return SAE.load_from_disk(path, device="cpu"), seconds, False
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
     p.add_argument("--lifted-variants", nargs="*", default=["mixed"], choices=VARIANTS,
                    help="variants also trained lifted and spliced into the model (CE loss recovered)")
-    _common.add_training_arguments(p)
+    common.add_training_arguments(p)
     p.add_argument("--baseline-k", type=int, nargs="*", default=[32],
                    help="SAELens TopK baselines spliced next to the lifted runs (parameters of the first lifted SAE)")
     p.add_argument("--train-contexts", type=int, default=192)
@@ -172,19 +170,19 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         stored = json.loads((args.out / "results.json").read_text())
         draw(stored["unlifted"], stored["lifted"], stored.get("baselines", []), stored["title"], args.out)
         return stored
-    _common.setup(args.seed)
-    spec = _common.ActivationSpec(
+    common.setup(args.seed)
+    spec = common.ActivationSpec(
         train_contexts=args.train_contexts, eval_contexts=args.eval_contexts, context_size=args.context_size
     )
     if args.tiny:
-        spec = _common.TINY_SPEC
+        spec = common.TINY_SPEC
         args.d_sae, args.steps, args.batch_size, args.alphas = 64, 20, 128, [0.0, 0.5]
         args.variants, args.lifted_variants, args.baseline_k = ["vanilla", "mixed"], ["mixed"], [4]
     started = time.time()
     need_model = bool(args.lifted_variants)
     if model is None and need_model:
-        model = _common.load_model(spec.model)
-    acts = _common.model_activations(spec, args.cache, model=model)
+        model = common.load_model(spec.model)
+    acts = common.model_activations(spec, args.cache, model=model)
     how = "cached" if acts["seconds"] == 0 else "collected in {:.0f}s".format(acts["seconds"])
     print(f"activations: train {tuple(acts['train'].shape)}, held-out {tuple(acts['heldout'].shape)} ({how})", flush=True)
     folder = args.cache / "sweep" / Path(acts["cache_file"]).stem
@@ -193,16 +191,14 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     runs = [(v, a, False) for v in args.variants for a in args.alphas]
     runs += [(v, a, True) for v in args.lifted_variants for a in args.alphas]
     for variant, alpha, lifted in runs:
-        run = _common.RunSpec(variant=variant, alpha=alpha, lifted=lifted, d_sae=args.d_sae, steps=args.steps,
-                              batch_size=args.batch_size, lr=_common.learning_rate(variant, args.lr, args.lr_mixed), seed=args.seed)
-        sae, seconds, cached = _common.cached_bilinear(acts["train"], run, folder)
+        run = common.RunSpec(variant=variant, alpha=alpha, lifted=lifted, d_sae=args.d_sae, steps=args.steps,
+                             batch_size=args.batch_size, lr=common.learning_rate(variant, args.lr, args.lr_mixed), seed=args.seed)
+        sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
                                "train_seconds": seconds, "cached": cached}
         row["n_params"] = sum(p.numel() for p in sae.parameters())
-        row.update(_common.heldout_metrics(sae, acts["heldout"]))
+        row.update(common.heldout_metrics(sae, acts["heldout"]))
         if lifted:
-            from sae_bilinear.evaluate import evaluate_splice
-
             bos = acts.get("bos")
             metrics = evaluate_splice(model, sae, acts["eval_tokens"], hook_name=spec.hook,
                                       ignore_tokens=[bos] if bos is not None else None, progress=False).to_dict()
@@ -217,8 +213,6 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
 
     baseline_rows = []
     if lifted_rows:
-        from sae_bilinear.evaluate import evaluate_splice
-
         n_params = lifted_rows[0]["n_params"]
         for k in args.baseline_k:
             sae, seconds, cached = cached_topk(acts["train"], k, n_params, args, folder)
@@ -236,11 +230,11 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     title = (f"{spec.model} {spec.hook}: d_sae={args.d_sae}, {args.steps} steps × {args.batch_size} tokens, "
              f"{acts['train'].shape[0]} training / {acts['heldout'].shape[0]} held-out tokens")
     columns = ["variant", "alpha", "hoyer_density", "reconstruction_error", "reconstruction_error_median", "tokens_below_0.1", "dead_fraction"]
-    table = "## Unlifted (x⊗x error, the paper's setting)\n\n" + _common.markdown_table(rows, columns)
+    table = "## Unlifted (x⊗x error, the paper's setting)\n\n" + common.markdown_table(rows, columns)
     if lifted_rows:
         lifted_columns = ["variant", "alpha", "hoyer_density", "reconstruction_error", "ce_loss_recovered",
                           "splice_kl", "splice_explained_variance", "splice_ce_clean", "splice_ce_spliced", "splice_ce_zero_ablated"]
-        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + _common.markdown_table(lifted_rows + baseline_rows, lifted_columns)
+        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + common.markdown_table(lifted_rows + baseline_rows, lifted_columns)
     result = {
         "command": "python experiments/sparsity_sweep.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -254,7 +248,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "title": title,
         "seconds": time.time() - started,
     }
-    _common.write_json(out / "results.json", result)
+    common.write_json(out / "results.json", result)
     (out / "table.md").write_text(table + "\n")
     draw(rows, lifted_rows, baseline_rows, title, out)
     print(table)

@@ -21,32 +21,28 @@ Writes ``results.json``, ``table.md`` and ``similarity.png`` into ``--out``.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from sae_bilinear import experiment_utils as common
+from sae_bilinear.analysis import compare
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 
-import exp_common as _common  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 NAME = "stability"
 KEYS = ("operator_similarity", "operator_similarity_unsymmetrised", "matched_similarity", "matched_above_0.9")
 
 
-def _init(run: _common.RunSpec, d_in: int) -> Any:
+def _init(run: common.RunSpec, d_in: int) -> Any:
     """The untrained SAE of ``run`` (same seed, same init as training starts from)."""
-    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
-
     torch.manual_seed(run.seed)
     return BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=d_in, d_sae=run.d_sae, variant=run.variant, lifted=run.lifted, alpha=run.alpha))
 
 
 def _scores(a: Any, b: Any) -> dict[str, float]:
-    from sae_bilinear.analysis import compare
-
     result = compare(a, b)
     return {k: result[k] for k in KEYS}
 
@@ -85,32 +81,32 @@ def plot(variants: list[str], alphas: list[float], across: dict, seed_rows: list
     ax.set_xlabel("operator similarity")
     ax.set_title("seed pairs at equal α (blue), references (grey)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    _common.save_figure(fig, path, dpi=110)
+    common.save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
     p.add_argument("--variants", nargs="+", default=["vanilla", "mixed"])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.6, 1.0], help="α grid of the across-α comparison")
     p.add_argument("--seed-alphas", type=float, nargs="+", default=[0.1, 0.6], help="α values trained with a second seed")
     p.add_argument("--other-seeds", type=int, nargs="+", default=[1])
-    _common.add_training_arguments(p)
+    common.add_training_arguments(p)
     args = p.parse_args(argv)
-    _common.setup(args.seed)
-    spec = _common.ActivationSpec()
+    common.setup(args.seed)
+    spec = common.ActivationSpec()
     if args.tiny:
-        spec = _common.TINY_SPEC
+        spec = common.TINY_SPEC
         args.d_sae, args.steps, args.batch_size = 64, 20, 128
         args.alphas, args.seed_alphas, args.variants = [0.0, 0.5], [0.5], ["vanilla"]
     started = time.time()
-    acts = _common.model_activations(spec, args.cache, model=model)
+    acts = common.model_activations(spec, args.cache, model=model)
     folder = args.cache / "sweep" / Path(acts["cache_file"]).stem
     d_in = acts["train"].shape[-1]
 
     def get(variant: str, alpha: float, seed: int) -> Any:
-        run = _common.RunSpec(variant=variant, alpha=alpha, lifted=False, d_sae=args.d_sae, steps=args.steps,
-                              batch_size=args.batch_size, lr=_common.learning_rate(variant, args.lr, args.lr_mixed), seed=seed)
-        sae, seconds, cached = _common.cached_bilinear(acts["train"], run, folder)
+        run = common.RunSpec(variant=variant, alpha=alpha, lifted=False, d_sae=args.d_sae, steps=args.steps,
+                             batch_size=args.batch_size, lr=common.learning_rate(variant, args.lr, args.lr_mixed), seed=seed)
+        sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         how = "cached" if cached else f"trained in {seconds:.0f}s"
         print(f"{run.name}: {how}", flush=True)
         return sae, run
@@ -123,7 +119,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
                 b, _ = get(variant, alpha, other)
                 row = {"variant": variant, "alpha": alpha, "seed_a": args.seed, "seed_b": other, **_scores(saes[alpha][0], b)}
                 for side, sae in (("a", saes[alpha][0]), ("b", b)):  # held-out error and density of both
-                    metrics = _common.heldout_metrics(sae, acts["heldout"])
+                    metrics = common.heldout_metrics(sae, acts["heldout"])
                     row[f"error_{side}"], row[f"density_{side}"] = metrics["reconstruction_error"], metrics["hoyer_density"]
                 seed_rows.append(row)
                 print(f"{variant} α={alpha:g} seeds {args.seed}/{other}: {row['operator_similarity']:.4f}", flush=True)
@@ -138,15 +134,15 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         alpha = args.seed_alphas[0]
         sae, run = saes[alpha]
         init_a = _init(run, d_in)
-        init_b = _init(_common.RunSpec(**{**run.__dict__, "seed": args.other_seeds[0]}), d_in)
+        init_b = _init(common.RunSpec(**{**run.__dict__, "seed": args.other_seeds[0]}), d_in)
         refs.append({"variant": variant, "label": f"{variant}: two random inits", **_scores(init_a, init_b)})
         refs.append({"variant": variant, "label": f"{variant} α={alpha:g}: trained vs its init", **_scores(sae, init_a)})
 
     out = args.out
     cols = ["variant", "alpha", "seed_a", "seed_b", *KEYS, "error_a", "error_b", "density_a", "density_b"]
-    table = "## Seeds at equal α\n\n" + _common.markdown_table(seed_rows, cols)
-    table += "\n\n## Across α (seed " + str(args.seed) + ")\n\n" + _common.markdown_table(across_rows, ["variant", "alpha_a", "alpha_b", *KEYS])
-    table += "\n\n## References\n\n" + _common.markdown_table(refs, ["label", *KEYS])
+    table = "## Seeds at equal α\n\n" + common.markdown_table(seed_rows, cols)
+    table += "\n\n## Across α (seed " + str(args.seed) + ")\n\n" + common.markdown_table(across_rows, ["variant", "alpha_a", "alpha_b", *KEYS])
+    table += "\n\n## References\n\n" + common.markdown_table(refs, ["label", *KEYS])
     result = {
         "command": "python experiments/stability.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -156,7 +152,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "paper": {"operator_similarity_above": 0.98},
         "seconds": time.time() - started,
     }
-    _common.write_json(out / "results.json", result)
+    common.write_json(out / "results.json", result)
     (out / "table.md").write_text(table + "\n")
     plot(args.variants, args.alphas, across, seed_rows, refs, out / "similarity.png")
     print(table)

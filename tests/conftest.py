@@ -39,3 +39,13 @@ def smollm2_model():
 
     with no_network():
         return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """``(model, sae)``: the toy transformer and its toy bilinear SAE (:mod:`sae_bilinear.toy`),
+    built once per session. Shared: a test must not modify them or leave hooks on the model."""
+    from sae_bilinear import toy as toy_setting
+
+    model = toy_setting.toy_model()
+    return model, toy_setting.toy_sae(model)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,22 +15,15 @@ import sae_bilinear.evaluate as evaluate_module
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, UnliftedDecodeError, kernels
 from sae_bilinear.bilinear import explained_variance
 from sae_bilinear.evaluate import METRIC_KEYS, SpliceMetrics, evaluate_splice
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hooks"))
-import _common  # noqa: E402
+from sae_bilinear.toy import TOY_HOOK, sample_tokens
 
 torch.set_num_threads(1)
-HOOK = _common.TOY_HOOK
+HOOK = TOY_HOOK
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return _common.cached_toy()
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return _common.ToyLanguage(_common.TOY_CONFIG["d_vocab"], seed=0).sample(12, 32, seed=123)
+def tokens(toy):
+    return sample_tokens(toy[0], 12, 32, seed=123)
 
 
 def exact_sae(d: int, hook: str = HOOK) -> BilinearSAE:

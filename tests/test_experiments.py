@@ -3,24 +3,37 @@ hand-made perfect and random SAEs (perfect scores 1, random near chance)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
+from sae_bilinear import experiment_utils
+from sae_bilinear.errors import ConfigError
+from sae_bilinear.synthetic import Manifold, PlantedManifolds
 
-import exp_common as _common  # noqa: E402
-import kernel_trick  # noqa: E402
-import manifold_view  # noqa: E402
-import planted_manifolds as pm  # noqa: E402
-import sparsity_sweep  # noqa: E402
-import stability  # noqa: E402
-from sae_bilinear.synthetic import Manifold, PlantedManifolds  # noqa: E402
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name: str) -> ModuleType:
+    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve their module)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+kernel_trick = load_experiment("kernel_trick")
+manifold_view = load_experiment("manifold_view")
+pm = load_experiment("planted_manifolds")
+sparsity_sweep = load_experiment("sparsity_sweep")
+stability = load_experiment("stability")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -34,7 +47,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return _common.load_model(_common.TINY_MODEL)
+    return experiment_utils.load_model(experiment_utils.TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +284,12 @@ def test_bilinear_in_share():
     share = pm.BilinearView(sae).in_share(basis)
     # (l·u)(r·u) with r ⊥ the subspace vanishes on it: share 0. ((i+o)·u)(i·u): ||BᵀQB||² = 4 of ||Q||² = 5.
     torch.testing.assert_close(share, torch.tensor([1.0, 0.0, 0.0, 0.8], dtype=torch.float64))
+
+
+def test_default_alpha_warm_up_steps():
+    """α warms up over the first quarter of a run, at least one step."""
+    warm_up = experiment_utils.default_alpha_warm_up_steps
+    assert [warm_up(n) for n in (0, 1, 3, 4, 100, 401)] == [1, 1, 1, 1, 25, 100]
+    for bad in (-1, 2.5, True, "100"):
+        with pytest.raises(ConfigError, match="total_steps"):
+            warm_up(bad)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from sae_lens.saes.sae import SAEMetadata
@@ -12,22 +9,15 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, UnliftedDecodeError
 from sae_bilinear import interventions as iv
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hooks"))
-import _common  # noqa: E402
+from sae_bilinear.toy import TOY_HOOK, sample_tokens
 
 torch.set_num_threads(1)
-HOOK = _common.TOY_HOOK
+HOOK = TOY_HOOK
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return _common.cached_toy()
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return _common.ToyLanguage(_common.TOY_CONFIG["d_vocab"], seed=0).sample(4, 32, seed=7)
+def tokens(toy):
+    return sample_tokens(toy[0], 4, 32, seed=7)
 
 
 @pytest.fixture(scope="module")

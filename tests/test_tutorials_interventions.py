@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,15 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-TUTORIAL = Path(__file__).resolve().parents[1] / "tutorials" / "interventions.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL = ROOT / "tutorials" / "interventions.ipynb"
 
 
 def test_interventions_tutorial_runs(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # The kernel inherits the environment: it imports sae_bilinear (and sae_bilinear.toy) from
+    # this checkout, as the tests do, not from wherever the package happens to be installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(TUTORIAL, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(TUTORIAL.parent)}}

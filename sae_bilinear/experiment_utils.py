@@ -1,13 +1,16 @@
-"""Shared helpers of the experiment scripts: paths, seeding, strict JSON, cached SmolLM2
+"""Shared helpers of the scripts in ``experiments/``: seeding, strict JSON, cached SmolLM2
 activations, one bilinear training run, held-out metrics.
 
-Not a public API: the scripts in this folder import it as ``exp_common`` (they put their own
-folder on ``sys.path`` first, so ``python experiments/<script>.py`` works from anywhere).
+Not a stable public API: it serves those scripts (``python experiments/<script>.py``), which
+import it as ``sae_bilinear.experiment_utils``. Each script passes its own folder, under which
+its results (``results/<name>``) and the shared activation cache (``cache/``) are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -19,10 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sae_lens import SAE
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / "cache"
+from sae_bilinear import data, kernels, models
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.errors import ConfigError
+from sae_bilinear.plots import write_png
+from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 
 HOOK = "blocks.15.hook_resid_pre"
 """The embedded SmolLM2-135M's middle layer (30 blocks)."""
@@ -37,13 +43,24 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def parser(description: str, name: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags every script shares: --out, --tiny, --seed, --cache."""
+# TODO(lead): move to bilinear.default_alpha_warm_up_steps (another helper adds it there).
+def default_alpha_warm_up_steps(total_steps: int) -> int:
+    """Steps over which α warms up from 0 in a run of ``total_steps``: the first quarter (at least 1)."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
+        raise ConfigError(f"total_steps must be a non-negative integer, got {total_steps!r}")
+    return max(1, total_steps // 4)
+
+
+def parser(description: str, name: str, folder: Path) -> argparse.ArgumentParser:
+    """An argument parser with the flags every script shares: --out, --tiny, --seed, --cache.
+
+    ``folder`` is the script's own folder: results default to ``folder/results/name``, the
+    cache to ``folder/cache``, wherever the script is run from."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=RESULTS / name, help="folder for the JSON and PNG results")
+    p.add_argument("--out", type=Path, default=folder / "results" / name, help="folder for the JSON and PNG results")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke setting (tests); numbers are meaningless")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation")
-    p.add_argument("--cache", type=Path, default=CACHE, help="folder for cached activations and trained SAEs")
+    p.add_argument("--cache", type=Path, default=folder / "cache", help="folder for cached activations and trained SAEs")
     return p
 
 
@@ -74,8 +91,6 @@ def write_json(path: Path, data: Any) -> Path:
 
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Save a matplotlib Figure (Agg, no pyplot state) as PNG."""
-    from sae_bilinear.plots import write_png
-
     return write_png(fig, path, dpi=dpi)
 
 
@@ -126,14 +141,12 @@ TINY_SPEC = ActivationSpec(hook="blocks.1.hook_resid_pre", train_contexts=24, ev
 
 def load_model(name: str = "smollm2-135m") -> Any:
     """The embedded SmolLM2-135M (from its disk cache), or the random tiny Qwen3 for --tiny."""
-    from sae_bilinear import models
-
     if name == TINY_MODEL:
         return models.qwen3_tiny(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64)
     return models.load_model(name)
 
 
-def model_activations(spec: ActivationSpec, cache: Path = CACHE, model: Any = None) -> dict[str, Any]:
+def model_activations(spec: ActivationSpec, cache: Path, model: Any = None) -> dict[str, Any]:
     """Train/held-out activations at ``spec.hook`` (BOS positions dropped), cached as one .pt.
 
     Returns ``train`` [N, d], ``heldout`` [M, d] (the held-out contexts' tokens), ``eval_tokens``
@@ -141,9 +154,6 @@ def model_activations(spec: ActivationSpec, cache: Path = CACHE, model: Any = No
     token, for top-activation listings) and ``seconds`` (collection time, 0 when cached).
     ``model`` is loaded only when the cache is missing.
     """
-    from sae_bilinear import data, models
-    from sae_bilinear.train import collect_activations
-
     path = Path(cache) / spec.filename
     if path.is_file():
         stored = torch.load(path, weights_only=True)
@@ -240,12 +250,6 @@ def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = Fal
 
     α warms up over the first quarter of the steps; the LR decays linearly over the second half.
     """
-    import contextlib
-    import io
-
-    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
-    from sae_bilinear.train import TrainingSettings, train_on_activations
-
     torch.manual_seed(run.seed)
     cfg = BilinearTrainingSAEConfig(
         d_in=activations.shape[-1],
@@ -253,7 +257,7 @@ def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = Fal
         variant=run.variant,
         lifted=run.lifted,
         alpha=run.alpha,
-        alpha_warm_up_steps=max(1, run.steps // 4),
+        alpha_warm_up_steps=default_alpha_warm_up_steps(run.steps),
     )
     sae = BilinearTrainingSAE(cfg)
     settings = TrainingSettings(
@@ -269,10 +273,6 @@ def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = Fal
 def cached_bilinear(activations: torch.Tensor, run: RunSpec, folder: Path) -> tuple[Any, float, bool]:
     """An inference :class:`BilinearSAE` for ``run``: loaded from ``folder/run.name`` when there,
     otherwise trained and saved there. ``(sae, training_seconds, was_cached)``."""
-    from sae_lens import SAE
-
-    import sae_bilinear  # noqa: F401  (registers the architecture)
-
     path = Path(folder) / run.name
     meta = path / "experiment.json"
     if (path / "cfg.json").is_file() and meta.is_file():
@@ -290,8 +290,6 @@ def heldout_metrics(sae: Any, activations: torch.Tensor, batch_size: int = 2048)
     Also the share of tokens with error < 0.1 and the fraction of latents whose Hoyer density is 0
     (never active on these tokens).
     """
-    from sae_bilinear import kernels
-
     errors, latents = [], []
     for start in range(0, activations.shape[0], batch_size):
         x = activations[start : start + batch_size]
