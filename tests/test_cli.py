@@ -117,7 +117,8 @@ def test_run_options_are_main_job_config_fields():
 
 def test_run_options_parse_to_typed_values():
     args = parser.build_parser().parse_args(
-        ["run", "--steps", "7", "--alpha", "0.25", "--lr", "3e-3", "--variant", "combined", "--hook-name", "blocks.2.hook_resid_pre"]
+        ["run", "--steps", "7", "--alpha", "0.25", "--lr", "3e-3", "--variant", "combined",
+         "--hook-name", "blocks.2.hook_resid_pre"]
     )
     assert (args.steps, args.alpha, args.lr, args.variant) == (7, 0.25, 3e-3, "combined")
     assert args.hook_name == "blocks.2.hook_resid_pre" and not args.overwrite and not args.resume
@@ -208,7 +209,8 @@ def test_wheel_ships_the_cli_and_the_packaged_configs(tmp_path):
     for file in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / file, source / file)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

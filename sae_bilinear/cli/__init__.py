@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sae_bilinear.cli.parser import build_parser
 from sae_bilinear.cli.user_errors import is_user_error, one_line
@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "threads"):
-            from sae_bilinear.cli.runtime import set_threads  # torch: after parsing (see above)
+            # torch is imported here, after parsing (see the module docstring).
+            from sae_bilinear.cli.runtime import set_threads
 
             set_threads(args.threads)
         code = args.execute(args)

@@ -18,11 +18,15 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = run.config_defaults()
-    parser.add_argument("sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)")
+    parser.add_argument(
+        "sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)"
+    )
     parser.add_argument("--latent", type=options.latent_choice, default="top",
                         help="a latent index, or 'top' for the most often active latents on the held-out text")
     parser.add_argument("--n", type=options.positive_int, default=3, help="how many latents with --latent top")
-    parser.add_argument("--out", type=paths.output_folder, default=None, help="output folder (default: SAE_DIR/analysis)")
+    parser.add_argument(
+        "--out", type=paths.output_folder, default=None, help="output folder (default: SAE_DIR/analysis)"
+    )
     options.add_model_options(parser, eval_contexts=defaults["eval_contexts"], device=defaults["device"],
                               dtype=defaults["dtype"], dtypes=run.DTYPES)
 
@@ -37,7 +41,8 @@ def execute(args: argparse.Namespace) -> int:
     if args.latent != "top" and args.latent >= sae.cfg.d_sae:
         raise ConfigError(f"--latent {args.latent} is out of range: this SAE has latents 0..{sae.cfg.d_sae - 1}")
     held = runtime.held_out(args, sae, command=NAME, default_context_size=run.config_defaults()["context_size"])
-    acts, contexts, token_strs = token_activations(held.model, held.tokens, held.hook_name, 1 if held.prepend_bos else 0)
+    skip = 1 if held.prepend_bos else 0  # BOS activations are norm outliers, not text
+    acts, contexts, token_strs = token_activations(held.model, held.tokens, held.hook_name, skip)
     latents = analysis.choose_top_latents(sae, acts, n=args.n) if args.latent == "top" else [args.latent]
     out = args.out or args.sae_dir / "analysis"
     for latent in latents:

@@ -17,13 +17,17 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC", type=paths.input_folder, help="the authors' folder (config.json + model.safetensors)")
+    parser.add_argument(
+        "src", metavar="SRC", type=paths.input_folder, help="the authors' folder (config.json + model.safetensors)"
+    )
     parser.add_argument("dst", metavar="DST", type=paths.output_folder, help="the SAELens folder to write")
     parser.add_argument("--model", default=None,
                         help="base model recorded in the metadata (default: from their config's 'base', "
                         "e.g. qwen3-0.6b-base → Qwen/Qwen3-0.6B-Base)")
     options.add_alias(parser, "--model-name", dest="model")
-    parser.add_argument("--dtype", choices=run.DTYPES, default=None, help="dtype of the written weights (default: as stored)")
+    parser.add_argument(
+        "--dtype", choices=run.DTYPES, default=None, help="dtype of the written weights (default: as stored)"
+    )
     options.add_output_policy(parser, resume=False)
 
 

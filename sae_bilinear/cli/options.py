@@ -13,7 +13,8 @@ import argparse
 import json
 import math
 import re
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 HIDDEN = argparse.SUPPRESS
 """``help=HIDDEN`` keeps an old spelling working without listing it."""
@@ -36,7 +37,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or not action.option_strings or any(default is v for v in (None, False, argparse.SUPPRESS)) or default == []:
+        unset = any(default is value for value in (None, False, argparse.SUPPRESS)) or default == []
+        if unset or "%(default)" in text or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -160,7 +162,9 @@ def add_device(parser: argparse.ArgumentParser, default: str, what: str = "the m
 def add_model_options(parser: argparse.ArgumentParser, *, eval_contexts: int, device: str, dtype: str,
                       dtypes: Sequence[str]) -> None:
     """The options that choose the model and the held-out text (evaluate, analyze)."""
-    parser.add_argument("--model", default=None, help="model name or local folder (default: the SAE's metadata model_name)")
+    parser.add_argument(
+        "--model", default=None, help="model name or local folder (default: the SAE's metadata model_name)"
+    )
     parser.add_argument("--hook-name", default=None, help="hook the SAE reads (default: the SAE's metadata hook_name)")
     add_alias(parser, "--hook", dest="hook_name")
     parser.add_argument(
@@ -183,4 +187,6 @@ def add_output_policy(parser: argparse.ArgumentParser, *, resume: bool) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     if resume:
-        group.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+        group.add_argument(
+            "--resume", action="store_true", help="continue the run in the output folder from its last checkpoint"
+        )

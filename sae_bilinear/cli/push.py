@@ -16,7 +16,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)")
+    parser.add_argument(
+        "sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)"
+    )
     parser.add_argument("repo_id", metavar="REPO_ID", type=options.repo_id, help="Hub repository OWNER/NAME")
     parser.add_argument("--path-in-repo", default=None, help="folder inside the repository (default: SAE_DIR's name)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")

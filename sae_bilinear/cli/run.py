@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sae_bilinear.cli import options, paths, sources
 
@@ -58,17 +59,26 @@ def _add_field(parser: argparse.ArgumentParser, field: sources.ConfigField) -> N
     if default is None:
         help_text += f" (default: {CONFIG}'s)"
     if field.annotation == "bool":
-        parser.add_argument(option, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        action = argparse.BooleanOptionalAction
+        parser.add_argument(option, dest=field.name, action=action, default=default, help=help_text)
         return
     kind = TYPES.get(field.name) or _BY_ANNOTATION.get(field.annotation, str)
-    choices = sources.constant(*CHOICES[field.name]) if field.name in CHOICES else DTYPES if field.name == "dtype" else None
+    choices = _choices(field.name)
     parser.add_argument(option, dest=field.name, type=kind, choices=choices, default=default, help=help_text)
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    if name == "dtype":
+        return DTYPES
+    return sources.constant(*CHOICES[name]) if name in CHOICES else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in sources.dataclass_fields(MODULE, CONFIG):
         _add_field(parser, field)
-    parser.add_argument("--out", type=paths.output_folder, default=None, help="output folder (default: runs/<timestamp>)")
+    parser.add_argument(
+        "--out", type=paths.output_folder, default=None, help="output folder (default: runs/<timestamp>)"
+    )
     options.add_output_policy(parser, resume=True)
 
 
@@ -79,7 +89,8 @@ def execute(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     paths.refuse_existing_output(out, option="--out", overwrite=args.overwrite, resume=args.resume)
     runtime.check_device(args.device)
-    fields = {name: getattr(args, name) for name in MainJobConfig.__dataclass_fields__ if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name, None) for name in MainJobConfig.__dataclass_fields__}
+    fields = {name: value for name, value in given.items() if value is not None}
     flags = runtime.library_flags(run_main_job, resume=args.resume, overwrite=args.overwrite)
     metrics = run_main_job(MainJobConfig(**fields), out, **flags)
     print(json.dumps({key: metrics[key] for key in KEYS}, indent=2))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from sae_lens import SAE
@@ -51,7 +52,8 @@ def library_flags(function: Callable[..., Any], **flags: bool) -> dict[str, bool
     for name in on:
         if name not in accepted:
             option = "--" + name.replace("_", "-")
-            raise ConfigError(f"{option} is not supported by this version of sae-bilinear ({function.__module__}.{function.__name__})")
+            where = f"{function.__module__}.{function.__name__}"
+            raise ConfigError(f"{option} is not supported by this version of sae-bilinear ({where})")
     return on
 
 
@@ -111,8 +113,9 @@ def held_out(args: Any, sae: Any, *, command: str, default_context_size: int) ->
         )
     hook_name = args.hook_name or meta.hook_name
     if not hook_name:
-        raise ConfigError(f"the SAE's cfg.json names no hook (metadata.hook_name); pass --hook-name")
-    model = models.load_model(args.model or meta.model_name or models.EMBEDDED_MODEL_NAME, device=args.device, dtype=args.dtype)
+        raise ConfigError("the SAE's cfg.json names no hook (metadata.hook_name); pass --hook-name")
+    model_name = args.model or meta.model_name or models.EMBEDDED_MODEL_NAME
+    model = models.load_model(model_name, device=args.device, dtype=args.dtype)
     models.check_hook(model, hook_name)
     context_size = args.context_size or meta.context_size or default_context_size
     models.check_context_size(model, context_size)

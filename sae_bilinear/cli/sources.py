@@ -48,7 +48,7 @@ def module_tree(module: str) -> ast.Module:
     """The parsed source of ``sae_bilinear.<module>`` (found, not imported)."""
     spec = importlib.util.find_spec(f"{PACKAGE}.{module}")
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise RuntimeError(f"the source of {PACKAGE}.{module} is not installed; the CLI reads its config fields from it")
+        raise RuntimeError(f"the source of {PACKAGE}.{module} is not installed; the CLI reads config fields from it")
     return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
 
 
