@@ -1,0 +1,175 @@
+"""``sae-bilinear train``: SAELens runner configs (YAML/JSON, sweeps included), checked first.
+
+Every run of a sweep is checked before the first one trains: unknown keys (SAELens drops
+unknown ``sae`` keys silently, so a typo would train with a default), remote code, the
+device and the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sae_bilinear.cli import options
+from sae_bilinear.errors import ConfigError
+
+NAME = "train"
+HELP = "train from a SAELens runner config (YAML/JSON), sweeps included"
+DESCRIPTION = (
+    "Train with SAELens's LanguageModelSAETrainingRunner from a config in "
+    "LanguageModelSAERunnerConfig.to_dict() form. --config takes a file or the name of a packaged "
+    "config (hub_configs/train/NAME.yaml, e.g. qwen3-0.6b-base-l18). A sweep file (base: + sweep:) "
+    "trains one SAE per combination of its values."
+)
+REMOTE_CODE = "trust_remote_code"
+DATASET_REMOTE_CODE = "dataset_trust_remote_code"
+OUR_SECTION = "sae_bilinear"
+DEVICE_KEYS = ("device", "llm_device", "act_store_device")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file, or the name of a packaged config")
+    parser.add_argument(
+        "--set", action="append", type=options.assignment, default=[], metavar="KEY=VALUE",
+        help="override a dotted key (repeatable), e.g. --set sae.alpha=0.2 --set device=cpu; "
+        "values are JSON where they parse, else strings",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="check and print the runs without training")
+    parser.add_argument(
+        "--allow-remote-code", action="store_true",
+        help="allow trust_remote_code in the config (it runs code from the Hub; refused otherwise)",
+    )
+    options.add_output_policy(parser, resume=True)
+
+
+# ------------------------------------------------------------------------------- finding configs
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Name → file of the training configs shipped with the package.
+
+    A source checkout reads its ``hub_configs/train/``; an installed wheel the copy packaged
+    as ``sae_bilinear.hub_configs``.
+    """
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "hub_configs" / "train"
+    if not ((root / "pyproject.toml").is_file() and folder.is_dir()):
+        try:
+            folder = Path(str(resources.files("sae_bilinear.hub_configs").joinpath("train")))
+        except ModuleNotFoundError:
+            return {}
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def find_config(text: str) -> Path:
+    """``--config``: an existing file, else a packaged config of that name."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"--config {text} is a folder; give a YAML/JSON config file or a packaged config name")
+    packaged = packaged_configs()
+    if text in packaged:
+        return packaged[text]
+    close = difflib.get_close_matches(text, list(packaged), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"--config {text}: config file {text} does not exist, and no packaged config has that name "
+        f"(packaged: {', '.join(packaged) or 'none'}).{hint}"
+    )
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def _unknown_keys(section: dict[str, Any], known: set[str], where: str, run: str) -> None:
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{run}: unknown key {where + key!r}{hint}")
+
+
+def check_keys(raw: dict[str, Any], run: str) -> None:
+    """Refuse keys that SAELens's runner config, its logger or the SAE config do not have."""
+    from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+    from sae_lens.registry import get_sae_training_class
+
+    fields = lambda cls: {field.name for field in dataclasses.fields(cls)}  # noqa: E731
+    _unknown_keys(raw, fields(LanguageModelSAERunnerConfig) | {OUR_SECTION}, "", run)
+    sae = raw.get("sae")
+    if not isinstance(sae, dict):
+        raise ConfigError(f"{run}: needs an 'sae' section (architecture, d_in, d_sae, variant, ...)")
+    architecture = sae.get("architecture", "bilinear")
+    try:
+        sae_config_class = get_sae_training_class(architecture)[1]
+    except (KeyError, ValueError):
+        raise ConfigError(f"{run}: sae.architecture {architecture!r} is not a SAELens architecture") from None
+    _unknown_keys(sae, fields(sae_config_class) | {"architecture"}, "sae.", run)
+    if isinstance(raw.get("logger"), dict):
+        _unknown_keys(raw["logger"], fields(LoggingConfig), "logger.", run)
+
+
+def _remote_code_keys(section: Any, prefix: str = "") -> list[str]:
+    if not isinstance(section, dict):
+        return []
+    found = [prefix + key for key, value in section.items() if REMOTE_CODE in key and value]
+    for key, value in section.items():
+        found += _remote_code_keys(value, f"{prefix}{key}.")
+    return found
+
+
+def check_remote_code(raw: dict[str, Any], run: str, allowed: bool) -> None:
+    """Refuse ``trust_remote_code`` unless ``--allow-remote-code``; default it off (SAELens
+    defaults ``dataset_trust_remote_code`` to true)."""
+    if allowed:
+        return
+    keys = _remote_code_keys(raw)
+    if keys:
+        raise ConfigError(
+            f"{run}: {keys[0]} is true, which runs code from the Hub; remove it or pass --allow-remote-code"
+        )
+    raw.setdefault(DATASET_REMOTE_CODE, False)
+
+
+def _output_path(raw: dict[str, Any]) -> Path | None:
+    value = raw.get("output_path", "output")  # SAELens's default
+    return None if value is None else Path(value)
+
+
+# ------------------------------------------------------------------------------- command
+
+
+def execute(args: argparse.Namespace) -> int:
+    from sae_bilinear.cli import paths, runtime
+    from sae_bilinear.train import expand_config, set_dotted, train_from_config
+
+    config = find_config(args.config)
+    runs = expand_config(config)
+    for name, raw in runs:
+        label = str(config) if len(runs) == 1 else f"{config} (run {name})"
+        for key, value in args.set:
+            set_dotted(raw, key, value)
+        check_keys(raw, label)
+        check_remote_code(raw, label, args.allow_remote_code)
+    if args.dry_run:
+        for name, raw in runs:
+            print(f"{name}: {json.dumps(raw, default=str)}")
+        return 0
+    flags = runtime.library_flags(train_from_config, resume=args.resume, overwrite=args.overwrite)
+    for name, raw in runs:
+        for key in DEVICE_KEYS:
+            if raw.get(key) is not None:
+                runtime.check_device(str(raw[key]), option=f"{name}: {key}", fix=f"--set {key}=cpu")
+        output = _output_path(raw)
+        if output is not None:
+            paths.refuse_existing_output(output, option="output_path", overwrite=args.overwrite, resume=args.resume)
+    for name, raw in runs:
+        print(f"[sae-bilinear] training {name} -> {raw.get('output_path')}", flush=True)
+        train_from_config(raw, **flags)
+    return 0
