@@ -1,0 +1,344 @@
+"""``sae-bilinear sweep CONFIG``: a grid of SAEs, one model pass per group, spread by Ray.
+
+The paper's experiments are grids (4 variants × 11 α per layer, 28 layers). A sweep file
+(:mod:`sae_bilinear.sweep_plan`) expands into members; members that read the same
+activations form a group. For each group with unfinished members the driver
+
+1. runs the language model **once** over the group's tokens and stores the activations
+   (:mod:`sae_bilinear.activation_store`: safetensors shards, memory-mapped, named by a hash
+   of their settings, so a rerun or another sweep reuses them), training and held-out text
+   apart;
+2. submits every unfinished member as a Ray task asking for its resources (``num_cpus``,
+   ``num_gpus``, ``memory``), so a cluster places them; each member trains from the shards
+   (:mod:`sae_bilinear.sweep_member`), in its own folder, checkpointing as it goes;
+3. prints a progress line per member and overall while they run (and appends it to
+   ``sweep.log``), then writes ``sweep.json`` / ``sweep.md`` and the Pareto plot of density
+   against error (:mod:`sae_bilinear.sweep_report`).
+
+Ray is optional (``pip install "sae-bilinear[sweep]"``). By default a local Ray is started
+in-process with ``workers`` CPUs; ``address`` joins an existing cluster (``ray start`` on a
+head node, or Ray on SLURM as Ray documents it). ``local=True`` runs members one after
+another in this process, without Ray. A rerun skips finished members and resumes unfinished
+ones from their newest checkpoint; a member that fails is reported and the rest go on.
+
+Why not SAELens's ``MultiSAETrainingRunner``? It trains several SAEs on one device from one
+activation stream, in lock-step; a sweep member here can go to any worker or GPU of a
+cluster, resume alone and fail alone. ``docs/scaling.md`` gives the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from sae_bilinear import activation_store, data, errors, models, sweep_member, sweep_report
+from sae_bilinear.sweep_plan import Group, Member, Resources, SweepPlan, plan_sweep
+
+STORE_DIR = "activations"
+"""Under the sweep's output folder: the groups' activation stores (reused across reruns)."""
+LOG_FILE = "sweep.log"
+HELDOUT_CONTEXTS = 16
+"""Held-out contexts per group (scored by every member of the group)."""
+RAY_PIP = 'pip install "sae-bilinear[sweep]"  (or: pip install "ray>=2.9")'
+
+
+@dataclass
+class SweepOptions:
+    """How a sweep runs (the CLI's flags)."""
+
+    out: Path
+    """Output folder: one folder per member, ``activations/``, ``sweep.json``, ``sweep.md``, plots."""
+    workers: int = 2
+    """CPUs of the in-process local Ray (ignored with ``address``)."""
+    address: str | None = None
+    """Join this Ray cluster (e.g. ``auto`` or ``ray://head:10001``) instead of starting one."""
+    local: bool = False
+    """Run members one after another in this process, without Ray."""
+    resources: Resources = field(default_factory=Resources)
+    """What each member asks for."""
+    device: str = "cpu"
+    """Device of the language model for the activation pass."""
+    threads: int | None = 1
+    """torch threads per member (1 keeps members on a shared machine from fighting)."""
+    n_checkpoints: int = sweep_member.DEFAULT_CHECKPOINTS
+    """Checkpoints per member (what a kill can lose)."""
+    only: tuple[str, ...] = ()
+    """Run only these members (names); empty runs all."""
+    poll_seconds: float = 2.0
+    """How often progress is printed while members run."""
+
+
+class SweepResult(dict[str, Any]):
+    """The sweep's table (``sweep.json``): ``members`` rows, ``model_passes``, ``seconds`` …"""
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise errors.MissingDependencyError(
+            f"sweeps on Ray need the 'sweep' extra: {RAY_PIP}; or pass --local to run the members one after another"
+        ) from error
+    return ray
+
+
+# --------------------------------------------------------------------------------------------
+# activations: one model pass per group
+# --------------------------------------------------------------------------------------------
+
+
+def _group_tokens(settings: dict[str, Any], model: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Training and held-out contexts of a group, packed as SAELens's runner packs them."""
+    corpus = data.load_corpus(settings["dataset_path"])
+    if not isinstance(corpus, data.TextCorpus):
+        raise errors.ConfigError(
+            f"dataset_path {settings['dataset_path']!r} is not a local corpus; sweeps read 'kjv' or local "
+            "text/JSONL (a Hub dataset needs the Hub: collect it on a machine that has it)"
+        )
+    pack = lambda texts, n: data.tokenize_contexts(  # noqa: E731
+        texts, model.tokenizer, settings["context_size"], prepend_bos=bool(settings["prepend_bos"]), max_contexts=n
+    )
+    train = pack(corpus.train, n_contexts)
+    if train.shape[0] < n_contexts:
+        raise errors.ConfigError(
+            f"{corpus.name} packs into {train.shape[0]} training contexts of {settings['context_size']}, "
+            f"but training_tokens={settings['training_tokens']} needs {n_contexts}; lower training_tokens"
+        )
+    heldout = pack(corpus.heldout or corpus.train[-1:], HELDOUT_CONTEXTS)
+    return train, heldout, corpus.name
+
+
+def collect_group(group: Group, root: Path, device: str, log: Callable[[str], None]) -> tuple[Path, Path, bool]:
+    """The group's training and held-out stores under ``root``; runs the model only if absent.
+
+    Returns ``(train_folder, heldout_folder, ran_model)``.
+    """
+    settings = group.settings
+    model = models.load_model(settings["model_name"], device=device, dtype=settings["dtype"])
+    models.check_hook(model, settings["hook_name"])
+    models.check_context_size(model, settings["context_size"])
+    skip = 1 if settings["prepend_bos"] else 0  # BOS activations are norm outliers, not text
+    per_context = settings["context_size"] - skip
+    n_contexts = math.ceil(settings["training_tokens"] / per_context)
+    train_tokens, heldout_tokens, dataset = _group_tokens(settings, model, n_contexts)
+    folders, ran = [], False
+    for part, tokens in (("train", train_tokens), ("heldout", heldout_tokens)):
+        store_settings = activation_store.settings_for(
+            model, tokens, settings["hook_name"], model_name=settings["model_name"], dataset=f"{dataset} {part}",
+            prepend_bos=bool(settings["prepend_bos"]), skip_first=skip,
+        )
+        folder = activation_store.store_folder(root, store_settings)
+        if not folder.is_dir():
+            log(f"group {group.key}: collecting {part} activations of {settings['hook_name']} ({tokens.shape[0]} contexts)")
+            activation_store.collect(root, model, tokens, store_settings)
+            ran = True
+        folders.append(folder)
+    return folders[0], folders[1], ran
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Progress lines per member and overall, to the terminal and to ``sweep.log``."""
+
+    def __init__(self, out: Path, names: list[str], stream: TextIO | None = None):
+        self.out = out
+        self.names = names
+        self.stream = stream or sys.stderr
+        self.log_path = out / LOG_FILE
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.started = time.time()
+
+    def line(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        message = f"[sweep {stamp}] {text}"
+        print(message, file=self.stream, flush=True)
+        with self.log_path.open("a") as handle:
+            handle.write(message + "\n")
+
+    def member_state(self, name: str) -> str:
+        if name in self.done:
+            return "done"
+        if name in self.failed:
+            return "failed"
+        progress = sweep_member.partial_folder(self.out, name) / sweep_member.PROGRESS_FILE
+        try:
+            state = json.loads(progress.read_text())
+        except (OSError, ValueError):
+            return "waiting"
+        share = state["samples"] / max(state["total_samples"], 1)
+        return f"running {share:4.0%} {state['tokens_per_second']:,.0f} tok/s"
+
+    def report(self) -> None:
+        running = [n for n in self.names if self.member_state(n).startswith("running")]
+        for name in running:
+            self.line(f"  {name}: {self.member_state(name)}")
+        waiting = len(self.names) - len(self.done) - len(self.failed) - len(running)
+        self.line(
+            f"overall: {len(self.done)} done, {len(running)} running, {waiting} waiting, {len(self.failed)} failed "
+            f"of {len(self.names)} ({time.time() - self.started:.0f} s)"
+        )
+
+    def finished(self, row: dict[str, Any]) -> None:
+        name = row["name"]
+        if row["status"] == "done":
+            self.done.add(name)
+            what = "skipped (already finished)" if row.get("skipped") else f"done in {row.get('seconds', 0):.0f} s"
+            numbers = ", ".join(f"{k} {row[k]:.3g}" for k in ("error", "hoyer_density", "l0") if isinstance(row.get(k), float))
+            self.line(f"{name}: {what}" + (f" — {numbers}" if numbers else ""))
+        else:
+            self.failed.add(name)
+            self.line(f"{name}: FAILED — {row['error']}")
+
+
+# --------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------
+
+
+def _member_args(member: Member, plan_out: Path, stores: dict[str, tuple[Path, Path]], options: SweepOptions) -> tuple[Any, ...]:
+    train, heldout = stores[member.group]
+    return (member.name, member.config, str(plan_out), str(train), str(heldout), options.n_checkpoints, options.threads)
+
+
+def _run_local(members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress) -> list[dict[str, Any]]:
+    rows = []
+    for member in members:
+        progress.line(f"{member.name}: training (local)")
+        row = sweep_member.train_member(*_member_args(member, options.out, stores, options))
+        progress.finished(row)
+        rows.append(row)
+    return rows
+
+
+def _run_ray(members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress) -> list[dict[str, Any]]:
+    ray = _require_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=options.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    res = options.resources
+    remote = ray.remote(sweep_member.train_member).options(
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        memory=None if res.memory_gb is None else int(res.memory_gb * 2**30),
+        max_retries=0,  # a member's own failure is a row; a lost worker is resumed by a rerun
+    )
+    try:
+        pending = {remote.remote(*_member_args(m, options.out, stores, options)): m.name for m in members}
+        rows = []
+        last = 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=options.poll_seconds)
+            for ref in ready:
+                name = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 — a worker that died is that member's failure
+                    row = {"name": name, "status": "failed", "error": f"worker lost: {type(error).__name__}: {error}"}
+                progress.finished(row)
+                rows.append(row)
+            if time.time() - last >= options.poll_seconds * 5 and pending:
+                progress.report()
+                last = time.time()
+        return rows
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_sweep(config: str | Path, options: SweepOptions, stream: TextIO | None = None) -> SweepResult:
+    """Run (or finish) the sweep of ``config`` into ``options.out``; returns the table."""
+    plan = plan_sweep(config)
+    _check_options(options)
+    members = [m for m in plan.members if not options.only or m.name in options.only]
+    if options.only and len(members) != len(set(options.only)):
+        unknown = sorted(set(options.only) - {m.name for m in plan.members})
+        raise errors.ConfigError(f"--only names unknown members {unknown}; members: {[m.name for m in plan.members]}")
+    options.out.mkdir(parents=True, exist_ok=True)
+    _write_plan(plan, options.out)
+    progress = Progress(options.out, [m.name for m in members], stream)
+    started = time.time()
+    todo = [m for m in members if not sweep_member.is_finished(options.out, m.name)]
+    progress.line(
+        f"{len(members)} members in {len({m.group for m in members})} activation group(s); "
+        f"{len(members) - len(todo)} already finished; {'local' if options.local else 'ray'}"
+    )
+    stores: dict[str, tuple[Path, Path]] = {}
+    model_passes = 0
+    for key in dict.fromkeys(m.group for m in todo):
+        train, heldout, ran = collect_group(plan.groups[key], options.out / STORE_DIR, options.device, progress.line)
+        stores[key] = (train, heldout)
+        model_passes += int(ran)
+    run = _run_local if options.local else _run_ray
+    rows = run(todo, stores, options, progress) if todo else []
+    by_name = {row["name"]: row for row in rows}
+    table = []
+    for member in members:
+        row = by_name.get(member.name)
+        if row is None:  # finished before this run
+            row = {"name": member.name, "status": "done", "skipped": True, **json.loads(
+                (sweep_member.final_folder(options.out, member.name) / sweep_member.METRICS_FILE).read_text())}
+        table.append({k: v for k, v in row.items() if k != "traceback"})
+    result = SweepResult(
+        config=str(plan.source), members=table, model_passes=model_passes,
+        groups=len({m.group for m in members}), seconds=time.time() - started,
+        runner="local" if options.local else "ray", workers=None if options.local else options.workers,
+    )
+    sweep_report.write_results(options.out, result)
+    failed = [row["name"] for row in table if row["status"] != "done"]
+    progress.line(
+        f"finished: {len(table) - len(failed)} done, {len(failed)} failed, {model_passes} model pass(es), "
+        f"{result['seconds']:.0f} s; table {options.out / sweep_report.TABLE_MD}"
+    )
+    return result
+
+
+def _check_options(options: SweepOptions) -> None:
+    if not isinstance(options.workers, int) or isinstance(options.workers, bool) or options.workers < 1:
+        raise errors.ConfigError(f"workers must be a positive int, got {options.workers!r}")
+    if options.out.exists() and not options.out.is_dir():
+        raise errors.ConfigError(f"--out {options.out} is a file; give a folder")
+    res = options.resources
+    for name in ("num_cpus", "num_gpus"):
+        value = getattr(res, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise errors.ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if res.memory_gb is not None and (not math.isfinite(res.memory_gb) or res.memory_gb <= 0):
+        raise errors.ConfigError(f"memory_gb must be a positive number, got {res.memory_gb!r}")
+    if not isinstance(options.n_checkpoints, int) or options.n_checkpoints < 0:
+        raise errors.ConfigError(f"n_checkpoints must be an int >= 0, got {options.n_checkpoints!r}")
+
+
+def _write_plan(plan: SweepPlan, out: Path) -> None:
+    """``plan.json``: the members and groups, so a reader knows what the folder will hold."""
+    plan_path = out / "plan.json"
+    value = {
+        "config": str(plan.source),
+        "members": [{"name": m.name, "group": m.group} for m in plan.members],
+        "groups": {key: group.settings for key, group in plan.groups.items()},
+    }
+    if plan_path.is_file():
+        previous = json.loads(plan_path.read_text())
+        if previous.get("groups") != json.loads(json.dumps(value["groups"], default=str)):
+            raise errors.OutputExistsError(
+                f"{out} holds a sweep with other activation settings ({plan_path}); use another --out"
+            )
+    temporary = plan_path.with_name("plan.json.tmp")
+    temporary.write_text(json.dumps(value, indent=1, default=str) + "\n")
+    os.replace(temporary, plan_path)
