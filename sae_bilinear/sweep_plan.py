@@ -7,8 +7,7 @@ identical — same model, hook, data, context, BOS handling, token budget and dt
 *group*: the language model runs once per group, and every member of the group trains on
 the stored activations (:mod:`sae_bilinear.sweep`).
 
-This module only reads and checks files; it imports no torch and no SAELens, so
-``sae-bilinear sweep --dry-run`` is instant.
+This module only reads and checks files.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bilinear import errors
-from sae_bilinear.train import expand_config
+from sae_bilinear.train import expand_config, read_config_file
 
 ACTIVATION_KEYS = (
     "model_name",
@@ -155,3 +154,10 @@ def plan_sweep(path: str | Path) -> SweepPlan:
     plan = SweepPlan(source=path, members=members)
     plan.groups = {key: Group(key=key, settings=settings_of[key], members=tuple(names)) for key, names in groups.items()}
     return plan
+
+
+def default_out(path: str | Path) -> Path:
+    """A sweep's output folder when none is given: its ``output_root``, else ``runs/sweep-<stem>``."""
+    path = Path(path)
+    root = read_config_file(path).get("output_root")
+    return Path(root) if root else Path("runs") / f"sweep-{path.stem}"

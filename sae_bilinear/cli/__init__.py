@@ -48,7 +48,14 @@ def _drop_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``sae-bilinear`` console entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "own_help", False):
+        # ablate/steer/walk: everything after the command name is the experiment's (its --help too)
+        args.arguments = argv[argv.index(args.command) + 1 :]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if hasattr(args, "threads"):
             # torch is imported here, after parsing (see the module docstring).

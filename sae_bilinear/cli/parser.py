@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from sae_bilinear.cli import analyze, compare, convert_bae, evaluate, options, push, releases, run, train
+from sae_bilinear.cli import analyze, compare, convert_bae, evaluate, options, push, releases, run, sweep, train
+from sae_bilinear.cli.experiments import ablate, steer, walk
 
-COMMANDS = (run, train, evaluate, analyze, compare, convert_bae, push, releases)
-"""Each module has NAME, HELP, DESCRIPTION, add_arguments(parser) and execute(args) -> exit code."""
+COMMANDS = (run, train, sweep, evaluate, analyze, compare, ablate, steer, walk, convert_bae, push, releases)
+"""Each has NAME, HELP, DESCRIPTION, add_arguments(parser) and execute(args) -> exit code; one with
+``OWN_HELP`` hands its arguments (``--help`` and ``--threads`` included) to its own parser."""
 DESCRIPTION = """Bilinear sparse autoencoders for SAELens + TransformerLens: latents are quadratic
 forms (l·x)(r·x) whose manifolds you read off the weights."""
 EPILOG = """examples:
@@ -16,6 +18,8 @@ EPILOG = """examples:
   sae-bilinear evaluate runs/<time>/sae
   sae-bilinear analyze runs/<time>/sae --latent top
   sae-bilinear compare runs/a/sae runs/b/sae
+  sae-bilinear sweep hub_configs/train/qwen3-0.6b-base-l18-sweep.yaml --workers 8
+  sae-bilinear steer --sae runs/<time>/sae --latent 3
   sae-bilinear convert-bae SRC DST
   sae-bilinear releases
 
@@ -38,10 +42,13 @@ def build_parser() -> options.Parser:
     options.add_threads(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for command in COMMANDS:
+        own_help = getattr(command, "OWN_HELP", False)
         sub = commands.add_parser(
-            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=options.HelpFormatter
+            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=options.HelpFormatter,
+            add_help=not own_help,
         )
         command.add_arguments(sub)
-        options.add_threads(sub)
-        sub.set_defaults(execute=command.execute)
+        if not own_help:
+            options.add_threads(sub)
+        sub.set_defaults(execute=command.execute, own_help=own_help)
     return parser

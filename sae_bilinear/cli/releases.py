@@ -7,11 +7,10 @@ import argparse
 NAME = "releases"
 HELP = "list the released SAEs (hub_configs/releases.yaml)"
 DESCRIPTION = (
-    "One tab-separated line per SAE of every release, under a header: load one with "
+    "One line per SAE of every release, in columns under a header: load one with "
     "sae_bilinear.from_pretrained(RELEASE, SAE_ID). Files named in SAE_BILINEAR_RELEASES "
     "(os.pathsep-separated) are read too."
 )
-COLUMNS = ("release", "sae_id", "repo_id", "path", "model", "hook", "format")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from sae_bilinear.hub import list_releases
+    from sae_bilinear.hub import format_releases, list_releases
 
-    print("\t".join(COLUMNS))
-    for row in list_releases():
-        print("\t".join("-" if row.get(column) is None else str(row[column]) for column in COLUMNS))
+    print(format_releases(list_releases()))
     return 0
