@@ -32,17 +32,20 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from typing_extensions import override
 
+from sae_bilinear.errors import ConfigError
 from sae_bilinear.models import check_hook, stop_at_layer
+from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """``torch.optim.Muon`` for weight matrices, AdamW for everything else (biases).
+    """:class:`~sae_bilinear.muon.Muon` for weight matrices, AdamW for everything else (biases).
 
-    torch's Muon accepts only 2-D parameters. This wrapper exposes the param groups of
-    both, so SAELens's LR schedulers and gradient clipping act on all of them.
+    Muon updates only 2-D parameters. This wrapper exposes the param groups of both, so
+    SAELens's LR schedulers and gradient clipping act on all of them. ``ns_dtype`` is the
+    arithmetic of Muon's Newton–Schulz iterations (``"auto"``: the faster on the device).
     """
 
     def __init__(
@@ -52,13 +55,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
         momentum: float = 0.95,
         adamw_lr: float = 1e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
+        ns_dtype: NSDtype = "auto",
     ):
         params = [p for p in params if p.requires_grad]
         matrices = [p for p in params if p.ndim == 2]
         others = [p for p in params if p.ndim != 2]
         if not matrices:
             raise ValueError("Muon needs at least one 2-D parameter")
-        self.muon = torch.optim.Muon(matrices, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=False)
+        self.muon = Muon(matrices, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=False, ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(others, lr=adamw_lr, betas=adamw_betas, weight_decay=0.0) if others else None
         super().__init__(matrices, {"lr": lr})
         # Share the inner optimisers' groups: schedulers then edit the lr actually used.
@@ -84,16 +88,24 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "muon" not in state_dict:
+            raise ConfigError(
+                "the checkpoint's optimiser state is not Muon's (it was saved by another optimiser, "
+                "e.g. Adam): resume with the optimiser the run started with"
+            )
         self.muon.load_state_dict(state_dict["muon"])
         if self.adamw is not None and state_dict.get("adamw") is not None:
             self.adamw.load_state_dict(state_dict["adamw"])
 
 
-def use_optimizer(trainer: SAETrainer[Any, Any], optimizer: str, lr: float | None = None) -> None:
+def use_optimizer(
+    trainer: SAETrainer[Any, Any], optimizer: str, lr: float | None = None, ns_dtype: NSDtype = "auto"
+) -> None:
     """Swap the Adam that SAELens's ``SAETrainer`` builds for another optimiser.
 
     The LR schedule is rebuilt from the trainer's own config, so warm-up/decay settings
-    carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser.
+    carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser; ``ns_dtype`` is
+    Muon's Newton–Schulz arithmetic.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
@@ -101,7 +113,7 @@ def use_optimizer(trainer: SAETrainer[Any, Any], optimizer: str, lr: float | Non
         return
     cfg = trainer.cfg
     lr = cfg.lr if lr is None else lr
-    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr)
+    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr, ns_dtype=ns_dtype)
     assert cfg.lr_end is not None
     trainer.lr_scheduler = get_lr_scheduler(
         cfg.lr_scheduler_name,
@@ -122,15 +134,17 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
     :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts.
     """
 
-    def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", **kwargs: Any):
+    def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", ns_dtype: NSDtype = "auto", **kwargs: Any):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        check_ns_dtype(ns_dtype)
         super().__init__(cfg, *args, **kwargs)
         self.optimizer_name = optimizer
+        self.ns_dtype = ns_dtype
 
     @override
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
-        use_optimizer(trainer, self.optimizer_name)
+        use_optimizer(trainer, self.optimizer_name, ns_dtype=self.ns_dtype)
         return super().run_trainer_with_interruption_handling(trainer)
 
 
@@ -206,6 +220,8 @@ class TrainingSettings:
     """Peak learning rate (Adam default 1e-3; Muon ~0.03)."""
     optimizer: str = "adam"
     """``"adam"`` (SAELens's) or ``"muon"`` (the paper's, for the bilinear weight matrices)."""
+    ns_dtype: NSDtype = "auto"
+    """Muon's Newton–Schulz arithmetic: float32, bfloat16 or auto (the faster, measured once)."""
     lr_decay_fraction: float = 0.5
     """Final share of steps over which the LR decays linearly to 0 (the paper decays over all)."""
     device: str = "cpu"
@@ -244,7 +260,7 @@ def train_on_activations(
     trainer = _FrequentProgressTrainer(
         cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed)
     )
-    use_optimizer(trainer, settings.optimizer, settings.lr)
+    use_optimizer(trainer, settings.optimizer, settings.lr, settings.ns_dtype)
     trainer.fit()
     return trainer
 
@@ -321,7 +337,7 @@ def runner_config_from_dict(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
     raw = copy.deepcopy(raw)
     extras = raw.pop("sae_bilinear", {}) or {}
-    unknown = set(extras) - {"optimizer"}
+    unknown = set(extras) - {"optimizer", "ns_dtype"}
     if unknown:
         raise ValueError(f"unknown keys in the sae_bilinear section: {sorted(unknown)}")
     if "sae" not in raw:
@@ -355,6 +371,7 @@ def train_from_config(raw: dict[str, Any], override_model: Any = None, override_
         if isinstance(corpus, data.TextCorpus):
             dataset = data.as_hf_dataset(corpus.train)
     runner = BilinearTrainingRunner(
-        cfg, override_dataset=dataset, override_model=model, optimizer=extras.get("optimizer", "adam")
+        cfg, override_dataset=dataset, override_model=model, optimizer=extras.get("optimizer", "adam"),
+        ns_dtype=extras.get("ns_dtype", "auto"),
     )
     return runner.run()
