@@ -15,6 +15,7 @@ import copy
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from dataclasses import dataclass
@@ -23,18 +24,29 @@ from typing import Any, Literal
 import torch
 import yaml
 from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.constants import SAE_CFG_FILENAME, TRAINER_STATE_FILENAME
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from typing_extensions import override
 
-from sae_bilinear.errors import ConfigError
+from sae_bilinear.checkpoints import (
+    MARKER_FILENAME,
+    latest_checkpoint,
+    prune_checkpoints,
+    resume_trainer,
+    write_marker,
+)
+from sae_bilinear.config_checks import check_bool, check_choice, check_float, check_int, check_str
+from sae_bilinear.errors import ConfigError, DataFileError
 from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
+from sae_bilinear.outputs import publish_folder, staging_folder
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
@@ -96,6 +108,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state_dict["muon"])
         if self.adamw is not None and state_dict.get("adamw") is not None:
             self.adamw.load_state_dict(state_dict["adamw"])
+        # torch's load_state_dict builds new group dicts: share them again, or the LR
+        # scheduler would go on editing the old ones (and the LR would stop decaying).
+        self.param_groups = self.muon.param_groups + (self.adamw.param_groups if self.adamw else [])
 
 
 def use_optimizer(
@@ -108,7 +123,7 @@ def use_optimizer(
     Muon's Newton–Schulz arithmetic.
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if optimizer == "adam":
         return
     cfg = trainer.cfg
@@ -128,24 +143,70 @@ def use_optimizer(
 
 
 class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
-    """SAELens's ``LanguageModelSAETrainingRunner`` with a choice of optimiser.
+    """SAELens's ``LanguageModelSAETrainingRunner`` with a choice of optimiser and exact resume.
 
-    ``optimizer="adam"`` is exactly SAELens's run; ``"muon"`` swaps in
-    :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts.
+    ``optimizer="adam"`` trains exactly as SAELens does; ``"muon"`` swaps in
+    :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts. With
+    ``cfg.resume_from_checkpoint`` the checkpoint is loaded *after* that swap (SAELens loads it
+    into its Adam first, which fails for Muon's state), through
+    :func:`~sae_bilinear.checkpoints.resume_trainer` (step counter, history, clear errors).
+    Each checkpoint gets a completion marker, and the final SAE is written to a staging folder
+    whose files are moved into ``output_path`` with ``cfg.json`` last.
     """
 
     def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", ns_dtype: NSDtype = "auto", **kwargs: Any):
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         check_ns_dtype(ns_dtype)
         super().__init__(cfg, *args, **kwargs)
         self.optimizer_name = optimizer
         self.ns_dtype = ns_dtype
+        self.trainer: SAETrainer[Any, Any] | None = None
+        """The trainer of the current ``run()`` (set once training starts)."""
+        self.resumed_from_steps: int | None = None
+        """Completed steps of the checkpoint this run resumed from, or None."""
+        self._resume_from: str | None = None
+
+    @override
+    def run(self) -> Any:
+        # SAELens would load the checkpoint into its own Adam before our optimiser swap:
+        # hide the path from it and load in run_trainer_with_interruption_handling instead.
+        self._resume_from = self.cfg.resume_from_checkpoint
+        self.cfg.resume_from_checkpoint = None
+        try:
+            return super().run()
+        finally:
+            self.cfg.resume_from_checkpoint = self._resume_from
 
     @override
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         use_optimizer(trainer, self.optimizer_name, ns_dtype=self.ns_dtype)
+        self.trainer = trainer
+        if self._resume_from is not None:
+            self.resumed_from_steps = resume_trainer(trainer, self._resume_from, self.optimizer_name)
+            self.activations_store.load_from_checkpoint(self._resume_from)
         return super().run_trainer_with_interruption_handling(trainer)
+
+    @override
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        super().save_checkpoint(checkpoint_path)
+        # SAELens's interruption handler calls this alone (no weights, no trainer state): such
+        # a folder is not a checkpoint one can resume from, so it gets no marker.
+        if checkpoint_path is not None and self.trainer is not None and (checkpoint_path / TRAINER_STATE_FILENAME).exists():
+            write_marker(Path(checkpoint_path), self.trainer, self.optimizer_name)
+
+    @override
+    def save_final_sae(
+        self, sae: TrainingSAE[Any], output_path: str, log_feature_sparsity: torch.Tensor | None = None
+    ) -> None:
+        staged = staging_folder(Path(output_path) / "final")
+        try:
+            super().save_final_sae(sae, str(staged), log_feature_sparsity)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        # cfg.json last: a folder without it is not an SAE, so a kill mid-move leaves none that looks whole.
+        publish_folder(staged, output_path, last=[SAE_CFG_FILENAME])
 
 
 @torch.no_grad()
@@ -176,7 +237,14 @@ def collect_activations(
 
 
 class ShuffledBatches(Iterator[Tensor]):
-    """SAELens ``DataProvider`` over cached activations: endless shuffled epochs of batches."""
+    """SAELens ``DataProvider`` over cached activations: endless shuffled epochs of batches.
+
+    Its position (generator state, the epoch's order, the offset in it) is saved into and
+    restored from a checkpoint folder, so a resumed run sees the batches an uninterrupted run
+    would have seen.
+    """
+
+    STATE_FILENAME = "shuffled_batches.safetensors"
 
     def __init__(self, activations: Float[Tensor, "n_tokens d_in"], batch_size: int, seed: int = 0):
         if activations.ndim != 2:
@@ -199,18 +267,90 @@ class ShuffledBatches(Iterator[Tensor]):
         self._position += self.batch_size
         return self.activations[index]
 
+    def save_state(self, folder: str | Path) -> Path:
+        """Write the position into ``folder`` (safetensors)."""
+        path = Path(folder) / self.STATE_FILENAME
+        state = {
+            "generator": self.generator.get_state(),
+            "order": self._order.clone(),
+            "position": torch.tensor([self._position]),
+            "n_tokens": torch.tensor([self.activations.shape[0]]),
+        }
+        save_file(state, str(path))
+        return path
 
-class _FrequentProgressTrainer(SAETrainer[Any, Any]):
-    """SAELens's trainer, with its progress bar moving every 10 steps instead of 100."""
+    def load_state(self, folder: str | Path) -> None:
+        """Restore the position saved by :meth:`save_state`; errors name a damaged or foreign file."""
+        path = Path(folder) / self.STATE_FILENAME
+        try:
+            state = load_file(str(path))
+            generator, order = state["generator"], state["order"]
+            position, n_tokens = int(state["position"].item()), int(state["n_tokens"].item())
+        except Exception as error:  # SafetensorError, OSError, KeyError: all mean a bad file
+            raise DataFileError(f"{path} is missing or damaged ({error}); resume from another checkpoint") from error
+        if n_tokens != self.activations.shape[0]:
+            raise DataFileError(
+                f"{path} was saved for {n_tokens} cached tokens, but this run has {self.activations.shape[0]}: "
+                "resume with the settings (corpus, contexts) the run started with"
+            )
+        if generator.dtype != torch.uint8 or not 0 <= position <= order.numel() or (order.numel() not in (0, n_tokens)):
+            raise DataFileError(f"{path} is damaged (inconsistent generator state, order or position)")
+        self.generator.set_state(generator)
+        self._order = order.to(torch.long)
+        self._position = position
+
+
+class _BilinearTrainer(SAETrainer[Any, Any]):
+    """SAELens's trainer with: the progress bar moving every 10 steps instead of 100; checkpoints
+    that resume exactly (data position and a completion marker, only the latest kept); and a
+    final checkpoint when training ends, taken before SAELens folds the activation scaler into
+    the weights (so resuming a finished run trains no step and folds once)."""
+
+    def __init__(self, *args: Any, optimizer_name: str = "adam", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.optimizer_name = optimizer_name
+        self.resumed_from_steps: int | None = None
+        """Completed steps of the checkpoint training resumed from, or None."""
+        self._saved_at_samples: int | None = None
 
     @override
     def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
         super()._update_pbar(step_output, pbar, update_interval=10)
 
+    @override
+    def save_checkpoint(
+        self, checkpoint_name: str, base_path: Path | str | None = None, wandb_aliases: list[str] | None = None
+    ) -> None:
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        folder = None if base is None else Path(base) / checkpoint_name
+        if folder is not None:
+            (folder / MARKER_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten below
+        super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+        if folder is None:
+            return
+        if isinstance(self.data_provider, ShuffledBatches):
+            self.data_provider.save_state(folder)
+        write_marker(folder, self, self.optimizer_name)
+        prune_checkpoints(Path(base), keep=folder)  # type: ignore[arg-type]
+        self._saved_at_samples = self.n_training_samples
+
+    @override
+    def _checkpoint_if_needed(self) -> None:
+        super()._checkpoint_if_needed()
+        finished = self.n_training_samples >= self.cfg.total_training_samples
+        if self.cfg.checkpoint_path is not None and finished and self._saved_at_samples != self.n_training_samples:
+            self.save_checkpoint(str(self.n_training_samples))
+
+
+def default_alpha_warm_up_steps(total_steps: int) -> int:
+    """Steps over which α rises from 0 in a run of ``total_steps``: the first quarter."""
+    # TODO(lead): use bilinear.default_alpha_warm_up_steps (same rule, being added there)
+    return check_int("total_steps", total_steps, minimum=0) // 4
+
 
 @dataclass
 class TrainingSettings:
-    """How :func:`train_on_activations` runs SAELens's trainer."""
+    """How :func:`train_on_activations` runs SAELens's trainer. Every field is validated."""
 
     steps: int = 300
     """Optimiser steps."""
@@ -230,6 +370,31 @@ class TrainingSettings:
     """Seed of the batch order."""
     dead_feature_window: int = 100
     """Steps without firing after which SAELens counts a latent dead."""
+    checkpoint_path: str | None = None
+    """Folder for checkpoints (one subfolder each; only the latest is kept). None: no checkpoints."""
+    n_checkpoints: int = 0
+    """Evenly spaced checkpoints during training; one more is written at the end."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in ``checkpoint_path`` (none yet: start at step 0)."""
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        self.lr = check_float("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_ns_dtype(self.ns_dtype)
+        self.lr_decay_fraction = check_float("lr_decay_fraction", self.lr_decay_fraction, minimum=0.0, maximum=1.0)
+        check_str("device", self.device)
+        check_int("seed", self.seed, minimum=0)
+        check_int("dead_feature_window", self.dead_feature_window, minimum=1)
+        if isinstance(self.checkpoint_path, Path):
+            self.checkpoint_path = str(self.checkpoint_path)
+        if self.checkpoint_path is not None:
+            check_str("checkpoint_path", self.checkpoint_path)
+        check_int("n_checkpoints", self.n_checkpoints, minimum=0)
+        check_bool("resume", self.resume)
+        if self.resume and self.checkpoint_path is None:
+            raise ConfigError("resume needs checkpoint_path (the folder the run wrote its checkpoints to)")
 
 
 def train_on_activations(
@@ -239,7 +404,9 @@ def train_on_activations(
 
     Works for any SAELens training SAE (bilinear or a linear baseline), so both see the
     same tokens in the same order. The trainer keeps SAELens's firing statistics
-    (``trainer.feature_sparsity``, ``trainer.dead_neurons``).
+    (``trainer.feature_sparsity``, ``trainer.dead_neurons``). With ``settings.checkpoint_path``
+    checkpoints are written there, and ``settings.resume`` continues the latest one exactly
+    (``trainer.resumed_from_steps`` is then its step count, else None).
     """
     settings = settings or TrainingSettings()
     if activations.shape[-1] != sae.cfg.d_in:
@@ -256,11 +423,16 @@ def train_on_activations(
         feature_sampling_window=max(settings.steps, 1),
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=min(100, max(1, math.ceil(activations.shape[0] / settings.batch_size))),
+        n_checkpoints=settings.n_checkpoints if settings.checkpoint_path is not None else 0,
+        checkpoint_path=settings.checkpoint_path,
     )
-    trainer = _FrequentProgressTrainer(
-        cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed)
-    )
+    batches = ShuffledBatches(activations, settings.batch_size, settings.seed)
+    trainer = _BilinearTrainer(cfg=cfg, sae=sae, data_provider=batches, optimizer_name=settings.optimizer)
     use_optimizer(trainer, settings.optimizer, settings.lr, settings.ns_dtype)
+    checkpoint = latest_checkpoint(settings.checkpoint_path) if settings.resume else None
+    if checkpoint is not None:
+        trainer.resumed_from_steps = resume_trainer(trainer, checkpoint, settings.optimizer)
+        batches.load_state(checkpoint)
     trainer.fit()
     return trainer
 

@@ -118,7 +118,13 @@ def test_muon_wrapper_steps_matrices_and_biases():
     assert all(not torch.equal(before[name], p) for name, p in sae.named_parameters())
     assert all(p.grad is None for p in sae.parameters())
     state = optimizer.state_dict()
-    MuonWithAdamW(sae.parameters(), lr=0.02).load_state_dict(state)
+    loaded = MuonWithAdamW(sae.parameters(), lr=0.02)
+    loaded.load_state_dict(state)
+    # The wrapper's groups stay the inner optimisers' own (an LR scheduler edits them).
+    assert loaded.param_groups[0] is loaded.muon.param_groups[0]
+    assert loaded.param_groups[1] is loaded.adamw.param_groups[0]
+    with pytest.raises(ValueError, match="not Muon's"):
+        loaded.load_state_dict(torch.optim.Adam(sae.parameters()).state_dict())
 
 
 def test_train_on_cached_activations_bilinear_and_linear_baseline():
