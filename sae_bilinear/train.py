@@ -12,6 +12,7 @@ Two ways in, both SAELens's own machinery:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -42,11 +43,19 @@ from sae_bilinear.checkpoints import (
     resume_trainer,
     write_marker,
 )
-from sae_bilinear.config_checks import check_bool, check_choice, check_float, check_int, check_str
-from sae_bilinear.errors import ConfigError, DataFileError
+from sae_bilinear.config_checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_known_keys,
+    check_str,
+    did_you_mean,
+)
+from sae_bilinear.errors import ConfigError, DataFileError, UserError
 from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
-from sae_bilinear.outputs import publish_folder, staging_folder
+from sae_bilinear.outputs import prepare_output_folder, publish_folder, staging_folder
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
@@ -446,22 +455,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping; clear errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+        raise DataFileError(f"config file {path} does not exist")
     try:
+        text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path} is not UTF-8 text: {error}") from error
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+        raise DataFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+        raise DataFileError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
     return raw
 
 
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``config["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, creating missing levels."""
     *parents, last = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         config = config.setdefault(key, {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {'.'.join(parents[: depth + 1])!r} is not a section")
     config[last] = value
 
 
@@ -475,8 +488,11 @@ def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     raw = read_config_file(path)
     if "sweep" not in raw:
         return [(path.stem, raw)]
+    check_known_keys(f"sweep file {path}", raw, ("base", "sweep", "output_root"))
     if "base" not in raw:
-        raise ValueError(f"{path}: a sweep needs a 'base' config file")
+        raise ConfigError(f"{path}: a sweep needs a 'base' config file")
+    if not isinstance(raw["sweep"], dict) or not all(isinstance(v, list) and v for v in raw["sweep"].values()):
+        raise ConfigError(f"{path}: 'sweep' must map dotted keys to non-empty lists of values")
     base = read_config_file(path.parent / raw["base"])
     keys = list(raw["sweep"])
     runs = []
@@ -497,40 +513,134 @@ def _short_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def runner_config_from_dict(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+SAE_BILINEAR_KEYS = ("optimizer", "ns_dtype")
+"""Keys of a train config's ``sae_bilinear`` section (what SAELens's config has no field for)."""
+_VERSION_KEYS = ("sae_lens_version", "sae_lens_training_version")
+
+
+def _remote_code_keys(raw: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every ``*trust_remote_code`` key set to a true value, at any depth."""
+    found = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            path = f"{prefix}{key}"
+            if str(key).endswith("trust_remote_code") and value:
+                found.append(path)
+            found += _remote_code_keys(value, path + ".")
+    return found
+
+
+def check_train_config_keys(raw: dict[str, Any]) -> None:
+    """A ConfigError naming the first unknown key (top level, ``sae``, ``logger``), with a did-you-mean.
+
+    SAELens's own ``from_dict`` drops unknown ``sae`` keys silently (a misspelt ``alhpa`` would
+    train at the default α) and fails on unknown top-level keys with a bare ``TypeError``.
+    """
+    from sae_lens import LanguageModelSAERunnerConfig
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    check_known_keys("the train config", raw, [f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig)])
+    sae = raw["sae"]
+    architecture = sae.get("architecture")
+    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        raise ConfigError(
+            f"sae.architecture {architecture!r} is not a registered SAELens training architecture"
+            f"{did_you_mean(architecture, SAE_TRAINING_CLASS_REGISTRY)}; known: {', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+        )
+    config_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+    check_known_keys("the sae section", sae, [f.name for f in dataclasses.fields(config_class)] + ["architecture", "metadata"])
+    logger = raw.get("logger")
+    if not isinstance(logger, dict):
+        raise ConfigError(f"the logger section must be a mapping, got {logger!r}")
+    check_known_keys("the logger section", logger, [f.name for f in dataclasses.fields(LoggingConfig)])
+
+
+def runner_config_from_dict(raw: dict[str, Any], *, allow_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
     """``(LanguageModelSAERunnerConfig, extras)`` from a config mapping.
 
     The mapping is SAELens's ``LanguageModelSAERunnerConfig.to_dict()`` form (so a
     ``runner_cfg.json`` that SAELens wrote is a valid input), with defaults filled in:
-    ``sae.architecture`` = bilinear, wandb off. ``extras`` is the ``sae_bilinear`` section
-    (``optimizer``).
+    ``sae.architecture`` = bilinear, wandb off, ``dataset_trust_remote_code`` false (SAELens
+    defaults it to true). ``extras`` is the ``sae_bilinear`` section (``optimizer``,
+    ``ns_dtype``). An unknown key anywhere, or any ``trust_remote_code`` set true without
+    ``allow_remote_code`` (an argument, never a config key: a config file cannot grant itself
+    the right to run code), is a :class:`ConfigError` naming the key.
     """
     from sae_lens import LanguageModelSAERunnerConfig
 
+    check_bool("allow_remote_code", allow_remote_code)
     raw = copy.deepcopy(raw)
-    extras = raw.pop("sae_bilinear", {}) or {}
-    unknown = set(extras) - {"optimizer", "ns_dtype"}
-    if unknown:
-        raise ValueError(f"unknown keys in the sae_bilinear section: {sorted(unknown)}")
-    if "sae" not in raw:
-        raise ValueError("the config needs an 'sae' section (d_in, d_sae, variant, ...)")
+    extras = raw.pop("sae_bilinear", None) or {}
+    if not isinstance(extras, dict):
+        raise ConfigError(f"the sae_bilinear section must be a mapping, got {extras!r}")
+    check_known_keys("the sae_bilinear section", extras, SAE_BILINEAR_KEYS)
+    check_choice("sae_bilinear.optimizer", extras.setdefault("optimizer", "adam"), OPTIMIZERS)
+    check_ns_dtype(extras.setdefault("ns_dtype", "auto"), "sae_bilinear.ns_dtype")
+    if not isinstance(raw.get("sae"), dict):
+        raise ConfigError("the config needs an 'sae' section (a mapping: d_in, d_sae, variant, ...)")
     raw["sae"].setdefault("architecture", "bilinear")
     raw.setdefault("logger", {"log_to_wandb": False})
-    for key in ("sae_lens_version", "sae_lens_training_version"):
+    for key in _VERSION_KEYS:
         raw.pop(key, None)
-    return LanguageModelSAERunnerConfig.from_dict(raw), extras
+    remote = _remote_code_keys(raw)
+    if remote and not allow_remote_code:
+        raise ConfigError(
+            f"{', '.join(remote)} is true: loading code from a model or dataset repository is refused; "
+            "set it to false (SAELens's to_dict writes dataset_trust_remote_code: true by default), or pass "
+            "allow_remote_code (--allow-remote-code) if you trust that repository"
+        )
+    raw.setdefault("dataset_trust_remote_code", False)
+    check_train_config_keys(raw)
+    try:
+        return LanguageModelSAERunnerConfig.from_dict(raw), extras
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"invalid train config: {error}") from error
 
 
-def train_from_config(raw: dict[str, Any], override_model: Any = None, override_dataset: Any = None) -> Any:
+def train_from_config(
+    raw: dict[str, Any],
+    override_model: Any = None,
+    override_dataset: Any = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_remote_code: bool = False,
+) -> Any:
     """Run SAELens's runner on one config mapping; returns the trained SAE.
 
     The embedded model name (``smollm2-135m``) or a local model folder is loaded by
     :mod:`sae_bilinear.models`; ``dataset_path: kjv`` or a local text/JSONL file is read by
     :mod:`sae_bilinear.data`. Everything else goes to SAELens as is (Hub names need the Hub).
+
+    Output: ``output_path`` must be missing or empty, unless ``overwrite`` (the whole folder is
+    replaced) or ``resume``. Checkpoints go to ``output_path/checkpoints`` unless the config
+    names a ``checkpoint_path`` (SAELens's default would add a random suffix, which no resume
+    could find). ``resume`` continues from the latest complete checkpoint there (starting at
+    step 0 if there is none yet; the config's ``n_checkpoints`` sets how many are written).
+    All of this is checked before any model is loaded.
     """
     from sae_bilinear import data, models
 
-    cfg, extras = runner_config_from_dict(raw)
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    cfg, extras = runner_config_from_dict(raw, allow_remote_code=allow_remote_code)
+    if "checkpoint_path" not in raw and cfg.output_path is not None:
+        cfg.checkpoint_path = str(Path(cfg.output_path) / "checkpoints")
+    _prepare_train_folders(cfg, resume=resume, overwrite=overwrite)
+    if resume and cfg.output_path is not None and (Path(cfg.output_path) / SAE_CFG_FILENAME).is_file():
+        # cfg.json is published last, so its presence means the final SAE is complete.
+        _log(f"{cfg.output_path} already holds the finished SAE: nothing to resume")
+        from sae_lens import SAE
+
+        # TODO(lead): load with sae_bilinear.hub.load_any_from_disk (the validating loader) once merged.
+        return SAE.load_from_disk(cfg.output_path, device=cfg.device)
+    if resume:
+        latest = latest_checkpoint(cfg.checkpoint_path)
+        _log(f"resuming from {latest}" if latest else f"no checkpoint under {cfg.checkpoint_path} yet: starting at step 0")
+        if latest is not None:
+            cfg.resume_from_checkpoint = str(latest)
     model = override_model
     if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
         model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
@@ -543,7 +653,23 @@ def train_from_config(raw: dict[str, Any], override_model: Any = None, override_
         if isinstance(corpus, data.TextCorpus):
             dataset = data.as_hf_dataset(corpus.train)
     runner = BilinearTrainingRunner(
-        cfg, override_dataset=dataset, override_model=model, optimizer=extras.get("optimizer", "adam"),
-        ns_dtype=extras.get("ns_dtype", "auto"),
+        cfg, override_dataset=dataset, override_model=model, optimizer=extras["optimizer"], ns_dtype=extras["ns_dtype"]
     )
     return runner.run()
+
+
+def _prepare_train_folders(cfg: Any, *, resume: bool, overwrite: bool) -> None:
+    """The output rule for ``output_path`` and a ``checkpoint_path`` outside it; resume needs checkpoints."""
+    if resume and cfg.checkpoint_path is None:
+        raise ConfigError("resume needs checkpoints: set checkpoint_path (and n_checkpoints) in the config")
+    resume = resume or cfg.resume_from_checkpoint is not None
+    if cfg.output_path is not None:
+        prepare_output_folder(cfg.output_path, overwrite=overwrite, resume=resume, what="output_path")
+    if cfg.checkpoint_path is not None and cfg.output_path is not None:
+        inside = Path(cfg.output_path).resolve() in Path(cfg.checkpoint_path).resolve().parents
+        if not inside:
+            prepare_output_folder(cfg.checkpoint_path, overwrite=overwrite, resume=resume, what="checkpoint_path")
+
+
+def _log(message: str) -> None:
+    print(f"[sae-bilinear] {message}", flush=True)

@@ -100,6 +100,21 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, optimizer):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
 
+def test_runner_resumes_muon_where_sae_lens_crashed(tmp_path):
+    # SAELens loads the checkpoint into its Adam before the Muon swap: KeyError 'param_groups'.
+    with child.recording(tmp_path / "reference.jsonl") as reference:
+        child.tiny_runner("muon", tmp_path / "reference", resume=False).run()
+    out = tmp_path / "run"
+    with child.recording(tmp_path / "killed.jsonl"), killed_after_first_checkpoint(), pytest.raises(Killed):
+        child.tiny_runner("muon", out, resume=False).run()
+    with child.recording(tmp_path / "resumed.jsonl") as resumed:
+        runner = child.tiny_runner("muon", out, resume=True)
+        sae = runner.run()
+    assert runner.resumed_from_steps == resumed[0]["step"]
+    assert_resumed_run_matches(resumed, reference, exact=False)
+    assert [row["step"] for row in sae.history] == list(range(0, child.STEPS, sae.history_every))
+
+
 def test_only_the_latest_checkpoint_is_kept_and_a_finished_run_resumes_without_training(tmp_path):
     out = tmp_path / "run"
     with child.recording(tmp_path / "first.jsonl"):
