@@ -21,29 +21,42 @@ from pathlib import Path
 from sae_bilinear.errors import ConfigError, OutputExistsError
 
 
-def prepare_output_folder(
+def check_output_folder(
     folder: str | Path, *, overwrite: bool = False, resume: bool = False, what: str = "output folder"
-) -> Path:
-    """Make ``folder`` ready to be written, following the package's rule (module docstring).
+) -> bool:
+    """Check ``folder`` against the package's rule (module docstring) without touching it.
 
-    Returns the folder (created if missing). Raises :class:`OutputExistsError` for a file at
-    that path, or for a non-empty folder without ``overwrite``/``resume``; :class:`ConfigError`
-    for both flags at once, or for ``overwrite`` of a folder that holds the working directory.
+    Returns whether the folder holds something (which ``overwrite`` would remove). Raises
+    :class:`OutputExistsError` for a file at that path, or for a non-empty folder without
+    ``overwrite``/``resume``; :class:`ConfigError` for both flags at once, or for
+    ``overwrite`` of a folder that holds the working directory or is the home folder.
     """
     if overwrite and resume:
         raise ConfigError("overwrite and resume exclude each other: resume continues the folder, overwrite replaces it")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(f"{what} {folder} is a file, not a folder: choose another path")
-    if folder.is_dir() and any(folder.iterdir()):
-        if resume:
-            return folder
+    occupied = folder.is_dir() and any(folder.iterdir())
+    if occupied and not resume:
         if not overwrite:
             raise OutputExistsError(
                 f"{what} {folder} is not empty: pass overwrite (--overwrite) to replace it, "
                 "resume (--resume) to continue the run in it, or choose another folder"
             )
         _refuse_dangerous_removal(folder)
+    return occupied
+
+
+def prepare_output_folder(
+    folder: str | Path, *, overwrite: bool = False, resume: bool = False, what: str = "output folder"
+) -> Path:
+    """Make ``folder`` ready to be written, following the package's rule (module docstring).
+
+    Checks as :func:`check_output_folder`, then removes a non-empty folder entirely when
+    ``overwrite`` is given, and returns the folder (created if missing).
+    """
+    folder = Path(folder)
+    if check_output_folder(folder, overwrite=overwrite, resume=resume, what=what) and overwrite:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -55,7 +55,7 @@ from sae_bilinear.config_checks import (
 from sae_bilinear.errors import ConfigError, DataFileError, UserError
 from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
-from sae_bilinear.outputs import prepare_output_folder, publish_folder, staging_folder
+from sae_bilinear.outputs import check_output_folder, prepare_output_folder, publish_folder, staging_folder
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
@@ -628,7 +628,7 @@ def train_from_config(
     cfg, extras = runner_config_from_dict(raw, allow_remote_code=allow_remote_code)
     if "checkpoint_path" not in raw and cfg.output_path is not None:
         cfg.checkpoint_path = str(Path(cfg.output_path) / "checkpoints")
-    _prepare_train_folders(cfg, resume=resume, overwrite=overwrite)
+    _train_folders(cfg, resume=resume, overwrite=overwrite, apply=False)
     if resume and cfg.output_path is not None and (Path(cfg.output_path) / SAE_CFG_FILENAME).is_file():
         # cfg.json is published last, so its presence means the final SAE is complete.
         _log(f"{cfg.output_path} already holds the finished SAE: nothing to resume")
@@ -652,23 +652,28 @@ def train_from_config(
         corpus = data.load_corpus(cfg.dataset_path or None)
         if isinstance(corpus, data.TextCorpus):
             dataset = data.as_hf_dataset(corpus.train)
+    _train_folders(cfg, resume=resume, overwrite=overwrite, apply=True)  # nothing is removed before here
     runner = BilinearTrainingRunner(
         cfg, override_dataset=dataset, override_model=model, optimizer=extras["optimizer"], ns_dtype=extras["ns_dtype"]
     )
     return runner.run()
 
 
-def _prepare_train_folders(cfg: Any, *, resume: bool, overwrite: bool) -> None:
-    """The output rule for ``output_path`` and a ``checkpoint_path`` outside it; resume needs checkpoints."""
+def _train_folders(cfg: Any, *, resume: bool, overwrite: bool, apply: bool) -> None:
+    """The output rule for ``output_path`` and a ``checkpoint_path`` outside it: checked only,
+    or (``apply``) applied — overwrite then removes the old folders. Resume needs checkpoints."""
     if resume and cfg.checkpoint_path is None:
         raise ConfigError("resume needs checkpoints: set checkpoint_path (and n_checkpoints) in the config")
     resume = resume or cfg.resume_from_checkpoint is not None
-    if cfg.output_path is not None:
-        prepare_output_folder(cfg.output_path, overwrite=overwrite, resume=resume, what="output_path")
-    if cfg.checkpoint_path is not None and cfg.output_path is not None:
-        inside = Path(cfg.output_path).resolve() in Path(cfg.checkpoint_path).resolve().parents
-        if not inside:
-            prepare_output_folder(cfg.checkpoint_path, overwrite=overwrite, resume=resume, what="checkpoint_path")
+    folders = [("output_path", cfg.output_path)]
+    if cfg.checkpoint_path is not None and not (
+        cfg.output_path is not None and Path(cfg.output_path).resolve() in Path(cfg.checkpoint_path).resolve().parents
+    ):
+        folders.append(("checkpoint_path", cfg.checkpoint_path))
+    for what, folder in folders:
+        if folder is not None:
+            rule = prepare_output_folder if apply else check_output_folder
+            rule(folder, overwrite=overwrite, resume=resume, what=what)
 
 
 def _log(message: str) -> None:
