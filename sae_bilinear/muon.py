@@ -187,10 +187,11 @@ class Muon(torch.optim.Optimizer):
         check_ns_dtype(ns_dtype)
         if adjust_lr not in ("original", "match_rms_adamw"):
             raise ConfigError(f"Muon adjust_lr must be 'original' or 'match_rms_adamw', got {adjust_lr!r}")
-        defaults = dict(
-            lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay, ns_steps=ns_steps,
-            ns_coefficients=tuple(float(v) for v in ns_coefficients), ns_dtype=ns_dtype, adjust_lr=adjust_lr, eps=eps,
-        )
+        defaults = {
+            "lr": lr, "momentum": momentum, "nesterov": bool(nesterov), "weight_decay": weight_decay,
+            "ns_steps": ns_steps, "ns_coefficients": tuple(float(v) for v in ns_coefficients), "ns_dtype": ns_dtype,
+            "adjust_lr": adjust_lr, "eps": eps,
+        }
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:

@@ -7,6 +7,10 @@ Two ways in, both SAELens's own machinery:
   choice of optimiser (SAELens hard-codes Adam; the paper trains with Muon).
 * :func:`train_on_activations` — SAELens's ``SAETrainer`` over activations collected once
   (so that the bilinear SAE and a linear baseline see exactly the same tokens).
+
+Both resume exactly from their checkpoints (Muon included; see :mod:`sae_bilinear.checkpoints`)
+and follow the package's output rule (:mod:`sae_bilinear.outputs`): a non-empty output folder
+is refused unless ``overwrite`` or ``resume`` is given, and final SAEs are published atomically.
 """
 
 from __future__ import annotations
@@ -18,22 +22,26 @@ import json
 import math
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig, SAETrainerConfig
-from sae_lens.constants import SAE_CFG_FILENAME, TRAINER_STATE_FILENAME
+from sae_lens.constants import (
+    ACTIVATIONS_STORE_STATE_FILENAME,
+    SAE_CFG_FILENAME,
+    TRAINER_STATE_FILENAME,
+)
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 from typing_extensions import override
 
 from sae_bilinear.checkpoints import (
@@ -55,7 +63,12 @@ from sae_bilinear.config_checks import (
 from sae_bilinear.errors import ConfigError, DataFileError, UserError
 from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
-from sae_bilinear.outputs import check_output_folder, prepare_output_folder, publish_folder, staging_folder
+from sae_bilinear.outputs import (
+    check_output_folder,
+    prepare_output_folder,
+    publish_folder,
+    staging_folder,
+)
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
@@ -193,7 +206,11 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
         self.trainer = trainer
         if self._resume_from is not None:
             self.resumed_from_steps = resume_trainer(trainer, self._resume_from, self.optimizer_name)
-            self.activations_store.load_from_checkpoint(self._resume_from)
+            try:
+                self.activations_store.load_from_checkpoint(self._resume_from)
+            except Exception as error:  # SafetensorError, OSError, KeyError: a missing or damaged file
+                state = Path(self._resume_from) / ACTIVATIONS_STORE_STATE_FILENAME
+                raise DataFileError(f"{state} is missing or damaged: {error}") from error
         return super().run_trainer_with_interruption_handling(trainer)
 
     @override

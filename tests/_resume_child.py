@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, checkpoints, train
+from sae_bilinear import (
+    BilinearTrainingSAE,
+    BilinearTrainingSAEConfig,
+    checkpoints,
+    train,
+)
 
 STEPS = 24
 BATCH = 64

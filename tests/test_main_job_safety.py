@@ -29,11 +29,11 @@ def corpus_file(tmp_path_factory):
 
 
 def tiny_settings(corpus_file, **overrides) -> dict:
-    settings = dict(
-        model="tiny-qwen3", hook_name="blocks.1.hook_resid_pre", corpus=str(corpus_file), context_size=32,
-        train_contexts=24, eval_contexts=3, expansion=2, steps=12, batch_size=128, lr=5e-3,
-        baseline="topk", baseline_k=8, n_latents=1, alpha=0.05, checkpoints=2,
-    )
+    settings = {
+        "model": "tiny-qwen3", "hook_name": "blocks.1.hook_resid_pre", "corpus": str(corpus_file), "context_size": 32,
+        "train_contexts": 24, "eval_contexts": 3, "expansion": 2, "steps": 12, "batch_size": 128, "lr": 5e-3,
+        "baseline": "topk", "baseline_k": 8, "n_latents": 1, "alpha": 0.05, "checkpoints": 2,
+    }
     return settings | overrides
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, SAE
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
