@@ -7,42 +7,79 @@ Two ways in, both SAELens's own machinery:
   choice of optimiser (SAELens hard-codes Adam; the paper trains with Muon).
 * :func:`train_on_activations` — SAELens's ``SAETrainer`` over activations collected once
   (so that the bilinear SAE and a linear baseline see exactly the same tokens).
+
+Both resume exactly from their checkpoints (Muon included; see :mod:`sae_bilinear.checkpoints`)
+and follow the package's output rule (:mod:`sae_bilinear.outputs`): a non-empty output folder
+is refused unless ``overwrite`` or ``resume`` is given, and final SAEs are published atomically.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.constants import (
+    ACTIVATIONS_STORE_STATE_FILENAME,
+    SAE_CFG_FILENAME,
+    TRAINER_STATE_FILENAME,
+)
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 from typing_extensions import override
 
+from sae_bilinear.checkpoints import (
+    MARKER_FILENAME,
+    latest_checkpoint,
+    prune_checkpoints,
+    resume_trainer,
+    write_marker,
+)
+from sae_bilinear.config_checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_known_keys,
+    check_str,
+    did_you_mean,
+)
+from sae_bilinear.errors import ConfigError, DataFileError, UserError
 from sae_bilinear.models import check_hook, stop_at_layer
+from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
+from sae_bilinear.outputs import (
+    check_output_folder,
+    prepare_output_folder,
+    publish_folder,
+    staging_folder,
+)
 
 OptimizerName = Literal["adam", "muon"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """``torch.optim.Muon`` for weight matrices, AdamW for everything else (biases).
+    """:class:`~sae_bilinear.muon.Muon` for weight matrices, AdamW for everything else (biases).
 
-    torch's Muon accepts only 2-D parameters. This wrapper exposes the param groups of
-    both, so SAELens's LR schedulers and gradient clipping act on all of them.
+    Muon updates only 2-D parameters. This wrapper exposes the param groups of both, so
+    SAELens's LR schedulers and gradient clipping act on all of them. ``ns_dtype`` is the
+    arithmetic of Muon's Newton–Schulz iterations (``"auto"``: the faster on the device).
     """
 
     def __init__(
@@ -52,13 +89,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
         momentum: float = 0.95,
         adamw_lr: float = 1e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
+        ns_dtype: NSDtype = "auto",
     ):
         params = [p for p in params if p.requires_grad]
         matrices = [p for p in params if p.ndim == 2]
         others = [p for p in params if p.ndim != 2]
         if not matrices:
             raise ValueError("Muon needs at least one 2-D parameter")
-        self.muon = torch.optim.Muon(matrices, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=False)
+        self.muon = Muon(matrices, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=False, ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(others, lr=adamw_lr, betas=adamw_betas, weight_decay=0.0) if others else None
         super().__init__(matrices, {"lr": lr})
         # Share the inner optimisers' groups: schedulers then edit the lr actually used.
@@ -84,24 +122,35 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "muon" not in state_dict:
+            raise ConfigError(
+                "the checkpoint's optimiser state is not Muon's (it was saved by another optimiser, "
+                "e.g. Adam): resume with the optimiser the run started with"
+            )
         self.muon.load_state_dict(state_dict["muon"])
         if self.adamw is not None and state_dict.get("adamw") is not None:
             self.adamw.load_state_dict(state_dict["adamw"])
+        # torch's load_state_dict builds new group dicts: share them again, or the LR
+        # scheduler would go on editing the old ones (and the LR would stop decaying).
+        self.param_groups = self.muon.param_groups + (self.adamw.param_groups if self.adamw else [])
 
 
-def use_optimizer(trainer: SAETrainer[Any, Any], optimizer: str, lr: float | None = None) -> None:
+def use_optimizer(
+    trainer: SAETrainer[Any, Any], optimizer: str, lr: float | None = None, ns_dtype: NSDtype = "auto"
+) -> None:
     """Swap the Adam that SAELens's ``SAETrainer`` builds for another optimiser.
 
     The LR schedule is rebuilt from the trainer's own config, so warm-up/decay settings
-    carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser.
+    carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser; ``ns_dtype`` is
+    Muon's Newton–Schulz arithmetic.
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if optimizer == "adam":
         return
     cfg = trainer.cfg
     lr = cfg.lr if lr is None else lr
-    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr)
+    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr, ns_dtype=ns_dtype)
     assert cfg.lr_end is not None
     trainer.lr_scheduler = get_lr_scheduler(
         cfg.lr_scheduler_name,
@@ -116,22 +165,74 @@ def use_optimizer(trainer: SAETrainer[Any, Any], optimizer: str, lr: float | Non
 
 
 class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
-    """SAELens's ``LanguageModelSAETrainingRunner`` with a choice of optimiser.
+    """SAELens's ``LanguageModelSAETrainingRunner`` with a choice of optimiser and exact resume.
 
-    ``optimizer="adam"`` is exactly SAELens's run; ``"muon"`` swaps in
-    :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts.
+    ``optimizer="adam"`` trains exactly as SAELens does; ``"muon"`` swaps in
+    :class:`MuonWithAdamW` (at ``cfg.lr``) before training starts. With
+    ``cfg.resume_from_checkpoint`` the checkpoint is loaded *after* that swap (SAELens loads it
+    into its Adam first, which fails for Muon's state), through
+    :func:`~sae_bilinear.checkpoints.resume_trainer` (step counter, history, clear errors).
+    Each checkpoint gets a completion marker, and the final SAE is written to a staging folder
+    whose files are moved into ``output_path`` with ``cfg.json`` last.
     """
 
-    def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", **kwargs: Any):
+    def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", ns_dtype: NSDtype = "auto", **kwargs: Any):
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        check_ns_dtype(ns_dtype)
         super().__init__(cfg, *args, **kwargs)
         self.optimizer_name = optimizer
+        self.ns_dtype = ns_dtype
+        self.trainer: SAETrainer[Any, Any] | None = None
+        """The trainer of the current ``run()`` (set once training starts)."""
+        self.resumed_from_steps: int | None = None
+        """Completed steps of the checkpoint this run resumed from, or None."""
+        self._resume_from: str | None = None
+
+    @override
+    def run(self) -> Any:
+        # SAELens would load the checkpoint into its own Adam before our optimiser swap:
+        # hide the path from it and load in run_trainer_with_interruption_handling instead.
+        self._resume_from = self.cfg.resume_from_checkpoint
+        self.cfg.resume_from_checkpoint = None
+        try:
+            return super().run()
+        finally:
+            self.cfg.resume_from_checkpoint = self._resume_from
 
     @override
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
-        use_optimizer(trainer, self.optimizer_name)
+        use_optimizer(trainer, self.optimizer_name, ns_dtype=self.ns_dtype)
+        self.trainer = trainer
+        if self._resume_from is not None:
+            self.resumed_from_steps = resume_trainer(trainer, self._resume_from, self.optimizer_name)
+            try:
+                self.activations_store.load_from_checkpoint(self._resume_from)
+            except Exception as error:  # SafetensorError, OSError, KeyError: a missing or damaged file
+                state = Path(self._resume_from) / ACTIVATIONS_STORE_STATE_FILENAME
+                raise DataFileError(f"{state} is missing or damaged: {error}") from error
         return super().run_trainer_with_interruption_handling(trainer)
+
+    @override
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        super().save_checkpoint(checkpoint_path)
+        # SAELens's interruption handler calls this alone (no weights, no trainer state): such
+        # a folder is not a checkpoint one can resume from, so it gets no marker.
+        if checkpoint_path is not None and self.trainer is not None and (checkpoint_path / TRAINER_STATE_FILENAME).exists():
+            write_marker(Path(checkpoint_path), self.trainer, self.optimizer_name)
+
+    @override
+    def save_final_sae(
+        self, sae: TrainingSAE[Any], output_path: str, log_feature_sparsity: torch.Tensor | None = None
+    ) -> None:
+        staged = staging_folder(Path(output_path) / "final")
+        try:
+            super().save_final_sae(sae, str(staged), log_feature_sparsity)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        # cfg.json last: a folder without it is not an SAE, so a kill mid-move leaves none that looks whole.
+        publish_folder(staged, output_path, last=[SAE_CFG_FILENAME])
 
 
 @torch.no_grad()
@@ -162,7 +263,14 @@ def collect_activations(
 
 
 class ShuffledBatches(Iterator[Tensor]):
-    """SAELens ``DataProvider`` over cached activations: endless shuffled epochs of batches."""
+    """SAELens ``DataProvider`` over cached activations: endless shuffled epochs of batches.
+
+    Its position (generator state, the epoch's order, the offset in it) is saved into and
+    restored from a checkpoint folder, so a resumed run sees the batches an uninterrupted run
+    would have seen.
+    """
+
+    STATE_FILENAME = "shuffled_batches.safetensors"
 
     def __init__(self, activations: Float[Tensor, "n_tokens d_in"], batch_size: int, seed: int = 0):
         if activations.ndim != 2:
@@ -185,18 +293,90 @@ class ShuffledBatches(Iterator[Tensor]):
         self._position += self.batch_size
         return self.activations[index]
 
+    def save_state(self, folder: str | Path) -> Path:
+        """Write the position into ``folder`` (safetensors)."""
+        path = Path(folder) / self.STATE_FILENAME
+        state = {
+            "generator": self.generator.get_state(),
+            "order": self._order.clone(),
+            "position": torch.tensor([self._position]),
+            "n_tokens": torch.tensor([self.activations.shape[0]]),
+        }
+        save_file(state, str(path))
+        return path
 
-class _FrequentProgressTrainer(SAETrainer[Any, Any]):
-    """SAELens's trainer, with its progress bar moving every 10 steps instead of 100."""
+    def load_state(self, folder: str | Path) -> None:
+        """Restore the position saved by :meth:`save_state`; errors name a damaged or foreign file."""
+        path = Path(folder) / self.STATE_FILENAME
+        try:
+            state = load_file(str(path))
+            generator, order = state["generator"], state["order"]
+            position, n_tokens = int(state["position"].item()), int(state["n_tokens"].item())
+        except Exception as error:  # SafetensorError, OSError, KeyError: all mean a bad file
+            raise DataFileError(f"{path} is missing or damaged ({error}); resume from another checkpoint") from error
+        if n_tokens != self.activations.shape[0]:
+            raise DataFileError(
+                f"{path} was saved for {n_tokens} cached tokens, but this run has {self.activations.shape[0]}: "
+                "resume with the settings (corpus, contexts) the run started with"
+            )
+        if generator.dtype != torch.uint8 or not 0 <= position <= order.numel() or (order.numel() not in (0, n_tokens)):
+            raise DataFileError(f"{path} is damaged (inconsistent generator state, order or position)")
+        self.generator.set_state(generator)
+        self._order = order.to(torch.long)
+        self._position = position
+
+
+class _BilinearTrainer(SAETrainer[Any, Any]):
+    """SAELens's trainer with: the progress bar moving every 10 steps instead of 100; checkpoints
+    that resume exactly (data position and a completion marker, only the latest kept); and a
+    final checkpoint when training ends, taken before SAELens folds the activation scaler into
+    the weights (so resuming a finished run trains no step and folds once)."""
+
+    def __init__(self, *args: Any, optimizer_name: str = "adam", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.optimizer_name = optimizer_name
+        self.resumed_from_steps: int | None = None
+        """Completed steps of the checkpoint training resumed from, or None."""
+        self._saved_at_samples: int | None = None
 
     @override
     def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
         super()._update_pbar(step_output, pbar, update_interval=10)
 
+    @override
+    def save_checkpoint(
+        self, checkpoint_name: str, base_path: Path | str | None = None, wandb_aliases: list[str] | None = None
+    ) -> None:
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        folder = None if base is None else Path(base) / checkpoint_name
+        if folder is not None:
+            (folder / MARKER_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten below
+        super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+        if folder is None:
+            return
+        if isinstance(self.data_provider, ShuffledBatches):
+            self.data_provider.save_state(folder)
+        write_marker(folder, self, self.optimizer_name)
+        prune_checkpoints(Path(base), keep=folder)  # type: ignore[arg-type]
+        self._saved_at_samples = self.n_training_samples
+
+    @override
+    def _checkpoint_if_needed(self) -> None:
+        super()._checkpoint_if_needed()
+        finished = self.n_training_samples >= self.cfg.total_training_samples
+        if self.cfg.checkpoint_path is not None and finished and self._saved_at_samples != self.n_training_samples:
+            self.save_checkpoint(str(self.n_training_samples))
+
+
+def default_alpha_warm_up_steps(total_steps: int) -> int:
+    """Steps over which α rises from 0 in a run of ``total_steps``: the first quarter."""
+    # TODO(lead): use bilinear.default_alpha_warm_up_steps (same rule, being added there)
+    return check_int("total_steps", total_steps, minimum=0) // 4
+
 
 @dataclass
 class TrainingSettings:
-    """How :func:`train_on_activations` runs SAELens's trainer."""
+    """How :func:`train_on_activations` runs SAELens's trainer. Every field is validated."""
 
     steps: int = 300
     """Optimiser steps."""
@@ -206,6 +386,8 @@ class TrainingSettings:
     """Peak learning rate (Adam default 1e-3; Muon ~0.03)."""
     optimizer: str = "adam"
     """``"adam"`` (SAELens's) or ``"muon"`` (the paper's, for the bilinear weight matrices)."""
+    ns_dtype: NSDtype = "auto"
+    """Muon's Newton–Schulz arithmetic: float32, bfloat16 or auto (the faster, measured once)."""
     lr_decay_fraction: float = 0.5
     """Final share of steps over which the LR decays linearly to 0 (the paper decays over all)."""
     device: str = "cpu"
@@ -214,6 +396,31 @@ class TrainingSettings:
     """Seed of the batch order."""
     dead_feature_window: int = 100
     """Steps without firing after which SAELens counts a latent dead."""
+    checkpoint_path: str | None = None
+    """Folder for checkpoints (one subfolder each; only the latest is kept). None: no checkpoints."""
+    n_checkpoints: int = 0
+    """Evenly spaced checkpoints during training; one more is written at the end."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in ``checkpoint_path`` (none yet: start at step 0)."""
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        self.lr = check_float("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_ns_dtype(self.ns_dtype)
+        self.lr_decay_fraction = check_float("lr_decay_fraction", self.lr_decay_fraction, minimum=0.0, maximum=1.0)
+        check_str("device", self.device)
+        check_int("seed", self.seed, minimum=0)
+        check_int("dead_feature_window", self.dead_feature_window, minimum=1)
+        if isinstance(self.checkpoint_path, Path):
+            self.checkpoint_path = str(self.checkpoint_path)
+        if self.checkpoint_path is not None:
+            check_str("checkpoint_path", self.checkpoint_path)
+        check_int("n_checkpoints", self.n_checkpoints, minimum=0)
+        check_bool("resume", self.resume)
+        if self.resume and self.checkpoint_path is None:
+            raise ConfigError("resume needs checkpoint_path (the folder the run wrote its checkpoints to)")
 
 
 def train_on_activations(
@@ -223,7 +430,9 @@ def train_on_activations(
 
     Works for any SAELens training SAE (bilinear or a linear baseline), so both see the
     same tokens in the same order. The trainer keeps SAELens's firing statistics
-    (``trainer.feature_sparsity``, ``trainer.dead_neurons``).
+    (``trainer.feature_sparsity``, ``trainer.dead_neurons``). With ``settings.checkpoint_path``
+    checkpoints are written there, and ``settings.resume`` continues the latest one exactly
+    (``trainer.resumed_from_steps`` is then its step count, else None).
     """
     settings = settings or TrainingSettings()
     if activations.shape[-1] != sae.cfg.d_in:
@@ -240,11 +449,16 @@ def train_on_activations(
         feature_sampling_window=max(settings.steps, 1),
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=min(100, max(1, math.ceil(activations.shape[0] / settings.batch_size))),
+        n_checkpoints=settings.n_checkpoints if settings.checkpoint_path is not None else 0,
+        checkpoint_path=settings.checkpoint_path,
     )
-    trainer = _FrequentProgressTrainer(
-        cfg=cfg, sae=sae, data_provider=ShuffledBatches(activations, settings.batch_size, settings.seed)
-    )
-    use_optimizer(trainer, settings.optimizer, settings.lr)
+    batches = ShuffledBatches(activations, settings.batch_size, settings.seed)
+    trainer = _BilinearTrainer(cfg=cfg, sae=sae, data_provider=batches, optimizer_name=settings.optimizer)
+    use_optimizer(trainer, settings.optimizer, settings.lr, settings.ns_dtype)
+    checkpoint = latest_checkpoint(settings.checkpoint_path) if settings.resume else None
+    if checkpoint is not None:
+        trainer.resumed_from_steps = resume_trainer(trainer, checkpoint, settings.optimizer)
+        batches.load_state(checkpoint)
     trainer.fit()
     return trainer
 
@@ -258,22 +472,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping; clear errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+        raise DataFileError(f"config file {path} does not exist")
     try:
+        text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path} is not UTF-8 text: {error}") from error
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+        raise DataFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+        raise DataFileError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
     return raw
 
 
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``config["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, creating missing levels."""
     *parents, last = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         config = config.setdefault(key, {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {'.'.join(parents[: depth + 1])!r} is not a section")
     config[last] = value
 
 
@@ -287,8 +505,11 @@ def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     raw = read_config_file(path)
     if "sweep" not in raw:
         return [(path.stem, raw)]
+    check_known_keys(f"sweep file {path}", raw, ("base", "sweep", "output_root"))
     if "base" not in raw:
-        raise ValueError(f"{path}: a sweep needs a 'base' config file")
+        raise ConfigError(f"{path}: a sweep needs a 'base' config file")
+    if not isinstance(raw["sweep"], dict) or not all(isinstance(v, list) and v for v in raw["sweep"].values()):
+        raise ConfigError(f"{path}: 'sweep' must map dotted keys to non-empty lists of values")
     base = read_config_file(path.parent / raw["base"])
     keys = list(raw["sweep"])
     runs = []
@@ -309,40 +530,134 @@ def _short_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def runner_config_from_dict(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+SAE_BILINEAR_KEYS = ("optimizer", "ns_dtype")
+"""Keys of a train config's ``sae_bilinear`` section (what SAELens's config has no field for)."""
+_VERSION_KEYS = ("sae_lens_version", "sae_lens_training_version")
+
+
+def _remote_code_keys(raw: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every ``*trust_remote_code`` key set to a true value, at any depth."""
+    found = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            path = f"{prefix}{key}"
+            if str(key).endswith("trust_remote_code") and value:
+                found.append(path)
+            found += _remote_code_keys(value, path + ".")
+    return found
+
+
+def check_train_config_keys(raw: dict[str, Any]) -> None:
+    """A ConfigError naming the first unknown key (top level, ``sae``, ``logger``), with a did-you-mean.
+
+    SAELens's own ``from_dict`` drops unknown ``sae`` keys silently (a misspelt ``alhpa`` would
+    train at the default α) and fails on unknown top-level keys with a bare ``TypeError``.
+    """
+    from sae_lens import LanguageModelSAERunnerConfig
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    check_known_keys("the train config", raw, [f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig)])
+    sae = raw["sae"]
+    architecture = sae.get("architecture")
+    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        raise ConfigError(
+            f"sae.architecture {architecture!r} is not a registered SAELens training architecture"
+            f"{did_you_mean(architecture, SAE_TRAINING_CLASS_REGISTRY)}; known: {', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+        )
+    config_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+    check_known_keys("the sae section", sae, [f.name for f in dataclasses.fields(config_class)] + ["architecture", "metadata"])
+    logger = raw.get("logger")
+    if not isinstance(logger, dict):
+        raise ConfigError(f"the logger section must be a mapping, got {logger!r}")
+    check_known_keys("the logger section", logger, [f.name for f in dataclasses.fields(LoggingConfig)])
+
+
+def runner_config_from_dict(raw: dict[str, Any], *, allow_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
     """``(LanguageModelSAERunnerConfig, extras)`` from a config mapping.
 
     The mapping is SAELens's ``LanguageModelSAERunnerConfig.to_dict()`` form (so a
     ``runner_cfg.json`` that SAELens wrote is a valid input), with defaults filled in:
-    ``sae.architecture`` = bilinear, wandb off. ``extras`` is the ``sae_bilinear`` section
-    (``optimizer``).
+    ``sae.architecture`` = bilinear, wandb off, ``dataset_trust_remote_code`` false (SAELens
+    defaults it to true). ``extras`` is the ``sae_bilinear`` section (``optimizer``,
+    ``ns_dtype``). An unknown key anywhere, or any ``trust_remote_code`` set true without
+    ``allow_remote_code`` (an argument, never a config key: a config file cannot grant itself
+    the right to run code), is a :class:`ConfigError` naming the key.
     """
     from sae_lens import LanguageModelSAERunnerConfig
 
+    check_bool("allow_remote_code", allow_remote_code)
     raw = copy.deepcopy(raw)
-    extras = raw.pop("sae_bilinear", {}) or {}
-    unknown = set(extras) - {"optimizer"}
-    if unknown:
-        raise ValueError(f"unknown keys in the sae_bilinear section: {sorted(unknown)}")
-    if "sae" not in raw:
-        raise ValueError("the config needs an 'sae' section (d_in, d_sae, variant, ...)")
+    extras = raw.pop("sae_bilinear", None) or {}
+    if not isinstance(extras, dict):
+        raise ConfigError(f"the sae_bilinear section must be a mapping, got {extras!r}")
+    check_known_keys("the sae_bilinear section", extras, SAE_BILINEAR_KEYS)
+    check_choice("sae_bilinear.optimizer", extras.setdefault("optimizer", "adam"), OPTIMIZERS)
+    check_ns_dtype(extras.setdefault("ns_dtype", "auto"), "sae_bilinear.ns_dtype")
+    if not isinstance(raw.get("sae"), dict):
+        raise ConfigError("the config needs an 'sae' section (a mapping: d_in, d_sae, variant, ...)")
     raw["sae"].setdefault("architecture", "bilinear")
     raw.setdefault("logger", {"log_to_wandb": False})
-    for key in ("sae_lens_version", "sae_lens_training_version"):
+    for key in _VERSION_KEYS:
         raw.pop(key, None)
-    return LanguageModelSAERunnerConfig.from_dict(raw), extras
+    remote = _remote_code_keys(raw)
+    if remote and not allow_remote_code:
+        raise ConfigError(
+            f"{', '.join(remote)} is true: loading code from a model or dataset repository is refused; "
+            "set it to false (SAELens's to_dict writes dataset_trust_remote_code: true by default), or pass "
+            "allow_remote_code (--allow-remote-code) if you trust that repository"
+        )
+    raw.setdefault("dataset_trust_remote_code", False)
+    check_train_config_keys(raw)
+    try:
+        return LanguageModelSAERunnerConfig.from_dict(raw), extras
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"invalid train config: {error}") from error
 
 
-def train_from_config(raw: dict[str, Any], override_model: Any = None, override_dataset: Any = None) -> Any:
+def train_from_config(
+    raw: dict[str, Any],
+    override_model: Any = None,
+    override_dataset: Any = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_remote_code: bool = False,
+) -> Any:
     """Run SAELens's runner on one config mapping; returns the trained SAE.
 
     The embedded model name (``smollm2-135m``) or a local model folder is loaded by
     :mod:`sae_bilinear.models`; ``dataset_path: kjv`` or a local text/JSONL file is read by
     :mod:`sae_bilinear.data`. Everything else goes to SAELens as is (Hub names need the Hub).
+
+    Output: ``output_path`` must be missing or empty, unless ``overwrite`` (the whole folder is
+    replaced) or ``resume``. Checkpoints go to ``output_path/checkpoints`` unless the config
+    names a ``checkpoint_path`` (SAELens's default would add a random suffix, which no resume
+    could find). ``resume`` continues from the latest complete checkpoint there (starting at
+    step 0 if there is none yet; the config's ``n_checkpoints`` sets how many are written).
+    All of this is checked before any model is loaded.
     """
     from sae_bilinear import data, models
 
-    cfg, extras = runner_config_from_dict(raw)
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    cfg, extras = runner_config_from_dict(raw, allow_remote_code=allow_remote_code)
+    if "checkpoint_path" not in raw and cfg.output_path is not None:
+        cfg.checkpoint_path = str(Path(cfg.output_path) / "checkpoints")
+    _train_folders(cfg, resume=resume, overwrite=overwrite, apply=False)
+    if resume and cfg.output_path is not None and (Path(cfg.output_path) / SAE_CFG_FILENAME).is_file():
+        # cfg.json is published last, so its presence means the final SAE is complete.
+        _log(f"{cfg.output_path} already holds the finished SAE: nothing to resume")
+        from sae_lens import SAE
+
+        # TODO(lead): load with sae_bilinear.hub.load_any_from_disk (the validating loader) once merged.
+        return SAE.load_from_disk(cfg.output_path, device=cfg.device)
+    if resume:
+        latest = latest_checkpoint(cfg.checkpoint_path)
+        _log(f"resuming from {latest}" if latest else f"no checkpoint under {cfg.checkpoint_path} yet: starting at step 0")
+        if latest is not None:
+            cfg.resume_from_checkpoint = str(latest)
     model = override_model
     if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
         model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
@@ -354,7 +669,29 @@ def train_from_config(raw: dict[str, Any], override_model: Any = None, override_
         corpus = data.load_corpus(cfg.dataset_path or None)
         if isinstance(corpus, data.TextCorpus):
             dataset = data.as_hf_dataset(corpus.train)
+    _train_folders(cfg, resume=resume, overwrite=overwrite, apply=True)  # nothing is removed before here
     runner = BilinearTrainingRunner(
-        cfg, override_dataset=dataset, override_model=model, optimizer=extras.get("optimizer", "adam")
+        cfg, override_dataset=dataset, override_model=model, optimizer=extras["optimizer"], ns_dtype=extras["ns_dtype"]
     )
     return runner.run()
+
+
+def _train_folders(cfg: Any, *, resume: bool, overwrite: bool, apply: bool) -> None:
+    """The output rule for ``output_path`` and a ``checkpoint_path`` outside it: checked only,
+    or (``apply``) applied — overwrite then removes the old folders. Resume needs checkpoints."""
+    if resume and cfg.checkpoint_path is None:
+        raise ConfigError("resume needs checkpoints: set checkpoint_path (and n_checkpoints) in the config")
+    resume = resume or cfg.resume_from_checkpoint is not None
+    folders = [("output_path", cfg.output_path)]
+    if cfg.checkpoint_path is not None and not (
+        cfg.output_path is not None and Path(cfg.output_path).resolve() in Path(cfg.checkpoint_path).resolve().parents
+    ):
+        folders.append(("checkpoint_path", cfg.checkpoint_path))
+    for what, folder in folders:
+        if folder is not None:
+            rule = prepare_output_folder if apply else check_output_folder
+            rule(folder, overwrite=overwrite, resume=resume, what=what)
+
+
+def _log(message: str) -> None:
+    print(f"[sae-bilinear] {message}", flush=True)

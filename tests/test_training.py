@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
-from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, SAE
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -118,7 +120,13 @@ def test_muon_wrapper_steps_matrices_and_biases():
     assert all(not torch.equal(before[name], p) for name, p in sae.named_parameters())
     assert all(p.grad is None for p in sae.parameters())
     state = optimizer.state_dict()
-    MuonWithAdamW(sae.parameters(), lr=0.02).load_state_dict(state)
+    loaded = MuonWithAdamW(sae.parameters(), lr=0.02)
+    loaded.load_state_dict(state)
+    # The wrapper's groups stay the inner optimisers' own (an LR scheduler edits them).
+    assert loaded.param_groups[0] is loaded.muon.param_groups[0]
+    assert loaded.param_groups[1] is loaded.adamw.param_groups[0]
+    with pytest.raises(ValueError, match="not Muon's"):
+        loaded.load_state_dict(torch.optim.Adam(sae.parameters()).state_dict())
 
 
 def test_train_on_cached_activations_bilinear_and_linear_baseline():
@@ -149,3 +157,86 @@ def test_cached_batches_cover_every_token_each_epoch():
         train_on_activations(
             BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=4, d_sae=8)), activations, TrainingSettings(steps=1, batch_size=4)
         )
+
+
+def _raw_config(output_path, steps: int = 20, **top) -> dict:
+    raw = runner_config(output_path, steps=steps).to_dict()
+    raw.pop("checkpoint_path")  # the default: output_path/checkpoints
+    raw["n_checkpoints"] = 1
+    raw["dataset_trust_remote_code"] = False  # SAELens's to_dict writes its default, True
+    return raw | top
+
+
+@pytest.mark.parametrize(
+    "edit,named,suggestion",
+    [
+        (lambda raw: raw.update(lrr=0.1), "'lrr'", "'lr'"),
+        (lambda raw: raw["sae"].update(alhpa=0.2), "'alhpa'", "'alpha'"),
+        (lambda raw: raw["logger"].update(log_to_wanbd=False), "'log_to_wanbd'", "'log_to_wandb'"),
+        (lambda raw: raw.update(sae_bilinear={"optimiser": "muon"}), "'optimiser'", "'optimizer'"),
+        (lambda raw: raw["sae"].update(architecture="bilinaer"), "bilinaer", "'bilinear'"),
+    ],
+)
+def test_unknown_train_config_keys_are_named_with_a_suggestion(tmp_path, edit, named, suggestion):
+    from sae_bilinear.errors import ConfigError
+    from sae_bilinear.train import runner_config_from_dict
+
+    raw = _raw_config(tmp_path / "out")
+    edit(raw)
+    with pytest.raises(ConfigError, match=named) as error:
+        runner_config_from_dict(raw)
+    assert f"did you mean {suggestion}" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "edit,named",
+    [
+        (lambda raw: raw.update(dataset_trust_remote_code=True), "dataset_trust_remote_code"),
+        (lambda raw: raw.update(model_from_pretrained_kwargs={"trust_remote_code": True}),
+         "model_from_pretrained_kwargs.trust_remote_code"),
+    ],
+)
+def test_remote_code_in_a_train_config_needs_an_explicit_flag(tmp_path, edit, named):
+    from sae_bilinear.errors import ConfigError
+    from sae_bilinear.train import runner_config_from_dict
+
+    raw = _raw_config(tmp_path / "out")
+    edit(raw)
+    with pytest.raises(ConfigError, match=named):
+        runner_config_from_dict(raw)
+    cfg, _ = runner_config_from_dict(raw, allow_remote_code=True)
+    assert cfg.dataset_trust_remote_code or cfg.model_from_pretrained_kwargs["trust_remote_code"]
+
+
+def test_train_configs_do_not_trust_remote_code_by_default(tmp_path):
+    from sae_bilinear.train import runner_config_from_dict
+
+    raw = _raw_config(tmp_path / "out")
+    raw.pop("dataset_trust_remote_code")  # SAELens's own default is True
+    cfg, extras = runner_config_from_dict(raw)
+    assert cfg.dataset_trust_remote_code is False
+    assert extras == {"optimizer": "adam", "ns_dtype": "auto"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_train_twice_into_one_output_path_is_refused_unless_overwrite(tmp_path, tiny_model, token_dataset):
+    from sae_bilinear.errors import OutputExistsError
+    from sae_bilinear.train import train_from_config
+
+    out = tmp_path / "out"
+    raw = _raw_config(out)
+    train_from_config(raw, override_model=tiny_model, override_dataset=token_dataset)
+    first = (out / "sae_weights.safetensors").read_bytes()
+    assert (out / "cfg.json").exists() and list((out / "checkpoints").iterdir())
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+    with pytest.raises(OutputExistsError, match=str(out)):
+        train_from_config(raw, override_model=tiny_model, override_dataset=token_dataset)
+    assert (out / "sae_weights.safetensors").read_bytes() == first
+    (out / "stale.txt").write_text("from an older run")
+    raw["sae"]["alpha"] = 0.2
+    sae = train_from_config(raw, override_model=tiny_model, override_dataset=token_dataset, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert sae.cfg.alpha == 0.2 and json.loads((out / "runner_cfg.json").read_text())["sae"]["alpha"] == 0.2
+    # A resume of the finished run trains nothing and returns the SAE on disk.
+    again = train_from_config(raw, override_model=tiny_model, override_dataset=token_dataset, resume=True)
+    torch.testing.assert_close(again.W_left, sae.W_left, rtol=0, atol=0)
