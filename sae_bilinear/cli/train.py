@@ -171,5 +171,5 @@ def execute(args: argparse.Namespace) -> int:
             paths.refuse_existing_output(output, option="output_path", overwrite=args.overwrite, resume=args.resume)
     for name, raw in runs:
         print(f"[sae-bilinear] training {name} -> {raw.get('output_path')}", flush=True)
-        train_from_config(raw, **flags)
+        train_from_config(raw, allow_remote_code=args.allow_remote_code, **flags)
     return 0
