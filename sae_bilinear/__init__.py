@@ -11,7 +11,9 @@ from sae_bilinear.bilinear import (
     BilinearSAEConfig,
     BilinearTrainingSAE,
     BilinearTrainingSAEConfig,
+    SAEInputError,
     UnliftedDecodeError,
+    default_alpha_warm_up_steps,
     register,
 )
 
@@ -27,9 +29,11 @@ __all__ = [
     "BilinearSAEConfig",
     "BilinearTrainingSAE",
     "BilinearTrainingSAEConfig",
+    "SAEInputError",
     "UnliftedDecodeError",
     "bae_loader",
     "convert_bae",
+    "default_alpha_warm_up_steps",
     "from_pretrained",
     "list_releases",
     "push",
