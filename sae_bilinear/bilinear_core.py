@@ -413,6 +413,11 @@ class BilinearMixin(_SAEBase):
                 f"input_norm must hold one norm per token, shape {tuple(feature_acts.shape[:-1])} for feature_acts "
                 f"of shape {tuple(feature_acts.shape)}, got shape {tuple(input_norm.shape)}"
             )
+        if not bool((torch.isfinite(input_norm) & (input_norm >= 0)).all()):
+            raise SAEInputError(
+                "input_norm must hold finite, non-negative token norms ||x||; got NaN, inf or negative "
+                "values (a float16 norm overflows above 65504: use sae.token_norms(x), which is float32)"
+            )
         return input_norm, torch.promote_types(self.W_left.dtype, input_norm.dtype)
 
     def _finish_decode(self, unit_hat: Tensor, norm: Tensor, dtype: torch.dtype) -> Tensor:

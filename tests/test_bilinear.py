@@ -290,3 +290,18 @@ def test_kernel_knobs_are_documented_config_fields(tmp_path):
     source = inspect.getsource(BilinearFields)
     for name in ("kernel_backward", "kernel_tile_size", "kernel_memory_budget", "sparse_kernel", "variant", "k"):
         assert re.search(rf"\n    {name}: [^\n]+\n    \"\"\"", source), name
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_activity_threshold_means_the_same_lifted_or_not(lifted):
+    """Every latent reaches 99.9 % of its peak on some unit token: the peak is a maximum, not
+    a bound (the old lifted bound ||ũ||²·||Q̃||₂ was about twice what tokens reach)."""
+    sae = BilinearSAE(BilinearSAEConfig(d_in=2, d_sae=12, lifted=lifted, activity_threshold=0.999))
+    if lifted:
+        with torch.no_grad():
+            sae.b_left.copy_(torch.linspace(-1.5, 1.5, 12))
+            sae.b_right.copy_(torch.linspace(0.8, -0.4, 12))
+    theta = torch.linspace(0, 2 * torch.pi, 20001)
+    f = sae.encode(3.0 * torch.stack([theta.cos(), theta.sin()], -1))
+    assert sae.active_latents(f).any(0).all()
+    assert (f.abs() <= sae.latent_peak() * (1 + 1e-5)).all()
