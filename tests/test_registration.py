@@ -76,6 +76,9 @@ def test_importing_the_package_is_cheap_and_every_public_name_resolves():
         assert getattr(sae_bilinear, name) is not None and name in dir(sae_bilinear)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = sae_bilinear.nope
+    # Submodules resolve as attributes too, as when the package imported them eagerly.
+    assert sae_bilinear.kernels.VARIANTS == ("vanilla", "ordered", "mixed", "combined")
+    assert callable(sae_bilinear.train.train_on_activations)
 
 
 @pytest.mark.parametrize("value,off", [("", False), ("0", False), ("1", True), ("yes", True)])
