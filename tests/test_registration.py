@@ -53,10 +53,8 @@ def sae_dir(tmp_path_factory) -> Path:
 
 def test_the_pth_line_imports_only_the_hook(site_dir):
     assert PTH.read_text().strip().startswith("import sae_bilinear_autoregister;")
-    out = python(
-        "import sys; print(sorted(m for m in ('torch', 'sae_lens', 'sae_bilinear', 'sae_bilinear_autoregister') if m in sys.modules))",
-        site_dir=site_dir,
-    )
+    names = ("torch", "sae_lens", "sae_bilinear", "sae_bilinear_autoregister")
+    out = python(f"import sys; print(sorted(m for m in {names!r} if m in sys.modules))", site_dir=site_dir)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['sae_bilinear_autoregister']"  # no torch, no SAELens, no package
 
@@ -193,7 +191,7 @@ def _installed_pth() -> Path | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_installed_pth() is None, reason="the package was installed without its .pth (an install from before it existed)")
+@pytest.mark.skipif(_installed_pth() is None, reason="installed without its .pth (an install from before it existed)")
 def test_the_installed_pth_registers_in_a_plain_process(sae_dir):
     out = python(f"from sae_lens import SAE; print(type(SAE.load_from_disk({str(sae_dir)!r})).__name__)")
     assert out.returncode == 0, out.stderr
