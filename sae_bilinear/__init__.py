@@ -20,7 +20,10 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-import sae_bilinear_autoregister
+try:
+    import sae_bilinear_autoregister
+except ModuleNotFoundError:  # an install made before this top-level module existed
+    sae_bilinear_autoregister = None
 
 __version__ = "0.1.0"
 
@@ -91,4 +94,15 @@ def __dir__() -> list[str]:
 
 
 # Last, once the names above exist: registering may import the model, which imports this package.
-sae_bilinear_autoregister.ensure_registration()
+if sae_bilinear_autoregister is not None:
+    sae_bilinear_autoregister.ensure_registration()
+else:
+    import warnings
+
+    warnings.warn(
+        "sae-bilinear's start-up module sae_bilinear_autoregister is not installed (the install is older "
+        "than this code): reinstall it (pip install -e <checkout> --no-deps, or pip install sae-bilinear); "
+        "registering 'bilinear' with SAELens now instead",
+        stacklevel=2,
+    )
+    importlib.import_module("sae_bilinear.bilinear")
