@@ -16,473 +16,57 @@ clear message (never silently wrong).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any
 
 import torch
 from numpy.typing import NDArray
-from sae_lens.saes.sae import (
-    SAE,
-    SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-    TrainStepOutput,
-)
+from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 from typing_extensions import override
 
-from sae_lens.util import str_to_dtype
-
 from sae_bilinear import kernels
+from sae_bilinear.bilinear_config import (
+    ARCHITECTURE,
+    FORMAT_VERSION,
+    BilinearFields,
+    BilinearSAEConfig,
+    BilinearTrainingSAEConfig,
+    Sparsity,
+    default_alpha_warm_up_steps,
+    validate_bilinear_config,
+)
+from sae_bilinear.bilinear_core import (
+    BilinearMixin,
+    EncodedNorms,
+    MagnitudeTopK,
+    SAEInputError,
+    SAEInputTypeError,
+    UnliftedDecodeError,
+)
 
-ARCHITECTURE = "bilinear"
-FORMAT_VERSION = 1
-"""Version of the fields and weights this code reads and writes; a newer one is refused."""
-
-Sparsity = Literal["hoyer", "topk"]
-_UNSUPPORTED_NORMALIZATION = ("covariance_whitening",)
-_LINEAR_ONLY_ATTRIBUTES = ("W_enc", "W_dec", "b_dec", "b_enc")
-
-
-class UnliftedDecodeError(ValueError):
-    """Raised when decoding to the activation space from an unlifted bilinear SAE."""
-
-
-def validate_bilinear_config(cfg: Any) -> None:
-    """Check the bilinear fields of an inference or training config; fill ``bottleneck``.
-
-    Raises ValueError with a message that says what to change.
-    """
-    kernels.check_variant(cfg.variant)
-    if cfg.bilinear_format_version > FORMAT_VERSION:
-        raise ValueError(
-            f"this config was written by a newer sae-bilinear (format version {cfg.bilinear_format_version}, "
-            f"this one reads up to {FORMAT_VERSION}); upgrade sae-bilinear to load it"
-        )
-    if not isinstance(cfg.d_in, int) or cfg.d_in < 1:
-        raise ValueError(f"d_in must be a positive int, got {cfg.d_in!r}")
-    if not isinstance(cfg.d_sae, int) or cfg.d_sae < 1:
-        raise ValueError(f"d_sae must be a positive int (the number of latents), got {cfg.d_sae!r}")
-    if kernels.is_mixed(cfg.variant):
-        if cfg.bottleneck is None:
-            cfg.bottleneck = 2 * cfg.d_in
-        if not isinstance(cfg.bottleneck, int) or cfg.bottleneck < 1:
-            raise ValueError(f"bottleneck must be a positive int, got {cfg.bottleneck!r}")
-    elif cfg.bottleneck is not None:
-        raise ValueError(
-            f"bottleneck={cfg.bottleneck} is only used by the mixed and combined variants, "
-            f"not {cfg.variant!r}; drop it or choose variant='mixed'/'combined'"
-        )
-    if cfg.sparsity not in ("hoyer", "topk"):
-        raise ValueError(f"sparsity must be 'hoyer' or 'topk', got {cfg.sparsity!r}")
-    if cfg.sparsity == "topk":
-        if cfg.k is None or not 1 <= cfg.k <= cfg.d_sae:
-            raise ValueError(f"sparsity='topk' needs k in [1, d_sae={cfg.d_sae}], got k={cfg.k!r}")
-    elif cfg.k is not None:
-        raise ValueError("k is only used with sparsity='topk'; drop it or set sparsity='topk'")
-    if not 0.0 < cfg.activity_threshold < 1.0:
-        raise ValueError(f"activity_threshold must be in (0, 1), got {cfg.activity_threshold}")
-    if cfg.apply_b_dec_to_input:
-        raise ValueError(
-            "bilinear SAEs have no b_dec to subtract: set apply_b_dec_to_input=False "
-            "(use lifted=True for an affine, i.e. biased, encoder)"
-        )
-    if cfg.normalize_activations in _UNSUPPORTED_NORMALIZATION:
-        raise ValueError(
-            "normalize_activations='covariance_whitening' cannot be folded into a bilinear SAE "
-            "(each token is scaled to unit norm after whitening, which no weight change undoes); "
-            "use 'none' or 'expected_average_only_in'"
-        )
+__all__ = [
+    "ARCHITECTURE",
+    "FORMAT_VERSION",
+    "BilinearFields",
+    "BilinearMixin",
+    "BilinearSAE",
+    "BilinearSAEConfig",
+    "BilinearTrainingSAE",
+    "BilinearTrainingSAEConfig",
+    "EncodedNorms",
+    "MagnitudeTopK",
+    "SAEInputError",
+    "SAEInputTypeError",
+    "Sparsity",
+    "UnliftedDecodeError",
+    "default_alpha_warm_up_steps",
+    "explained_variance",
+    "register",
+    "validate_bilinear_config",
+]
 
 
-@dataclass
-class BilinearSAEConfig(SAEConfig):
-    """Configuration of an inference :class:`BilinearSAE`.
-
-    Args:
-        variant: ``"vanilla"`` (g = f), ``"ordered"`` (latents sorted by importance through
-            the prefix-averaged loss), ``"mixed"`` (g = DᵀDf through a linear bottleneck),
-            or ``"combined"`` (mixed + ordered).
-        lifted: use ``ũ = [1, u]``, i.e. biased encoder rows. Needed to decode to the
-            activation space (splicing), since ``f(−u) = f(u)`` without it.
-        bottleneck: rows of ``W_down`` for mixed/combined; ``None`` means ``2 * d_in``.
-        sparsity: ``"hoyer"`` (dense latents, Hoyer density penalty) or ``"topk"`` (the
-            ``k`` latents of largest ``|f|`` per token decode; the rest are zero).
-        k: latents kept per token with ``sparsity="topk"``.
-        activity_threshold: a latent counts as active on a token when ``|f_j|`` reaches
-            this fraction of its largest possible value ``||ũ||²·||Q_j||₂``. Random
-            directions in d dimensions give about 1/d of it, so 0.1 means the token
-            is substantially aligned with the latent's eigen-directions. Used for L0
-            and dead-latent counts, which are meaningless on dense signed latents.
-        bilinear_format_version: version of these fields; files from a newer
-            sae-bilinear are refused.
-        apply_b_dec_to_input: must stay False (no decoder bias exists).
-    """
-
-    variant: str = "vanilla"
-    lifted: bool = False
-    bottleneck: int | None = None
-    sparsity: str = "hoyer"
-    k: int | None = None
-    activity_threshold: float = 0.1
-    bilinear_format_version: int = FORMAT_VERSION
-    apply_b_dec_to_input: bool = False
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        validate_bilinear_config(self)
-
-
-@dataclass(kw_only=True)
-class BilinearTrainingSAEConfig(TrainingSAEConfig):
-    """Configuration of a :class:`BilinearTrainingSAE`, for SAELens's training runner.
-
-    Args:
-        variant, lifted, bottleneck, sparsity, k, activity_threshold,
-        bilinear_format_version, apply_b_dec_to_input: as in :class:`BilinearSAEConfig`.
-        alpha: weight of the Hoyer density penalty (loss = error + α·density). The
-            authors sweep 0..1; 0.1 is their default.
-        alpha_warm_up_steps: steps over which α rises linearly from 0 (authors: 256).
-        init_scale: the rows of ``W_left``/``W_right`` start orthogonal; this scales
-            them. 1.0 reproduces the authors' ``orthogonal_`` init.
-        decoder_init_norm: unused (there is no separate decoder); kept None.
-    """
-
-    variant: str = "vanilla"
-    lifted: bool = False
-    bottleneck: int | None = None
-    sparsity: str = "hoyer"
-    k: int | None = None
-    activity_threshold: float = 0.1
-    bilinear_format_version: int = FORMAT_VERSION
-    apply_b_dec_to_input: bool = False
-    alpha: float = 0.1
-    alpha_warm_up_steps: int = 256
-    init_scale: float = 1.0
-    decoder_init_norm: float | None = None
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    @override
-    def __post_init__(self) -> None:
-        validate_bilinear_config(self)
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.alpha_warm_up_steps < 0:
-            raise ValueError(f"alpha_warm_up_steps must be >= 0, got {self.alpha_warm_up_steps}")
-        super().__post_init__()
-
-
-class _StepCache(NamedTuple):
-    """What training_forward_pass hands to calculate_aux_loss (SAELens fixes that signature)."""
-
-    sae_in: Tensor
-    """The step's input tensor itself: the cache applies only to a call with this very tensor."""
-    valid: Tensor
-    """Valid-token mask, flattened [n]."""
-    feature_acts: Tensor
-    """The post-activations the support was read from."""
-    support: tuple[Tensor, Tensor] | None
-    """TopK ``(indices, values)`` [n, k], or None."""
-
-
-class MagnitudeTopK(nn.Module):
-    """Keep the ``k`` latents of largest ``|f|`` per token, signs kept (bilinear latents are signed)."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    @override
-    def forward(self, latents: Tensor) -> Tensor:
-        return kernels.topk_by_magnitude(latents, self.k)
-
-    def with_indices(self, latents: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(forward(latents), indices kept)``; indices are None when ``k = d_sae`` (nothing dropped)."""
-        if self.k == latents.shape[-1]:
-            return latents, None
-        indices = kernels.topk_indices(latents, self.k)
-        return torch.zeros_like(latents).scatter(-1, indices, latents.gather(-1, indices)), indices
-
-
-class _BilinearMixin:
-    """Parameters, encoder and decoder shared by the inference and the training class.
-
-    Listed before the SAELens base class, so these methods override its linear ones.
-    """
-
-    cfg: Any
-    W_left: nn.Parameter
-    W_right: nn.Parameter
-    b_left: nn.Parameter | None
-    b_right: nn.Parameter | None
-    W_down: nn.Parameter | None
-
-    def _add_bilinear_hooks(self) -> None:
-        # The two linear forms whose product is f: hooking them is how one edits a
-        # latent's factors (e.g. walking along an eigenvector).
-        self.hook_sae_left = HookPoint()
-        self.hook_sae_right = HookPoint()
-        self._input_norm: Tensor | None = None
-        self.setup()  # type: ignore[attr-defined]  # register the new hook points
-
-    @override
-    def initialize_weights(self) -> None:
-        # Not calling super(): the base creates W_enc/W_dec/b_dec, which do not exist here.
-        cfg = self.cfg
-        dtype, device = str_to_dtype(cfg.dtype), torch.device(cfg.device)
-        scale = getattr(cfg, "init_scale", 1.0)
-
-        def orthogonal(rows: int, cols: int) -> nn.Parameter:
-            if device.type == "meta":
-                return nn.Parameter(torch.empty(rows, cols, dtype=dtype, device=device))
-            # QR has no half-precision kernels: initialise in float32 (at least), then cast.
-            weight = torch.empty(rows, cols, dtype=kernels.accumulation_dtype(dtype), device=device)
-            nn.init.orthogonal_(weight, gain=scale)
-            return nn.Parameter(weight.to(dtype))
-
-        self.W_left = orthogonal(cfg.d_sae, cfg.d_in)
-        self.W_right = orthogonal(cfg.d_sae, cfg.d_in)
-        if cfg.lifted:
-            # Small equal-sign biases: every latent starts with a linear part, so û is
-            # informative from step one; zero biases would make decode() return 0.
-            bias = torch.full((cfg.d_sae,), 1.0 / cfg.d_sae**0.5, dtype=dtype, device=device)
-            self.b_left = nn.Parameter(bias.clone())
-            self.b_right = nn.Parameter(bias.clone())
-        else:
-            self.b_left = None
-            self.b_right = None
-        self.W_down = orthogonal(cfg.bottleneck, cfg.d_sae) if kernels.is_mixed(cfg.variant) else None
-
-    @override
-    def get_activation_fn(self) -> Callable[[Tensor], Tensor]:
-        if self.cfg.sparsity == "topk":
-            return MagnitudeTopK(self.cfg.k)
-        return nn.Identity()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _LINEAR_ONLY_ATTRIBUTES:
-            raise AttributeError(
-                f"a bilinear SAE has no {name}: its latents are quadratic forms of W_left and W_right "
-                "(see decoder_directions() for the linear read-out of a lifted SAE). SAELens tools that "
-                "need a linear encoder/decoder do not apply to it."
-            )
-        return super().__getattr__(name)  # type: ignore[misc]
-
-    @override
-    def process_sae_in(self, sae_in: Tensor) -> Tensor:
-        if not torch.is_floating_point(sae_in):
-            raise TypeError(f"bilinear SAE input must be a floating-point tensor, got {sae_in.dtype}")
-        if sae_in.shape[-1] != self.cfg.d_in and self.cfg.reshape_activations == "none":
-            raise ValueError(
-                f"bilinear SAE expects inputs with last dimension d_in={self.cfg.d_in}, got shape {tuple(sae_in.shape)}"
-            )
-        sae_in = sae_in.to(self.W_left.dtype)
-        sae_in = self.reshape_fn_in(sae_in)  # type: ignore[attr-defined]
-        sae_in = self.hook_sae_input(sae_in)  # type: ignore[attr-defined]
-        return self.run_time_activation_norm_fn_in(sae_in)  # type: ignore[attr-defined]
-
-    def _encode_tokens(self, tokens: kernels.UnitTokens) -> tuple[Tensor, Tensor]:
-        """Latents of unit tokens: ``(post, pre)``, post = after TopK (or equal to pre).
-
-        Masked (zero or non-finite) tokens get all-zero latents, lifted or not.
-        """
-        post, pre, _ = self._encode_tokens_with_support(tokens)
-        return post, pre
-
-    def _encode_tokens_with_support(self, tokens: kernels.UnitTokens) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(post, pre, indices)``: as :meth:`_encode_tokens`, plus the TopK support.
-
-        ``indices`` [..., k] are the latents TopK kept (None without TopK, or when k = d_sae),
-        taken from the same ``torch.topk`` call that zeroes the others, so the sparse kernel
-        and the dense post-activations always agree, ties included.
-        """
-        unit = tokens.unit
-        left = self.hook_sae_left(nn.functional.linear(unit, self.W_left, self.b_left))  # type: ignore[attr-defined]
-        right = self.hook_sae_right(nn.functional.linear(unit, self.W_right, self.b_right))  # type: ignore[attr-defined]
-        # In place on the fresh product (its backward needs only left and right): one B×F buffer less.
-        pre = (left * right).masked_fill_(~tokens.valid.unsqueeze(-1), 0.0)
-        pre = self.hook_sae_acts_pre(pre)  # type: ignore[attr-defined]
-        activation = self.activation_fn  # type: ignore[attr-defined]
-        if isinstance(activation, MagnitudeTopK):
-            post, indices = activation.with_indices(pre)
-        else:
-            post, indices = activation(pre), None
-        post = self.hook_sae_acts_post(post)  # type: ignore[attr-defined]
-        return post, pre, indices
-
-    def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Latents ``(f_after_topk, f_dense)`` of raw activations ``x`` [..., d_in]."""
-        tokens = kernels.unit_tokens(self.process_sae_in(x))
-        # Remembered for decode(), as SAELens's layer_norm mode remembers its statistics.
-        self._input_norm = tokens.norm
-        return self._encode_tokens(tokens)
-
-    @override
-    def encode(self, x: Tensor) -> Tensor:
-        """Latents ``f`` [..., d_sae] of activations ``x`` [..., d_in]; zero for zero/NaN tokens."""
-        return self.encode_with_hidden_pre(x)[0]
-
-    def coefficients(self, latents: Tensor) -> Tensor:
-        """Decoder coefficients ``g``: the latents, or ``DᵀDf`` for mixed/combined."""
-        if self.W_down is None:
-            return latents
-        return kernels.mix(latents, self.W_down)
-
-    def decoder_directions(self) -> Tensor:
-        """``[d_sae, d_in]`` rows ``½(b_l r + b_r l)``: ``û = g @ rows`` (lifted only)."""
-        if not self.cfg.lifted:
-            raise UnliftedDecodeError(
-                "this bilinear SAE is unlifted: f(-x) = f(x), so no function of its latents recovers "
-                "the sign of x and it cannot decode to the activation space. Train with lifted=True to "
-                "splice it into a model; the analysis (eigendecomposition, reconstruction_error) still works."
-            )
-        assert self.b_left is not None and self.b_right is not None
-        return kernels.lifted_decoder(self.W_left, self.W_right, self.b_left, self.b_right)
-
-    @override
-    def decode(self, feature_acts: Tensor, input_norm: Tensor | None = None) -> Tensor:
-        """Activation-space reconstruction ``x̂ = ||x|| û`` of latents ``f`` (lifted only).
-
-        ``input_norm`` is ``||x||`` per token; by default the norms of the batch last
-        passed to :meth:`encode` are used (SAELens calls ``decode(encode(x))``).
-        """
-        directions = self.decoder_directions()
-        if input_norm is None:
-            input_norm = self._input_norm
-            if input_norm is None or input_norm.shape != feature_acts.shape[:-1]:
-                raise ValueError(
-                    "decode() needs the token norms ||x||: call encode() on the same batch first, "
-                    "or pass input_norm"
-                )
-        unit_hat = self.coefficients(feature_acts) @ directions
-        return self._finish_decode(unit_hat, input_norm)
-
-    def _finish_decode(self, unit_hat: Tensor, input_norm: Tensor) -> Tensor:
-        """``û → x̂ = ||x|| û``, through the reconstruction hook and SAELens's output reshaping."""
-        sae_out = unit_hat * input_norm.to(unit_hat.dtype).unsqueeze(-1)
-        sae_out = self.hook_sae_recons(sae_out)  # type: ignore[attr-defined]
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
-        return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
-
-    kernel_backward: kernels.Backward = "fused"
-    """How the dense kernel loss is differentiated: ``"fused"`` (hand-written, default) or ``"autograd"``."""
-    kernel_tile_size: int | None = None
-    """Rows per block of the F×F matrices in the fused kernel (None: automatic)."""
-    kernel_memory_budget: int | None = None
-    """Bytes allowed for F×F-type buffers in the fused kernel (None: no limit)."""
-    sparse_kernel: bool = True
-    """With TopK (vanilla/ordered), score only each token's k×k block of K when that is cheaper."""
-
-    def _uses_sparse_kernel(self, indices: Tensor | None) -> bool:
-        """Whether the k×k-block kernel applies and costs fewer FLOPs than the dense one.
-
-        It needs ``g`` to be the TopK latents themselves: mixed/combined decode through
-        ``g = DᵀD f_topk``, which is dense, so they keep the dense kernel.
-        """
-        if indices is None or self.W_down is not None or not self.sparse_kernel:
-            return False
-        k, d_sae, d_in = indices.shape[-1], self.cfg.d_sae, self.cfg.d_in
-        tokens = max(1, indices.numel() // max(k, 1))
-        return 8 * tokens * k * k * d_in < 6 * d_sae * d_sae * d_in + 3 * tokens * d_sae * d_sae
-
-    def _kernel_error(
-        self,
-        dense: Tensor,
-        sparse: Tensor,
-        valid: Tensor,
-        ordered: bool,
-        indices: Tensor | None = None,
-        values: Tensor | None = None,
-    ) -> kernels.KernelError:
-        """Kernel error per token; ``indices`` (and optionally ``values = sparse[indices]``, flattened
-        to [n, k]) is the TopK support, which selects the k×k-block kernel when it applies."""
-        batch_shape = dense.shape[:-1]
-        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-        if self._uses_sparse_kernel(indices):
-            assert indices is not None
-            flat_indices = flat(indices)
-            result = kernels.sparse_kernel_error(
-                flat(dense),
-                flat(sparse).gather(-1, flat_indices) if values is None else values,
-                flat_indices,
-                self.W_left,
-                self.W_right,
-                self.b_left,
-                self.b_right,
-                valid.reshape(-1),
-                ordered=ordered,
-            )
-        else:
-            result = kernels.kernel_error(
-                flat(dense),
-                flat(self.coefficients(sparse)),
-                self.W_left,
-                self.W_right,
-                self.b_left,
-                self.b_right,
-                valid.reshape(-1),
-                ordered=ordered,
-                backward=self.kernel_backward,
-                tile_size=self.kernel_tile_size,
-                memory_budget=self.kernel_memory_budget,
-            )
-        return kernels.KernelError(*(t.reshape(batch_shape) for t in result))
-
-    def reconstruction_error(self, x: Tensor) -> Tensor:
-        """Per-token relative error ``||X − X̂||²/||ũ||⁴`` of the full reconstruction [...].
-
-        Every variant is scored on its full ``X̂`` (ordering changes only the training
-        objective). Zero and non-finite tokens are masked: their error is 0.
-        """
-        tokens = kernels.unit_tokens(self.process_sae_in(x))
-        sparse, dense, indices = self._encode_tokens_with_support(tokens)
-        return self._kernel_error(dense, sparse, tokens.valid, ordered=False, indices=indices).error
-
-    def active_latents(self, latents: Tensor) -> Tensor:
-        """Boolean [..., d_sae]: ``|f_j|`` reaches ``activity_threshold`` of latent j's peak."""
-        peak = kernels.latent_peak(self.W_left, self.W_right, self.b_left, self.b_right)
-        return latents.abs() >= self.cfg.activity_threshold * peak.to(latents.dtype)
-
-    @override
-    @torch.no_grad()
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        # Exact no-op on the weights: latents depend on x/||x|| only, and decode() rescales
-        # by the norm of the input it is given, so raw inputs already give raw-scale outputs.
-        self.cfg.normalize_activations = "none"
-
-    @override
-    def fold_activation_whitening(self, mean: Tensor, whitening_matrix: Tensor, unwhitening_matrix: Tensor) -> None:
-        raise NotImplementedError(
-            "covariance whitening cannot be folded into a bilinear SAE: tokens are scaled to unit norm "
-            "after whitening, which no change of W_left/W_right undoes"
-        )
-
-    @override
-    def fold_W_dec_norm(self) -> None:
-        raise NotImplementedError(
-            "a bilinear SAE has no W_dec to normalise: its decoder is tied to the encoder "
-            "(X̂ = Σ g_j l_j⊗r_j), and its Hoyer penalty is already scale-invariant"
-        )
-
-    @override
-    def get_W_dec_norm(self) -> Tensor:
-        raise NotImplementedError("a bilinear SAE has no W_dec; see kernels.latent_peak for a per-latent scale")
-
-
-class BilinearSAE(_BilinearMixin, SAE[BilinearSAEConfig]):
+class BilinearSAE(BilinearMixin, SAE[BilinearSAEConfig]):
     """Inference bilinear SAE: ``encode``, ``decode`` (lifted), ``reconstruction_error``.
 
     Hook points: SAELens's ``hook_sae_input``, ``hook_sae_acts_pre`` (dense f),
@@ -490,12 +74,14 @@ class BilinearSAE(_BilinearMixin, SAE[BilinearSAEConfig]):
     ``hook_sae_error``, plus ``hook_sae_left``/``hook_sae_right`` (the two factors of f).
     """
 
+    cfg: BilinearSAEConfig
+
     def __init__(self, cfg: BilinearSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self._add_bilinear_hooks()
 
 
-class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]):
+class BilinearTrainingSAE(BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]):
     """Training bilinear SAE, run by SAELens's ``LanguageModelSAETrainingRunner``/``SAETrainer``.
 
     The loss is the kernel-trick error (prefix-averaged for ordered/combined) plus
@@ -505,13 +91,14 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
     counts mean "reached ``activity_threshold`` of its peak" rather than "non-zero".
     """
 
+    cfg: BilinearTrainingSAEConfig
+
     def __init__(self, cfg: BilinearTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self._add_bilinear_hooks()
         self.history: list[dict[str, float]] = []
         """Scalars of every ``history_every``-th step (SAELens only logs to wandb)."""
         self.history_every = 10
-        self._step_cache: _StepCache | None = None
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -521,25 +108,30 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
     def calculate_aux_loss(
         self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
-        # Hoyer density over the valid tokens of the batch (ordered: harmonic-tail weighted).
+        """``α·density`` of ``feature_acts`` over the batch's valid tokens, as SAELens's hook.
+
+        :meth:`training_forward_pass` does not come through here: it already has the mask
+        (and the TopK support) and calls :meth:`_density_penalty` with them.
+        """
+        sae_in = step_input.sae_in
+        valid = kernels.unit_tokens(sae_in.reshape(-1, sae_in.shape[-1])).valid
+        alpha = step_input.coefficients.get("alpha", self.cfg.alpha)
+        return {"density_penalty": self._density_penalty(feature_acts.reshape(-1, feature_acts.shape[-1]), valid, alpha)}
+
+    def _density_penalty(
+        self, latents: Tensor, valid: Tensor, alpha: float, support: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """``α`` × Hoyer density (ordered: harmonic-tail weighted) of ``latents`` [n, d_sae] over the
+        ``valid`` [n] tokens; with the TopK ``support`` ``(indices, values)`` [n, k], in O(n·k)."""
         ordered = kernels.is_ordered(self.cfg.variant)
-        cache = self._step_cache
-        if cache is not None and cache.sae_in is step_input.sae_in:
-            # Called from training_forward_pass: the mask (and the TopK support) are known.
-            valid = cache.valid
-            if cache.support is not None and cache.feature_acts is feature_acts:
-                indices, values = cache.support
-                h = kernels.sparse_hoyer_density(values, indices, self.cfg.d_sae, valid)
-                density = kernels.weighted_density(h, ordered)
-                return {"density_penalty": step_input.coefficients.get("alpha", self.cfg.alpha) * density}
-        else:
-            valid = kernels.unit_tokens(step_input.sae_in.reshape(-1, step_input.sae_in.shape[-1])).valid
-        density = kernels.density(feature_acts.reshape(-1, feature_acts.shape[-1]), valid, ordered=ordered)
-        return {"density_penalty": step_input.coefficients.get("alpha", self.cfg.alpha) * density}
+        if support is None:
+            return alpha * kernels.density(latents, valid, ordered=ordered)
+        indices, values = support
+        return alpha * kernels.weighted_density(kernels.sparse_hoyer_density(values, indices, self.cfg.d_sae, valid), ordered)
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        tokens = kernels.unit_tokens(self.process_sae_in(step_input.sae_in))
+        tokens = self._unit_tokens(step_input.sae_in)
         sparse, dense, indices = self._encode_tokens_with_support(tokens)
         ordered = kernels.is_ordered(self.cfg.variant)
         flat_valid = tokens.valid.reshape(-1)
@@ -553,13 +145,8 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
             dense, sparse, tokens.valid, ordered=ordered, indices=indices, values=None if support is None else support[1]
         )
         error = kernels.masked_mean(objective.error, tokens.valid)
-        # SAELens's calculate_aux_loss signature has no room for the mask: hand it over here.
-        self._step_cache = _StepCache(step_input.sae_in, flat_valid, sparse, support)
-        try:
-            penalty = self.calculate_aux_loss(step_input, sparse, dense, step_input.sae_in)["density_penalty"]
-        finally:
-            self._step_cache = None
         alpha = step_input.coefficients.get("alpha", self.cfg.alpha)
+        penalty = self._density_penalty(sparse.reshape(-1, sparse.shape[-1]), flat_valid, alpha, support)
         loss = error + penalty
 
         with torch.no_grad():
@@ -569,15 +156,15 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
                 active_count = active.sum(-1)
             else:
                 flat_indices, values = support[0], support[1].detach()
-                peak = kernels.latent_peak(self.W_left, self.W_right, self.b_left, self.b_right)
-                active_k = values.abs() >= self.cfg.activity_threshold * peak.to(values.dtype)[flat_indices]
+                peak = self.latent_peak().to(values.dtype)
+                active_k = values.abs() >= self.cfg.activity_threshold * peak[flat_indices]
                 active_k &= flat_valid.unsqueeze(-1)
                 firing = torch.zeros_like(sparse).reshape(-1, sparse.shape[-1])
                 firing = firing.scatter(-1, flat_indices, torch.where(active_k, values, torch.zeros_like(values)))
                 firing = firing.reshape(sparse.shape)
                 active_count = active_k.sum(-1).reshape(tokens.valid.shape)
             if self.cfg.lifted:
-                sae_out = self._training_decode(sparse.detach(), indices, tokens.norm)
+                sae_out = self._training_decode(sparse.detach(), indices, tokens.norm, step_input.sae_in.dtype)
             else:
                 # x̂ does not exist without the lift; NaN makes any explained variance computed
                 # from it visibly undefined instead of quietly wrong.
@@ -614,16 +201,18 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
             metrics=metrics,
         )
 
-    def _training_decode(self, sparse: Tensor, indices: Tensor | None, norm: Tensor) -> Tensor:
-        """``decode(sparse)``; with TopK (no bottleneck) from the k kept latents only (B·k·d, not B·F·d)."""
+    def _training_decode(self, sparse: Tensor, indices: Tensor | None, norm: Tensor, dtype: torch.dtype) -> Tensor:
+        """``decode(sparse)`` of inputs of ``dtype``; with TopK (no bottleneck) from the k kept
+        latents only (B·k·d, not B·F·d)."""
+        out_dtype = torch.promote_types(self.W_left.dtype, dtype)
         if indices is None or self.W_down is not None:
-            return self.decode(sparse, input_norm=norm)
+            return self._finish_decode(self.coefficients(sparse) @ self.decoder_directions(), norm, out_dtype)
         flat_indices = indices.reshape(-1, indices.shape[-1])
         values = sparse.reshape(-1, sparse.shape[-1]).gather(-1, flat_indices)
         unit_hat = nn.functional.embedding_bag(
             flat_indices, self.decoder_directions(), per_sample_weights=values, mode="sum"
         ).reshape(*sparse.shape[:-1], -1)
-        return self._finish_decode(unit_hat, norm)
+        return self._finish_decode(unit_hat, norm, out_dtype)
 
     @torch.no_grad()
     def _full_error(self, dense: Tensor, sparse: Tensor, valid: Tensor, indices: Tensor | None = None) -> Tensor:
@@ -659,8 +248,7 @@ class BilinearTrainingSAE(_BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig]
     @override
     @torch.no_grad()
     def log_histograms(self) -> dict[str, NDArray[Any]]:
-        peak = kernels.latent_peak(self.W_left, self.W_right, self.b_left, self.b_right)
-        return {"weights/latent_peak": peak.detach().float().cpu().numpy()}
+        return {"weights/latent_peak": self.latent_peak().float().cpu().numpy()}
 
 
 def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -686,3 +274,7 @@ def register() -> None:
         register_sae_class(ARCHITECTURE, BilinearSAE, BilinearSAEConfig)
     if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
         register_sae_training_class(ARCHITECTURE, BilinearTrainingSAE, BilinearTrainingSAEConfig)
+
+
+# Importing the model registers it (SPEC §3): whoever can build a BilinearSAE can load one.
+register()

@@ -67,9 +67,9 @@ Positions = int | slice | Sequence[int] | None
 # ----------------------------------------------------------------------------------------------
 
 
-def _decode(sae: SAE[Any], latents: Tensor) -> Tensor:
-    """x̂ of latents from the batch last passed to ``sae.encode`` (bilinear: uses its norms)."""
-    return sae.decode(latents)
+def _decode(sae: SAE[Any], latents: Tensor, encoded: Tensor) -> Tensor:
+    """x̂ of ``latents``, an edit of ``encoded`` (what ``sae.encode`` returned; bilinear: its token norms)."""
+    return sae.decode(latents, input_norm=sae.encoded_norms(encoded)) if is_bilinear(sae) else sae.decode(latents)
 
 
 def latent_directions(sae: SAE[Any]) -> Tensor:
@@ -304,10 +304,10 @@ class SpliceHook(SAEHook):
         if edited.shape != latents.shape:
             raise ConfigError(f"the latent edit changed the shape {tuple(latents.shape)} to {tuple(edited.shape)}")
         if not self.keep_error:
-            return _decode(self.sae, edited)
+            return _decode(self.sae, edited, latents).to(x.dtype)
         if self.edit is None:
             return x
-        return x + (_decode(self.sae, edited) - _decode(self.sae, latents)).to(x.dtype)
+        return x + (_decode(self.sae, edited, latents) - _decode(self.sae, latents, latents)).to(x.dtype)
 
 
 def splice_hook(

@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from sae_bilinear import kernel_autograd
+from sae_bilinear.errors import ConfigError
 
 Variant = Literal["vanilla", "ordered", "mixed", "combined"]
 VARIANTS: tuple[str, ...] = ("vanilla", "ordered", "mixed", "combined")
@@ -36,9 +37,10 @@ typechecked = jaxtyped(typechecker=beartype)
 
 
 def check_variant(variant: str) -> None:
-    """Raise a ValueError naming the valid variants when ``variant`` is not one of them."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown bilinear variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    """Raise a :class:`~sae_bilinear.errors.ConfigError` naming the valid variants when
+    ``variant`` is not one of them."""
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        raise ConfigError(f"variant: unknown bilinear variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 
 def is_mixed(variant: str) -> bool:
@@ -62,28 +64,38 @@ class UnitTokens(NamedTuple):
     """Tokens scaled to unit norm, with what is needed to undo it."""
 
     unit: Tensor
-    """``x / ||x||`` (shape of x); exactly zero on invalid tokens."""
+    """``x / ||x||`` (shape of x, in the requested dtype); exactly zero on invalid tokens."""
     norm: Tensor
-    """``||x||`` (shape of x without its last dim); zero on invalid tokens."""
+    """``||x||`` (shape of x without its last dim), in float32 (float64 for float64 input);
+    zero on invalid tokens."""
     valid: Tensor
     """True where the token is finite and has non-zero norm (shape of ``norm``)."""
 
 
 @typechecked
-def unit_tokens(x: Float[Tensor, "*batch d_in"]) -> UnitTokens:
+def unit_tokens(x: Float[Tensor, "*batch d_in"], dtype: torch.dtype | None = None) -> UnitTokens:
     """Normalise each token to unit length; mask tokens that are zero or not finite.
+
+    Every step runs in the accumulation dtype of ``x`` (float32, or float64 for float64
+    input) and divides by ``max|x_i|`` before squaring, so the norm neither overflows
+    (``x = 1e20`` in float32) nor underflows (``x = 1e-30``). Only the unit vector is cast,
+    to ``dtype`` (default: the dtype of ``x``); ``||x||`` stays in the accumulation dtype, so
+    a half-precision SAE can take float32 activations above 65504.
 
     Masked tokens become zero vectors (never NaN), so they drop out of every sum and
     their gradients are exactly zero.
     """
+    accumulate = accumulation_dtype(x.dtype)
     finite = torch.isfinite(x).all(dim=-1)
-    safe = torch.where(finite.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    norm = torch.linalg.vector_norm(safe.to(accumulation_dtype(x.dtype)), dim=-1)
-    valid = finite & (norm > 0)
-    safe_norm = torch.where(valid, norm, torch.ones_like(norm))
-    unit = (safe.to(norm.dtype) / safe_norm.unsqueeze(-1)).to(x.dtype)
-    unit = torch.where(valid.unsqueeze(-1), unit, torch.zeros((), dtype=x.dtype, device=x.device))
-    return UnitTokens(unit=unit, norm=torch.where(valid, norm, torch.zeros_like(norm)), valid=valid)
+    safe = torch.where(finite.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device)).to(accumulate)
+    peak = safe.abs().amax(dim=-1)
+    valid = finite & (peak > 0)
+    scaled = safe / torch.where(valid, peak, torch.ones_like(peak)).unsqueeze(-1)  # entries in [-1, 1]
+    scaled_norm = torch.linalg.vector_norm(scaled, dim=-1)  # in [1, sqrt(d)]: no overflow, no underflow
+    unit = (scaled / torch.where(valid, scaled_norm, torch.ones_like(scaled_norm)).unsqueeze(-1)).to(dtype or x.dtype)
+    unit = torch.where(valid.unsqueeze(-1), unit, torch.zeros((), dtype=unit.dtype, device=x.device))
+    norm = torch.where(valid, peak * scaled_norm, torch.zeros_like(peak))
+    return UnitTokens(unit=unit, norm=norm, valid=valid)
 
 
 @typechecked
@@ -390,6 +402,14 @@ def weighted_density(h: Tensor, ordered: bool) -> Tensor:
     return h.mean()
 
 
+PEAK_GRID = 64
+"""Angles per lifted latent in the grid that seeds the search for its peak."""
+PEAK_NEWTON_STEPS = 6
+"""Newton steps from every grid angle (quadratic convergence: a few reach machine precision)."""
+PEAK_CHUNK = 8192
+"""Lifted latents processed at once (bounds the ``[chunk, PEAK_GRID]`` temporaries)."""
+
+
 @typechecked
 def latent_peak(
     W_left: Float[Tensor, "d_sae d_in"],
@@ -397,11 +417,93 @@ def latent_peak(
     b_left: Float[Tensor, " d_sae"] | None = None,
     b_right: Float[Tensor, " d_sae"] | None = None,
 ) -> Float[Tensor, " d_sae"]:
-    """Largest ``|f_j|`` any token can produce: ``||ũ||² · max|λ(Q_j)|``.
+    """Largest ``|f_j(u)|`` over unit tokens ``u``: the unit in which "latent j fires" is measured.
 
-    ``Q_j = (l̃ r̃ᵀ + r̃ l̃ᵀ)/2`` has the two non-zero eigenvalues ``(l̃·r̃ ± |l̃||r̃|)/2``,
-    so its spectral norm is ``(|l̃||r̃| + |l̃·r̃|)/2``. ``||ũ||² = 1`` (2 when lifted). The
-    bound is data-free, per latent and scale-aware: the natural unit for "is it firing".
+    Data-free and exact, lifted or not, so an activity threshold (a fraction of it) means the
+    same for both.
+
+    * Unlifted: ``f_j = uᵀQ_j u`` with ``Q_j = (l rᵀ + r lᵀ)/2``, whose non-zero eigenvalues
+      are ``(l·r ± |l||r|)/2``; the peak is ``||Q_j||₂ = (|l||r| + |l·r|)/2``, attained at an
+      eigenvector.
+    * Lifted: ``f_j = (l·u + a)(r·u + b)`` depends on ``u`` only through ``p = l·u`` and
+      ``q = r·u``. With ``α, β`` the coordinates of ``l, r`` in an orthonormal basis of a plane
+      holding both, unit ``u`` (``d_in ≥ 2``) reach every ``(p, q) = (α·w, β·w)`` with
+      ``|w| = 1`` and none outside ``|w| ≤ 1``. ``(p + a)(q + b)`` has the indefinite Hessian
+      ``[[0, 1], [1, 0]]``, so it has no interior maximum or minimum: the peak is
+      ``max_θ |(α·w_θ + a)(β·w_θ + b)|`` with ``w_θ = (cos θ, sin θ)``, a trigonometric
+      polynomial of degree 2 (at most four stationary points). It is maximised over a grid of
+      :data:`PEAK_GRID` angles whose local maxima are refined by Newton steps on its derivative
+      (a refined value only ever raises the grid's). ``d_in = 1``: ``u = ±1``.
+
+    Not differentiable (it is a threshold); computed in float32 at least, returned in the
+    weights' dtype. :func:`latent_peak_bound` is the looser closed form ``||ũ||²·||Q̃_j||₂``.
+    """
+    if b_left is None or b_right is None:
+        return latent_peak_bound(W_left, W_right)
+    with torch.no_grad():
+        chunks = [
+            _lifted_peak(*(t[start : start + PEAK_CHUNK] for t in (W_left, W_right, b_left, b_right)))
+            for start in range(0, W_left.shape[0], PEAK_CHUNK)
+        ]
+    return torch.cat(chunks).to(W_left.dtype)
+
+
+def _lifted_peak(W_left: Tensor, W_right: Tensor, b_left: Tensor, b_right: Tensor) -> Tensor:
+    """:func:`latent_peak` of lifted latents, in the accumulation dtype (see its docstring)."""
+    dtype = accumulation_dtype(W_left.dtype)
+    L, R = W_left.detach().to(dtype), W_right.detach().to(dtype)
+    a, b = b_left.detach().to(dtype).unsqueeze(-1), b_right.detach().to(dtype).unsqueeze(-1)
+    # Coordinates of l = (α1, 0) and r = (β1, β2) in an orthonormal basis of a plane holding both.
+    left_norm = L.pow(2).sum(-1).sqrt()
+    right_sq = R.pow(2).sum(-1)
+    has_left = left_norm > 0
+    beta1 = torch.where(has_left, (L * R).sum(-1) / torch.where(has_left, left_norm, 1.0), right_sq.sqrt())
+    beta2 = (right_sq - beta1.square()).clamp(min=0.0).sqrt()
+    alpha1, beta1, beta2 = left_norm.unsqueeze(-1), beta1.unsqueeze(-1), beta2.unsqueeze(-1)
+
+    def factors(theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``P = α·w + a``, ``Q = β·w + b`` and their derivatives in θ (``P'' = a − P``)."""
+        c, s = theta.cos(), theta.sin()
+        return alpha1 * c + a, beta1 * c + beta2 * s + b, -alpha1 * s, beta2 * c - beta1 * s
+
+    if W_left.shape[-1] == 1:
+        theta = torch.tensor([0.0, math.pi], dtype=dtype, device=L.device).expand(L.shape[0], 2)
+        P, Q, _, _ = factors(theta)
+        return (P * Q).abs().amax(-1)
+    spacing = 2 * math.pi / PEAK_GRID
+    grid = (torch.arange(PEAK_GRID, dtype=dtype, device=L.device) * spacing).expand(L.shape[0], PEAK_GRID)
+    P, Q, _, _ = factors(grid)
+    magnitude = (P * Q).abs()
+    best = magnitude.amax(-1)
+    # Refine the grid's local maxima of |f| (a degree-2 trigonometric polynomial has at most
+    # four stationary points, hence at most four local maxima of |f| worth refining).
+    local = (magnitude >= magnitude.roll(1, -1)) & (magnitude >= magnitude.roll(-1, -1))
+    starts = torch.where(local, magnitude, -1.0).topk(min(4, PEAK_GRID), dim=-1).indices
+    theta = grid.gather(-1, starts)
+    for _ in range(PEAK_NEWTON_STEPS):
+        P, Q, dP, dQ = factors(theta)
+        slope = dP * Q + P * dQ
+        curvature = (a - P) * Q + 2 * dP * dQ + P * (b - Q)
+        step = torch.where(curvature != 0, slope / torch.where(curvature != 0, curvature, 1.0), 0.0)
+        theta = theta - step.clamp(-spacing, spacing)
+        P, Q, _, _ = factors(theta)
+        best = torch.maximum(best, (P * Q).abs().amax(-1))
+    return best
+
+
+@typechecked
+def latent_peak_bound(
+    W_left: Float[Tensor, "d_sae d_in"],
+    W_right: Float[Tensor, "d_sae d_in"],
+    b_left: Float[Tensor, " d_sae"] | None = None,
+    b_right: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, " d_sae"]:
+    """Closed-form bound on ``|f_j|``: ``||ũ||² · ||Q̃_j||₂``.
+
+    ``Q̃_j = (l̃ r̃ᵀ + r̃ l̃ᵀ)/2`` has the two non-zero eigenvalues ``(l̃·r̃ ± |l̃||r̃|)/2``,
+    so its spectral norm is ``(|l̃||r̃| + |l̃·r̃|)/2``; ``||ũ||² = 1`` (2 when lifted). Exact
+    (equal to :func:`latent_peak`) when unlifted; lifted, no unit ``u`` reaches it in general,
+    because its eigenvector need not have the form ``[1, u]/√2``.
     """
     left_sq = W_left.pow(2).sum(-1)
     right_sq = W_right.pow(2).sum(-1)

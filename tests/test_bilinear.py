@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 
 import pytest
 import torch
@@ -17,8 +19,9 @@ from sae_bilinear import (
     BilinearTrainingSAE,
     BilinearTrainingSAEConfig,
     UnliftedDecodeError,
+    kernels,
 )
-from sae_bilinear import kernels
+from sae_bilinear.errors import ConfigError
 
 
 def step_input(x: torch.Tensor, step: int = 0, alpha: float = 0.1, dead=None) -> TrainStepInput:
@@ -261,3 +264,44 @@ def test_alpha_warm_up_is_a_sae_lens_coefficient():
     sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=4, d_sae=8, alpha=0.7, alpha_warm_up_steps=100))
     coefficient = sae.get_coefficients()["alpha"]
     assert coefficient.value == 0.7 and coefficient.warm_up_steps == 100
+
+
+def test_default_alpha_warm_up_is_a_quarter_of_the_run():
+    assert sae_bilinear.default_alpha_warm_up_steps(1024) == 256  # the authors' 256 of 1024
+    assert sae_bilinear.default_alpha_warm_up_steps(3) == 1  # at least one step
+    for bad in (0, -4, 2.0, True, "100"):
+        with pytest.raises(ConfigError, match="total_steps"):
+            sae_bilinear.default_alpha_warm_up_steps(bad)
+
+
+def test_kernel_knobs_are_documented_config_fields(tmp_path):
+    from sae_bilinear.bilinear_config import BilinearFields
+
+    sae = BilinearSAE(BilinearSAEConfig(d_in=4, d_sae=8, kernel_backward="autograd", kernel_tile_size=4))
+    assert (sae.kernel_backward, sae.kernel_tile_size, sae.sparse_kernel) == ("autograd", 4, True)
+    sae.sparse_kernel = False  # the model attribute writes the config field
+    assert sae.cfg.sparse_kernel is False
+    with pytest.raises(ConfigError, match="kernel_backward"):
+        sae.kernel_backward = "magic"
+    assert sae.cfg.kernel_backward == "autograd"  # a refused value leaves the old one
+    sae.save_model(tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["kernel_tile_size"] == 4
+    # Every field carries an attribute docstring (the CLI shows them as --help).
+    source = inspect.getsource(BilinearFields)
+    for name in ("kernel_backward", "kernel_tile_size", "kernel_memory_budget", "sparse_kernel", "variant", "k"):
+        assert re.search(rf"\n    {name}: [^\n]+\n    \"\"\"", source), name
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_activity_threshold_means_the_same_lifted_or_not(lifted):
+    """Every latent reaches 99.9 % of its peak on some unit token: the peak is a maximum, not
+    a bound (the old lifted bound ||ũ||²·||Q̃||₂ was about twice what tokens reach)."""
+    sae = BilinearSAE(BilinearSAEConfig(d_in=2, d_sae=12, lifted=lifted, activity_threshold=0.999))
+    if lifted:
+        with torch.no_grad():
+            sae.b_left.copy_(torch.linspace(-1.5, 1.5, 12))
+            sae.b_right.copy_(torch.linspace(0.8, -0.4, 12))
+    theta = torch.linspace(0, 2 * torch.pi, 20001)
+    f = sae.encode(3.0 * torch.stack([theta.cos(), theta.sin()], -1))
+    assert sae.active_latents(f).any(0).all()
+    assert (f.abs() <= sae.latent_peak() * (1 + 1e-5)).all()

@@ -261,11 +261,63 @@ def test_latent_peak_bounds_every_activation():
     for lifted in (False, True):
         W_left, W_right, b_left, b_right, _ = make_weights(d, F, "vanilla", lifted)
         peak = kernels.latent_peak(W_left, W_right, b_left, b_right)
+        bound = kernels.latent_peak_bound(W_left, W_right, b_left, b_right)
         u = torch.nn.functional.normalize(torch.randn(5000, d, dtype=torch.float64), dim=-1)
         f = kernels.bilinear_latents(u, W_left, W_right, b_left, b_right)
         assert (f.abs() <= peak + 1e-12).all()
-        # The bound is attained (up to sampling) by the top eigenvector of Q_j.
+        # The closed-form bound is ||ũ||²·||Q̃_j||₂ (the top eigenvalue of Q̃_j); unlifted, the
+        # peak attains it (at the top eigenvector), lifted it is only an upper bound.
         L, R = lift(W_left, b_left), lift(W_right, b_right)
         Q = 0.5 * (torch.einsum("fi,fj->fij", L, R) + torch.einsum("fi,fj->fij", R, L))
         spectral = torch.linalg.eigvalsh(Q).abs().amax(-1)
-        torch.testing.assert_close(peak, spectral * (2.0 if lifted else 1.0))
+        torch.testing.assert_close(bound, spectral * (2.0 if lifted else 1.0))
+        assert (peak <= bound * (1 + 1e-12)).all()
+        if not lifted:
+            torch.testing.assert_close(peak, spectral)
+
+
+def _sphere_ascent(W_left, W_right, b_left, b_right, starts: int = 64, steps: int = 300) -> torch.Tensor:
+    """max |f_j(u)| over unit u by projected gradient ascent from many random starts (float64)."""
+    F, d = W_left.shape
+    g = torch.Generator().manual_seed(1)
+    u = torch.nn.functional.normalize(torch.randn(starts, F, d, dtype=torch.float64, generator=g), dim=-1)
+    u.requires_grad_(True)
+    optimiser = torch.optim.Adam([u], lr=0.05)
+
+    def value(v):
+        unit = torch.nn.functional.normalize(v, dim=-1)
+        return (((unit * W_left).sum(-1) + b_left) * ((unit * W_right).sum(-1) + b_right)).abs()
+
+    for _ in range(steps):
+        optimiser.zero_grad()
+        (-value(u).sum()).backward()
+        optimiser.step()
+    return value(u).detach().amax(0)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_lifted_latent_peak_is_the_true_maximum_over_unit_tokens(d):
+    F = 40
+    W_left, W_right, b_left, b_right, _ = make_weights(d, F, "vanilla", True, seed=d)
+    with torch.no_grad():
+        W_right[:4] = 0.5 * W_left[:4]  # parallel rows: the reachable (p, q) is a segment
+        W_left[4:6] = 0.0  # f linear in u
+        b_left[6:8] = b_right[6:8] = 0.0  # no bias: the unlifted closed form
+        b_left[8:10] = 5.0  # bias dominates
+    peak = kernels.latent_peak(W_left, W_right, b_left, b_right)
+    if d == 1:
+        u = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+        reached = kernels.bilinear_latents(u, W_left, W_right, b_left, b_right).abs().amax(0)
+    else:
+        reached = _sphere_ascent(W_left, W_right, b_left, b_right)
+        sampled = kernels.bilinear_latents(
+            torch.nn.functional.normalize(torch.randn(20000, d, dtype=torch.float64), dim=-1),
+            W_left, W_right, b_left, b_right,
+        ).abs().amax(0)
+        assert (sampled <= peak * (1 + 1e-12)).all()
+    # Never exceeded, and reached by optimisation: the true maximum, not a bound.
+    assert (reached <= peak * (1 + 1e-9)).all()
+    torch.testing.assert_close(reached, peak, rtol=1e-6, atol=0)
+    assert (peak < kernels.latent_peak_bound(W_left, W_right, b_left, b_right) * (1 - 1e-3))[10:].any()
+    # Not differentiable, whatever the weights say.
+    assert not kernels.latent_peak(W_left.requires_grad_(), W_right, b_left, b_right).requires_grad
