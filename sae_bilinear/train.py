@@ -60,9 +60,11 @@ from sae_bilinear.config_checks import (
     check_str,
     did_you_mean,
 )
+from sae_bilinear.bilinear import BilinearTrainingSAE
 from sae_bilinear.errors import ConfigError, DataFileError, UserError
 from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
+from sae_bilinear.saelens_evals import BilinearEvaluator
 from sae_bilinear.outputs import (
     check_output_folder,
     prepare_output_folder,
@@ -181,6 +183,10 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
             raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         check_ns_dtype(ns_dtype)
         super().__init__(cfg, *args, **kwargs)
+        if isinstance(self.sae, BilinearTrainingSAE):
+            # SAELens's evaluator reads W_enc/W_dec and decodes unlifted SAEs, which bilinear
+            # SAEs cannot do; ours gives its eval metrics at the activity threshold instead.
+            self.evaluator = BilinearEvaluator.from_runner(self)
         self.optimizer_name = optimizer
         self.ns_dtype = ns_dtype
         self.trainer: SAETrainer[Any, Any] | None = None
@@ -577,7 +583,7 @@ def runner_config_from_dict(raw: dict[str, Any], *, allow_remote_code: bool = Fa
 
     The mapping is SAELens's ``LanguageModelSAERunnerConfig.to_dict()`` form (so a
     ``runner_cfg.json`` that SAELens wrote is a valid input), with defaults filled in:
-    ``sae.architecture`` = bilinear, wandb off, ``dataset_trust_remote_code`` false (SAELens
+    ``sae.architecture`` = bilinear, ``dataset_trust_remote_code`` false (SAELens
     defaults it to true). ``extras`` is the ``sae_bilinear`` section (``optimizer``,
     ``ns_dtype``). An unknown key anywhere, or any ``trust_remote_code`` set true without
     ``allow_remote_code`` (an argument, never a config key: a config file cannot grant itself
@@ -596,7 +602,7 @@ def runner_config_from_dict(raw: dict[str, Any], *, allow_remote_code: bool = Fa
     if not isinstance(raw.get("sae"), dict):
         raise ConfigError("the config needs an 'sae' section (a mapping: d_in, d_sae, variant, ...)")
     raw["sae"].setdefault("architecture", "bilinear")
-    raw.setdefault("logger", {"log_to_wandb": False})
+    # No logger default of our own: SAELens's (wandb on) holds, as for any SAELens config.
     for key in _VERSION_KEYS:
         raw.pop(key, None)
     remote = _remote_code_keys(raw)
