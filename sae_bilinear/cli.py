@@ -113,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from sae_bilinear import analysis
+    from sae_bilinear import analysis, latent_pages
     from sae_bilinear.main_job import token_activations
 
     sae = _load_sae(args.sae_dir)
@@ -128,15 +128,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         latents = [latent]
     out = Path(args.out or Path(args.sae_dir) / "analysis")
     for latent in latents:
-        summary = analysis.analyze_latent(sae, latent, acts, contexts, out, tokens=token_strs)
+        summary = latent_pages.analyze_latent(sae, latent, acts, contexts, out, tokens=token_strs)
         print(f"latent {latent}: {summary.get('html')}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sae_bilinear import analysis
+    from sae_bilinear import similarity
 
-    result = analysis.compare(_load_sae(args.a), _load_sae(args.b), matched=not args.no_matched)
+    result = similarity.compare(_load_sae(args.a), _load_sae(args.b), matched=not args.no_matched)
     printable = {k: v for k, v in result.items() if not hasattr(v, "shape")}
     print(json.dumps(printable, indent=2, default=str))
     return 0

@@ -18,6 +18,7 @@ import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.latent_pages import analyze_latent
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 
 BASELINES = ("topk", "standard", "none")
@@ -189,7 +190,7 @@ def run_main_job(config: MainJobConfig, out: str | Path, model: Any = None) -> d
     latents = analysis.choose_top_latents(inference, eval_acts, n=config.n_latents)
     latent_pages = []
     for latent in latents:
-        summary = analysis.analyze_latent(
+        summary = analyze_latent(
             inference, latent, eval_acts, contexts, out / "latents", tokens=token_strs
         )
         latent_pages.append({"latent": latent, **{k: summary[k] for k in summary if k in ("html", "png", "json")}})

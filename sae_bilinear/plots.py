@@ -26,11 +26,11 @@ import numpy as np
 import plotly.graph_objects as go
 from torch import Tensor
 
+from sae_bilinear.analysis import TopActivations
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from sae_bilinear.analysis import TopActivations
 
 POSITIVE = "#b2182b"
 NEGATIVE = "#2166ac"
