@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,6 +39,7 @@ from sae_bilinear.spectra import (
     effective_rank,
     factors,
     fix_signs,
+    form_sketch,
     hoyer_density,
     importance,
     interaction_matrix,
@@ -132,6 +133,22 @@ def _flat(activations: Tensor) -> Tensor:
     return activations.reshape(-1, activations.shape[-1])
 
 
+def token_latents(sae: Any, activations: Tensor, latents: int | Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Dense latents ``f`` [N, n] of activations [..., d_in] in one batch, and the valid mask [N].
+
+    Invalid tokens (zero or non-finite) get ``f = 0``. :func:`latent_activations` is the
+    batched form.
+    """
+    left, right, _, lifted = factors(sae)
+    index, _ = latent_indices(latents, left.shape[0], left.device)
+    tokens = _unit(sae, _flat(activations))
+    u = tokens.unit.to(left.dtype)
+    u = lift(u) if lifted else u
+    f = (u @ left[index].T) * (u @ right[index].T)
+    valid = tokens.valid.to(f.device)
+    return torch.where(valid.unsqueeze(-1), f, torch.zeros_like(f)), valid
+
+
 def latent_activations(
     sae: Any, activations: Tensor, latents: int | Sequence[int] | Tensor | None = None, *, batch_size: int = 8192
 ) -> Tensor:
@@ -139,18 +156,11 @@ def latent_activations(
 
     Zero and non-finite tokens get 0.
     """
-    left, right, _, lifted = factors(sae)
+    left = factors(sae).left
     index, single = latent_indices(latents, left.shape[0], left.device)
-    a, b = left[index], right[index]
     x = _flat(activations)
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        tokens = _unit(sae, x[start : start + batch_size])
-        u = tokens.unit.to(a.dtype)
-        u = lift(u) if lifted else u
-        f = (u @ a.T) * (u @ b.T)
-        out.append(torch.where(tokens.valid.unsqueeze(-1), f, torch.zeros_like(f)))
-    f = torch.cat(out) if out else torch.zeros(0, index.numel(), dtype=a.dtype, device=a.device)
+    out = [token_latents(sae, x[start : start + batch_size], index)[0] for start in range(0, x.shape[0], batch_size)]
+    f = torch.cat(out) if out else torch.zeros(0, index.numel(), dtype=left.dtype, device=left.device)
     return f[:, 0] if single else f
 
 
@@ -176,6 +186,47 @@ def _sparse_latents(sae: Any, f: Tensor) -> Tensor:
     return f
 
 
+class UsageSums:
+    """Streaming sums behind :func:`latent_usage`: feed it the dense latents of valid tokens.
+
+    Built once per SAE (``index``: the latents scored; ``local``: score them alone, which is
+    exact only for vanilla/ordered Hoyer SAEs), then :meth:`add` per batch and
+    :meth:`result` at the end. The atlas drives it from its own single pass over the data.
+    """
+
+    def __init__(self, sae: Any, index: Tensor, *, local: bool = False) -> None:
+        left, right, _, lifted = factors(sae)
+        self.sae, self.index, self.local = sae, index, local
+        self.peak = kernels.latent_peak(
+            left[index, int(lifted) :],
+            right[index, int(lifted) :],
+            left[index, 0] if lifted else None,
+            right[index, 0] if lifted else None,
+        )
+        self.threshold = float(getattr(getattr(sae, "cfg", None), "activity_threshold", 0.1))
+        width = index.numel()
+        self.sums = {name: torch.zeros(width, dtype=left.dtype, device=left.device) for name in ("frequency", "energy", "mean_abs")}
+        self.max_abs = torch.zeros(width, dtype=left.dtype, device=left.device)
+        self.count = 0
+
+    def add(self, f: Tensor) -> None:
+        """Dense latents ``f`` [n_valid, len(index)] of a batch of valid tokens."""
+        sparse = f if self.local else _sparse_latents(self.sae, f)
+        g = sparse if self.local else _coefficients_of(self.sae, sparse)
+        self.sums["frequency"] += (sparse.abs() >= self.threshold * self.peak).to(f.dtype).sum(0)
+        self.sums["energy"] += (g * f).abs().sum(0)
+        self.sums["mean_abs"] += f.abs().sum(0)
+        if f.shape[0]:
+            self.max_abs = torch.maximum(self.max_abs, f.abs().max(0).values)
+        self.count += f.shape[0]
+
+    def result(self) -> dict[str, Tensor]:
+        """``frequency``, ``energy``, ``mean_abs`` (means over valid tokens) and ``max_abs``."""
+        out = {name: total / max(self.count, 1) for name, total in self.sums.items()}
+        out["max_abs"] = self.max_abs
+        return out
+
+
 def latent_usage(
     sae: Any, activations: Tensor, latents: Sequence[int] | Tensor | None = None, *, batch_size: int = 8192
 ) -> dict[str, Tensor]:
@@ -191,38 +242,18 @@ def latent_usage(
     only those latents are computed (``O(N·d)`` per latent), otherwise all are (``g``
     and TopK need every latent).
     """
-    left, right, down, lifted = factors(sae)
+    left, _, down, _ = factors(sae)
     d_sae = left.shape[0]
     topk = getattr(getattr(sae, "cfg", None), "sparsity", "hoyer") == "topk"
     subset = None if latents is None else latent_indices(list(latents) if not isinstance(latents, Tensor) else latents, d_sae, left.device)[0]
     local = subset is not None and down is None and not topk
-    index = subset if local else torch.arange(d_sae, device=left.device)
-    peak = kernels.latent_peak(
-        left[index, int(lifted) :],
-        right[index, int(lifted) :],
-        left[index, 0] if lifted else None,
-        right[index, 0] if lifted else None,
-    )
-    threshold = float(getattr(getattr(sae, "cfg", None), "activity_threshold", 0.1))
+    index = subset if local and subset is not None else torch.arange(d_sae, device=left.device)
+    sums = UsageSums(sae, index, local=local)
     x = _flat(activations)
-    width = index.numel()
-    sums = {name: torch.zeros(width, dtype=left.dtype, device=left.device) for name in ("frequency", "energy", "mean_abs")}
-    max_abs = torch.zeros(width, dtype=left.dtype, device=left.device)
-    count = 0
     for start in range(0, x.shape[0], batch_size):
-        chunk = x[start : start + batch_size]
-        valid = _unit(sae, chunk).valid.to(left.device)
-        f = latent_activations(sae, chunk, index, batch_size=batch_size)[valid]
-        sparse = f if local else _sparse_latents(sae, f)
-        g = sparse if local else _coefficients_of(sae, sparse)
-        sums["frequency"] += (sparse.abs() >= threshold * peak).to(f.dtype).sum(0)
-        sums["energy"] += (g * f).abs().sum(0)
-        sums["mean_abs"] += f.abs().sum(0)
-        if f.shape[0]:
-            max_abs = torch.maximum(max_abs, f.abs().max(0).values)
-        count += f.shape[0]
-    out = {name: total / max(count, 1) for name, total in sums.items()}
-    out["max_abs"] = max_abs
+        f, valid = token_latents(sae, x[start : start + batch_size], index)
+        sums.add(f[valid])
+    out = sums.result()
     if subset is not None and not local:
         out = {name: value[subset] for name, value in out.items()}
     return out
@@ -304,6 +335,73 @@ def _select(values: Tensor, n: int, sign: str) -> Tensor:
     return torch.cat([high, low])
 
 
+def lifted_units(sae: Any, activations: Tensor) -> Tensor:
+    """``ũ`` [N, d'] (float64, CPU) of activations [..., d_in]: unit tokens, lifted when the SAE is."""
+    u = _unit(sae, _flat(activations)).unit
+    return (lift(u) if is_lifted(sae) else u).to(torch.float64).cpu()
+
+
+class ManifoldView(NamedTuple):
+    """Tokens projected on a form's top-3 ``|λ|`` eigenvectors (see :func:`manifold_view`)."""
+
+    coordinates: Tensor
+    """``[n, 3]`` ``ũ·axis``."""
+    axes: Tensor
+    """``[d', 3]`` orthonormal axes: top-3 ``|λ|`` eigenvectors, then residual principal directions."""
+    axis_eigenvalues: Tensor
+    """``[3]`` eigenvalue of each axis (0 for a residual axis)."""
+    axis_labels: list[str]
+    """``"v0 (λ=…)"`` or ``"residual PC0"`` per axis."""
+
+
+def _complete_axes(units: Tensor, axes: Tensor, n_axes: int) -> tuple[Tensor, int]:
+    """Extend orthonormal ``axes`` [d', k] to ``n_axes`` columns with the principal directions
+    of the units' residual (then coordinate axes, if the tokens span too little)."""
+    residual = units - (units @ axes) @ axes.T
+    if units.shape[0] > 1:
+        residual = residual - residual.mean(0, keepdim=True)
+    dim = units.shape[-1]
+    candidates = [torch.eye(dim, dtype=units.dtype)]
+    if residual.shape[0]:
+        candidates.insert(0, torch.linalg.svd(residual, full_matrices=False).Vh.T)
+    basis, added = axes, 0
+    for column in torch.cat(candidates, dim=1).T:
+        if basis.shape[1] == n_axes:
+            break
+        column = column - basis @ (basis.T @ column)
+        norm = column.norm()
+        if norm > 1e-6:
+            basis = torch.cat([basis, (column / norm).unsqueeze(-1)], dim=1)
+            added += 1
+    return basis, added
+
+
+def manifold_view(units: Tensor, eig: Spectrum) -> ManifoldView:
+    """Project lifted unit tokens ``units`` [n, d'] (:func:`lifted_units`) on the form's top-3 ``|λ|`` eigenvectors.
+
+    The activation is ``Σ_k λ_k (ũ·v_k)²`` over all eigenpairs, so the top-3 axes show most of
+    it. A form with fewer than three non-zero eigenvalues (a single latent has two) gets
+    the principal directions of the tokens' residual as its remaining axes, so the
+    picture still shows how the tokens spread. Axis signs are fixed (largest entry > 0).
+    """
+    u = units.to(torch.float64).cpu()
+    n_axes = min(3, u.shape[-1])
+    vals = eig.eigenvalues.to(torch.float64).cpu()
+    vecs = eig.eigenvectors.to(torch.float64).cpu()
+    scale = vals.abs().max() if vals.numel() else torch.tensor(0.0)
+    nonzero = int((vals.abs() > 1e-9 * scale).sum()) if scale > 0 else 0
+    k_eig = min(n_axes, nonzero)
+    axes, added = _complete_axes(u, vecs[:, :k_eig], n_axes) if k_eig < n_axes else (vecs[:, :k_eig], 0)
+    labels = [f"v{i} (λ={float(vals[i]):.3g})" for i in range(k_eig)] + [f"residual PC{i}" for i in range(added)]
+    axes = fix_signs(axes)
+    coordinates = u @ axes
+    if coordinates.shape[1] < 3:
+        coordinates = torch.cat([coordinates, coordinates.new_zeros(coordinates.shape[0], 3 - coordinates.shape[1])], 1)
+    axis_values = torch.zeros(3, dtype=torch.float64)
+    axis_values[:k_eig] = vals[:k_eig]
+    return ManifoldView(coordinates, axes, axis_values, labels)
+
+
 def top_activations(
     sae: Any,
     activations: Tensor,
@@ -347,49 +445,14 @@ def top_activations(
     valid = torch.cat([_unit(sae, x[s : s + batch_size]).valid for s in range(0, N, batch_size)]) if N else torch.zeros(0, dtype=torch.bool)
     values = torch.where(valid.to(values.device), values, torch.full_like(values, math.nan)).cpu()
     chosen = _select(values, n, sign)
-    selected = x[chosen.to(x.device)]
-    u = _unit(sae, selected).unit
-    u = (lift(u) if lifted else u).to(torch.float64).cpu()
-
-    dim = u.shape[-1]
-    n_axes = min(3, dim)
-    vals = eig.eigenvalues.to(torch.float64).cpu()
-    vecs = eig.eigenvectors.to(torch.float64).cpu()
-    scale = vals.abs().max() if vals.numel() else torch.tensor(0.0)
-    nonzero = int((vals.abs() > 1e-9 * scale).sum()) if scale > 0 else 0
-    k_eig = min(n_axes, nonzero)
-    axes = vecs[:, :k_eig]
-    labels = [f"v{i} (λ={float(vals[i]):.3g})" for i in range(k_eig)]
-    if k_eig < n_axes:
-        residual = u - (u @ axes) @ axes.T
-        if u.shape[0] > 1:
-            residual = residual - residual.mean(0, keepdim=True)
-        extra = torch.linalg.svd(residual, full_matrices=True).Vh.T if residual.shape[0] else torch.eye(dim, dtype=u.dtype)
-        fill = []
-        basis = axes
-        for column in extra.T:
-            column = column - basis @ (basis.T @ column)
-            norm = column.norm()
-            if norm > 1e-6:
-                basis = torch.cat([basis, (column / norm).unsqueeze(-1)], dim=1)
-                fill.append(basis[:, -1])
-            if basis.shape[1] == n_axes:
-                break
-        axes = basis
-        labels += [f"residual PC{i}" for i in range(len(fill))]
-    axes = fix_signs(axes)
-    coordinates = u @ axes
-    if coordinates.shape[1] < 3:
-        coordinates = torch.cat([coordinates, torch.zeros(coordinates.shape[0], 3 - coordinates.shape[1], dtype=coordinates.dtype)], 1)
-    axis_values = torch.zeros(3, dtype=torch.float64)
-    axis_values[:k_eig] = vals[:k_eig]
+    view = manifold_view(lifted_units(sae, x[chosen.to(x.device)]), eig)
     return TopActivations(
         indices=chosen,
         values=values[chosen],
-        coordinates=coordinates.float(),
-        axes=axes.float(),
-        axis_eigenvalues=axis_values.float(),
-        axis_labels=labels,
+        coordinates=view.coordinates.float(),
+        axes=view.axes.float(),
+        axis_eigenvalues=view.axis_eigenvalues.float(),
+        axis_labels=view.axis_labels,
         tokens=None if tokens is None else [tokens[i] for i in chosen.tolist()],
         contexts=None if contexts is None else [contexts[i] for i in chosen.tolist()],
         latent=latent,
@@ -402,8 +465,10 @@ __all__ = [
     "MATRIX_ELEMENT_LIMIT",
     "CompositeStats",
     "Factors",
+    "ManifoldView",
     "Spectrum",
     "TopActivations",
+    "UsageSums",
     "bottleneck_weights",
     "captured_share",
     "choose_top_latents",
@@ -417,6 +482,7 @@ __all__ = [
     "effective_rank",
     "factors",
     "fix_signs",
+    "form_sketch",
     "hoyer_density",
     "importance",
     "interaction_matrix",
@@ -428,10 +494,13 @@ __all__ = [
     "latent_usage",
     "latent_weights",
     "lift",
+    "lifted_units",
+    "manifold_view",
     "mixing_overlap",
     "rank2_spectrum",
     "spectrum",
     "subspace_angles",
+    "token_latents",
     "top_activations",
     "top_dims",
     "variant_name",

@@ -9,7 +9,6 @@ SAE at once, see :mod:`sae_bilinear.atlas`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,17 +18,6 @@ import torch
 from torch import Tensor
 
 from sae_bilinear import analysis, plots
-
-
-def _strict_json(value: Any) -> Any:
-    """NaN/inf → None, so the file is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
 
 
 def analyze_latent(
@@ -155,7 +143,7 @@ def analyze_latent(
     files["json"] = str(stem.with_suffix(".json"))
     report["files"] = files
     report.update(files)  # also top-level: report["html"], report["png"], report["json"]
-    stem.with_suffix(".json").write_text(json.dumps(_strict_json(report), indent=1, allow_nan=False))
+    stem.with_suffix(".json").write_text(json.dumps(plots.strict_json(report), indent=1, allow_nan=False))
     return report
 
 

@@ -267,11 +267,77 @@ def compare(
     return result
 
 
+
+class Neighbours(NamedTuple):
+    """Nearest forms of each latent (or composite) of one SAE, by the cosine of their operators."""
+
+    indices: Tensor
+    """``[n, k]`` the neighbours, closest (largest ``|cos|``) first."""
+    cosines: Tensor
+    """``[n, k]`` signed ``<Q_i, Q_j> / (||Q_i|| ||Q_j||)`` (−1: the same form, sign flipped)."""
+
+
+def _top_by_magnitude(cos: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest ``|cos|`` per row, the row's own column (``rows``) excluded."""
+    cos = cos.clone()
+    cos[torch.arange(cos.shape[0], device=cos.device), rows] = 0.0
+    top = cos.abs().topk(k, dim=-1).indices
+    return top, cos.gather(-1, top)
+
+
+def nearest(sae: Any, k: int = 8, *, composites: bool = False, block_size: int = 1024) -> Neighbours:
+    """Each latent's ``k`` nearest latents of the same SAE by ``|cos(Q_i, Q_j)|`` (data-free).
+
+    ``composites=True`` does the same for the bottleneck rows of a mixed/combined SAE, whose
+    forms are ``C_r = Σ_j D_rj Q_j`` (so ``<C_r, C_s> = (D K Dᵀ)_rs`` with ``K`` the
+    symmetric kernel). Tiled over rows of ``K``: memory ``O(block_size · F)``; cost ``O(F² d)``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive int, got {k!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(f"block_size must be a positive int, got {block_size!r}")
+    f = factors(sae)
+    F = f.left.shape[0]
+    if composites and f.down is None:
+        raise ConfigError("composites=True needs a mixed or combined SAE (this one has no W_down)")
+    n = f.down.shape[0] if composites and f.down is not None else F
+    k = min(k, n - 1)
+    if k < 1:
+        empty = torch.zeros(n, 0)
+        return Neighbours(empty.long(), empty)
+    if composites:
+        assert f.down is not None
+        acc = torch.zeros(f.down.shape[0], F, dtype=f.left.dtype, device=f.left.device)
+        for start in range(0, F, block_size):
+            block = slice(start, min(start + block_size, F))
+            plain, swapped = _kernel_blocks(f, f, block, True)
+            assert swapped is not None
+            acc += f.down[:, block] @ (0.5 * (plain + swapped))
+        gram = acc @ f.down.T
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        cos = gram / (norms.unsqueeze(-1) * norms.unsqueeze(0)).clamp(min=torch.finfo(gram.dtype).tiny)
+        top, values = _top_by_magnitude(cos, torch.arange(n, device=cos.device), k)
+        return Neighbours(top.cpu(), values.float().cpu())
+    norms = _self_norms(f, True).sqrt()
+    tops, values = [], []
+    for start in range(0, F, block_size):
+        block = slice(start, min(start + block_size, F))
+        plain, swapped = _kernel_blocks(f, f, block, True)
+        assert swapped is not None
+        denominator = (norms[block].unsqueeze(-1) * norms.unsqueeze(0)).clamp(min=torch.finfo(norms.dtype).tiny)
+        top, value = _top_by_magnitude(0.5 * (plain + swapped) / denominator, torch.arange(block.start, block.stop, device=norms.device), k)
+        tops.append(top.cpu())
+        values.append(value.float().cpu())
+    return Neighbours(torch.cat(tops), torch.cat(values))
+
+
 __all__ = [
     "Matching",
+    "Neighbours",
     "compare",
     "cross_kernel",
     "matched_similarity",
+    "nearest",
     "operator_inner",
     "operator_similarity",
     "paper_similarity",

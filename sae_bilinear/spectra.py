@@ -444,6 +444,26 @@ def variant_name(sae: Any) -> str:
     return str(variant)
 
 
+
+def form_sketch(sae: Any, dims: int = 128, seed: int = 0) -> Tensor:
+    """A random linear sketch of every ``Q_j`` [d_sae, dims]: ``S_jr = a_rᵀ Q_j b_r`` (data-free).
+
+    With ``a_r, b_r`` independent standard normal vectors, ``E[S_i·S_j] = dims·<Q_i, Q_j>``
+    (for any matrices ``X, Y``: ``E[(aᵀXb)(aᵀYb)] = <X, Y>``), so the sketch keeps the
+    geometry of the forms in the d'²-space at ``O(d_sae·dims·d')`` cost, never forming a
+    matrix. Linear in ``Q``: the sketch of a composite ``Σ_j v_j Q_j`` is ``v @ S``. Used for
+    the atlas's 2-D map. Deterministic for a given ``seed``.
+    """
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise ValueError(f"dims must be a positive int, got {dims!r}")
+    left, right, _, _ = factors(sae)
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(left.shape[1], dims, generator=generator, dtype=torch.float64).to(left)
+    b = torch.randn(left.shape[1], dims, generator=generator, dtype=torch.float64).to(left)
+    # a ᵀ Q b with Q = (l rᵀ + r lᵀ)/2.
+    return 0.5 * ((left @ a) * (right @ b) + (right @ a) * (left @ b))
+
+
 __all__ = [
     "MATRIX_ELEMENT_LIMIT",
     "Factors",
@@ -458,6 +478,7 @@ __all__ = [
     "effective_rank",
     "factors",
     "fix_signs",
+    "form_sketch",
     "hoyer_density",
     "importance",
     "interaction_matrix",

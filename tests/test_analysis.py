@@ -419,3 +419,46 @@ def test_planted_latent_analysis_files(planted, tmp_path):
     report = latent_pages.analyze_latent(sae, latent, test.activations, contexts, tmp_path, n=200)
     assert report["latent"] == latent and report["stats"]["support"] == 1
     assert len(report["eigenvalues"]) == 2
+
+
+# ---------------------------------------------------------------------------- pieces the atlas streams
+
+
+def test_form_sketch_is_linear_and_keeps_inner_products():
+    sae = make_sae(d=5, F=8, lifted=True, seed=3)
+    sketch = analysis.form_sketch(sae, dims=20000, seed=1)
+    assert sketch.shape == (8, 20000)
+    torch.testing.assert_close(analysis.form_sketch(sae, dims=20000, seed=1), sketch)  # deterministic
+    Q = analysis.latent_matrices(sae).reshape(8, -1)
+    # E[S_i·S_j] = dims·<Q_i, Q_j>: the sketch's Gram matrix estimates the forms' (relative error ~ 1/√dims).
+    gram, exact = sketch @ sketch.T / 20000, Q @ Q.T
+    assert float((gram - exact).norm() / exact.norm()) < 0.05
+    # Linear in Q: a_rᵀ Q_j b_r, checked against the explicit matrices.
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 20000, generator=generator, dtype=torch.float64)
+    b = torch.randn(6, 20000, generator=generator, dtype=torch.float64)
+    explicit = torch.einsum("ir,fij,jr->fr", a[:, :5], analysis.latent_matrices(sae), b[:, :5])
+    torch.testing.assert_close(sketch[:, :5], explicit)
+    with pytest.raises(ValueError, match="dims"):
+        analysis.form_sketch(sae, dims=0)
+
+
+def test_token_latents_match_encode_and_mark_invalid_tokens():
+    sae = make_sae(d=6, F=9, lifted=True, dtype="float32")
+    x = torch.randn(7, 6)
+    x[3] = 0
+    x[5, 2] = float("nan")
+    f, valid = analysis.token_latents(sae, x)
+    assert valid.tolist() == [True, True, True, False, True, False, True]
+    torch.testing.assert_close(f[valid], sae.encode(x[valid]))
+    assert (f[~valid] == 0).all()
+    torch.testing.assert_close(analysis.latent_activations(sae, x, batch_size=2), f)
+
+
+def test_manifold_view_of_a_rank2_form_adds_one_residual_axis():
+    sae, x, _ = planted_latent_sae()
+    units = analysis.lifted_units(sae, x[:400])
+    view = analysis.manifold_view(units, analysis.latent_spectrum(sae, 0))
+    assert view.coordinates.shape == (400, 3) and view.axis_labels[2] == "residual PC0"
+    torch.testing.assert_close(view.axes.T @ view.axes, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)  # float32 eigenvectors
+    torch.testing.assert_close(view.coordinates, units @ view.axes)

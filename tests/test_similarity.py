@@ -147,3 +147,45 @@ def test_bad_block_size_is_a_config_error(block_size):
     a = make_sae(d=4, F=6)
     with pytest.raises(ConfigError, match="block_size"):
         similarity.compare(a, a, block_size=block_size)
+
+
+@pytest.mark.parametrize("lifted", [False, True])
+def test_nearest_latents_are_the_largest_operator_cosines(lifted):
+    sae = make_sae(d=5, F=14, lifted=lifted, seed=5)
+    with torch.no_grad():  # latent 7 is latent 2 with l, r swapped and sign flipped: the same form, negated
+        sae.W_left[7], sae.W_right[7] = -sae.W_right[2], sae.W_left[2]
+        if lifted:
+            sae.b_left[7], sae.b_right[7] = -sae.b_right[2], sae.b_left[2]
+    Q = analysis.latent_matrices(sae).reshape(14, -1)
+    cos = (Q @ Q.T) / (Q.norm(dim=-1, keepdim=True) * Q.norm(dim=-1))
+    result = similarity.nearest(sae, 3, block_size=4)
+    assert result.indices.shape == (14, 3) and result.cosines.shape == (14, 3)
+    for i in range(14):
+        expected = cos[i].clone()
+        expected[i] = 0
+        # Latents 2 and 7 tie in |cos| with everyone, so compare values, not the order of ties.
+        top = expected.abs().sort(descending=True).values[:3]
+        torch.testing.assert_close(result.cosines[i].abs(), top.float(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(result.cosines[i], expected[result.indices[i]].float(), atol=1e-5, rtol=0)
+        assert i not in result.indices[i].tolist()
+    assert int(result.indices[2, 0]) == 7 and float(result.cosines[2, 0]) == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_nearest_composites_use_the_bottleneck_forms():
+    sae = make_sae(d=4, F=10, variant="mixed", bottleneck=6, seed=6)
+    Q = analysis.latent_matrices(sae).reshape(10, -1)
+    C = sae.W_down.detach() @ Q  # row r: vec(Σ_j D_rj Q_j)
+    cos = (C @ C.T) / (C.norm(dim=-1, keepdim=True) * C.norm(dim=-1))
+    result = similarity.nearest(sae, 2, composites=True, block_size=3)
+    for r in range(6):
+        expected = cos[r].clone()
+        expected[r] = 0
+        order = expected.abs().argsort(descending=True)[:2]
+        assert result.indices[r].tolist() == order.tolist()
+        torch.testing.assert_close(result.cosines[r], expected[order].float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"k": 0}, "k"), ({"k": 2.0}, "k"), ({"block_size": 0}, "block_size"), ({"composites": True}, "W_down")])
+def test_nearest_rejects_bad_input(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        similarity.nearest(make_sae(d=4, F=6), **kwargs)
