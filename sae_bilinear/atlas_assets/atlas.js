@@ -104,7 +104,8 @@ const Atlas = (() => {
     const col = Object.fromEntries(index.columns.map((name, i) => [name, i]));
     const rows = index.rows.map((row) => ({
       key: row[0], kind: row[0][0], id: Number(row[0].slice(1)), row,
-      haystack: row[col.top_tokens].concat(row[col.bottom_tokens]).join("\u0000").toLowerCase(),
+      // Raw and as shown (⏎ for a newline), so either form finds the token.
+      haystack: row[col.top_tokens].concat(row[col.bottom_tokens]).flatMap((t) => [t, shown(t)]).join("\u0000").toLowerCase(),
     }));
     const view = { sort: "frequency", dir: -1, page: 0, size: 100 };
     const search = el("input", { type: "search", id: "search", placeholder: "token (e.g. ' the') or item (L12, C3)" });
@@ -176,6 +177,9 @@ const Atlas = (() => {
 
     function drawMap(list) {
       if (typeof Plotly === "undefined") return;
+      const logs = list.map((r) => Math.log10(Math.max(r.row[col.frequency], 1e-6)));
+      const low = logs.reduce((a, b) => Math.min(a, b), 0);
+      const range = [low, Math.max(logs.reduce((a, b) => Math.max(a, b), -6), low + 0.1)];
       const traces = ["L", "C"].map((k) => {
         const part = list.filter((r) => r.kind === k);
         return {
@@ -186,7 +190,7 @@ const Atlas = (() => {
           marker: {
             size: k === "L" ? 5 : 9, symbol: k === "L" ? "circle" : "diamond", opacity: 0.85,
             color: part.map((r) => Math.log10(Math.max(r.row[col.frequency], 1e-6))), colorscale: "Viridis",
-            cmin: -6, cmax: 0, showscale: k === "L", colorbar: { title: { text: "log₁₀ frequency" }, thickness: 12 },
+            cmin: range[0], cmax: range[1], showscale: k === "L", colorbar: { title: { text: "log₁₀ frequency", side: "right" }, thickness: 12 },
           },
         };
       }).filter((t) => t.x.length);
