@@ -157,16 +157,18 @@ def latent_forms(sae: Any) -> Forms:
     return Forms(list(values), list(vectors), [1] * values.shape[0])
 
 
-def composite_forms(sae: Any, progress: bool) -> Forms:
+def composite_forms(sae: Any, progress: bool, block: int = 16) -> Forms:
+    """Full spectra of every ``C_r`` (float32 eigh, ``block`` rows at a time: the costly step on a CPU)."""
     down = analysis.factors(sae).down
     assert down is not None
     values, vectors, support = [], [], []
-    for row in tqdm(range(down.shape[0]), desc="atlas: composite spectra", disable=not progress):
-        weights = down[row]
-        spec = analysis.composite_spectrum(sae, weights)
-        values.append(spec.eigenvalues.cpu())
-        vectors.append(spec.eigenvectors[:, :3].cpu())
-        support.append(int((weights.abs() >= 0.1 * weights.abs().max()).sum()) if weights.abs().max() > 0 else 0)
+    for start in tqdm(range(0, down.shape[0], block), desc="atlas: composite spectra", disable=not progress):
+        weights = down[start : start + block]
+        spec = analysis.spectrum(analysis.composite_matrices(sae, weights), dtype=torch.float32)
+        values += list(spec.eigenvalues.cpu())
+        vectors += list(spec.eigenvectors[..., :3].cpu())
+        peak = weights.abs().max(-1, keepdim=True).values
+        support += ((weights.abs() >= 0.1 * peak) & (peak > 0)).sum(-1).tolist()
     return Forms(values, vectors, support)
 
 

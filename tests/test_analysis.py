@@ -462,3 +462,18 @@ def test_manifold_view_of_a_rank2_form_adds_one_residual_axis():
     assert view.coordinates.shape == (400, 3) and view.axis_labels[2] == "residual PC0"
     torch.testing.assert_close(view.axes.T @ view.axes, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)  # float32 eigenvectors
     torch.testing.assert_close(view.coordinates, units @ view.axes)
+
+
+def test_composite_matrices_batch_the_composite_matrix():
+    sae = make_sae(d=5, F=9, lifted=True, seed=2)
+    weights = torch.randn(4, 9, dtype=torch.float64)
+    batch = analysis.composite_matrices(sae, weights)
+    for b in range(4):
+        torch.testing.assert_close(batch[b], analysis.composite_matrix(sae, weights[b]))
+    fast = analysis.spectrum(batch, dtype=torch.float32)
+    exact = analysis.spectrum(batch)
+    torch.testing.assert_close(fast.eigenvalues, exact.eigenvalues, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="d_sae"):
+        analysis.composite_matrices(sae, torch.randn(4, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        analysis.spectrum(batch, dtype=torch.float16)
