@@ -19,6 +19,7 @@ import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.latent_pages import analyze_latent
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 from sae_bilinear.train import OPTIMIZERS, default_alpha_warm_up_steps  # TODO(lead): bilinear.default_alpha_warm_up_steps
 from sae_bilinear.config_checks import check_bool, check_choice, check_float, check_int, check_str
@@ -306,7 +307,7 @@ def run_main_job(
     latents = analysis.choose_top_latents(inference, eval_acts, n=config.n_latents)
     latent_pages = []
     for latent in latents:
-        summary = analysis.analyze_latent(
+        summary = analyze_latent(
             inference, latent, eval_acts, contexts, stage / "latents", tokens=token_strs
         )
         latent_pages.append({"latent": latent, **{k: summary[k] for k in summary if k in ("html", "png", "json")}})
