@@ -19,6 +19,8 @@ import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.atlas import build_atlas
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.latent_pages import analyze_latent
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 from sae_bilinear.train import OPTIMIZERS, default_alpha_warm_up_steps  # TODO(lead): bilinear.default_alpha_warm_up_steps
@@ -35,7 +37,7 @@ STAGING = ".partial"
 CHECKPOINTS = "checkpoints"
 JOB_CONFIG = "job_config.json"
 """The settings a run started with (``out/job_config.json``), checked when it is resumed."""
-RESUMABLE_CHANGES = frozenset({"device", "eval_contexts", "n_latents", "checkpoints"})
+RESUMABLE_CHANGES = frozenset({"device", "eval_contexts", "n_latents", "checkpoints", "atlas"})
 """Settings a resumed run may change: they do not alter what was trained."""
 
 
@@ -87,6 +89,9 @@ class MainJobConfig:
     """Model dtype: float32 | bfloat16 | float16."""
     seed: int = 0
     """Seed of the SAE init and batch order."""
+    atlas: bool = True
+    """Write the atlas of the bilinear SAE (every latent and composite, browsable) into ``out/atlas``
+    and link it from the report (about half a minute at the defaults)."""
     checkpoints: int = 4
     """Checkpoints during each training (one more at its end; only the latest is kept, in
     ``out/checkpoints``, removed once the run is done); a killed run continues with ``resume``."""
@@ -98,6 +103,7 @@ class MainJobConfig:
         """Check every field; a :class:`ConfigError` names the first bad one."""
         for name in ("model", "hook_name", "corpus"):
             check_str(name, getattr(self, name))
+        check_bool("atlas", self.atlas)
         for name in ("context_size", "train_contexts", "eval_contexts", "expansion", "steps", "batch_size", "baseline_k"):
             check_int(name, getattr(self, name), minimum=1)
         for name in ("n_latents", "seed", "checkpoints"):
@@ -333,7 +339,12 @@ def run_main_job(
     }
     metrics["seconds"] = time.time() - started
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    report.write_report(stage, metrics, sae.history, latent_pages)
+    atlas_dir = None
+    if config.atlas:
+        _log("atlas of every latent and composite")
+        atlas_dir = stage / "atlas"
+        build_atlas(inference, model, eval_tokens, atlas_dir, hook_name=config.hook_name, skip_first=skip)
+    report.write_report(stage, metrics, sae.history, latent_pages, atlas_dir=atlas_dir)
     # metrics.json last: its presence marks the run complete (a resume then returns it).
     publish_folder(stage, out, last=["metrics.json"])
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # a finished run resumes from metrics.json
@@ -342,11 +353,8 @@ def run_main_job(
 
 
 def _load_sae(folder: Path, device: str) -> Any:
-    from sae_lens import SAE
-
-    # TODO(lead): load with sae_bilinear.hub.load_any_from_disk (the validating loader: finite
-    # weights, dtypes, cfg fields) once merged.
-    return SAE.load_from_disk(folder, device=device)
+    """The SAE just written, read back through the validating loader (finite weights, dtypes, cfg)."""
+    return load_any_from_disk(folder, device=device)
 
 
 @torch.no_grad()
