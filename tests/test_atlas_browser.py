@@ -6,9 +6,8 @@ Skipped, with the reason, when chromium, node or puppeteer-core is missing: run
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
