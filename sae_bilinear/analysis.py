@@ -124,8 +124,8 @@ def _unit(sae: Any, activations: Tensor) -> kernels.UnitTokens:
     if callable(process):
         with torch.no_grad():
             x = process(x)
-    left = factors(sae).left
-    return kernels.unit_tokens(x.to(left.device, kernels.accumulation_dtype(x.dtype)))
+    device = getattr(sae, "W_left").device  # not factors(): it copies every row (the atlas calls this per latent)
+    return kernels.unit_tokens(x.to(device, kernels.accumulation_dtype(x.dtype)))
 
 
 def _flat(activations: Tensor) -> Tensor:
