@@ -124,8 +124,8 @@ def _unit(sae: Any, activations: Tensor) -> kernels.UnitTokens:
     if callable(process):
         with torch.no_grad():
             x = process(x)
-    left = factors(sae).left
-    return kernels.unit_tokens(x.to(left.device, kernels.accumulation_dtype(x.dtype)))
+    device = getattr(sae, "W_left").device  # not factors(): it copies every row (the atlas calls this per latent)
+    return kernels.unit_tokens(x.to(device, kernels.accumulation_dtype(x.dtype)))
 
 
 def _flat(activations: Tensor) -> Tensor:
@@ -355,25 +355,39 @@ class ManifoldView(NamedTuple):
     """``"v0 (λ=…)"`` or ``"residual PC0"`` per axis."""
 
 
+def _principal_directions(residual: Tensor) -> Tensor:
+    """Unit principal directions [d', r] of the rows of ``residual`` [n, d'], largest first.
+
+    From the eigenvectors of the smaller Gram matrix (``R Rᵀ`` when n < d', else ``Rᵀ R``):
+    a few ms for a few hundred tokens, where an SVD of ``R`` takes tens.
+    """
+    n, d = residual.shape
+    if n < d:
+        _, vectors = torch.linalg.eigh(residual @ residual.T)
+        directions = residual.T @ vectors.flip(-1)
+    else:
+        directions = torch.linalg.eigh(residual.T @ residual)[1].flip(-1)
+    return directions / directions.norm(dim=0, keepdim=True).clamp(min=torch.finfo(residual.dtype).tiny)
+
+
 def _complete_axes(units: Tensor, axes: Tensor, n_axes: int) -> tuple[Tensor, int]:
     """Extend orthonormal ``axes`` [d', k] to ``n_axes`` columns with the principal directions
     of the units' residual (then coordinate axes, if the tokens span too little)."""
     residual = units - (units @ axes) @ axes.T
     if units.shape[0] > 1:
         residual = residual - residual.mean(0, keepdim=True)
-    dim = units.shape[-1]
-    candidates = [torch.eye(dim, dtype=units.dtype)]
-    if residual.shape[0]:
-        candidates.insert(0, torch.linalg.svd(residual, full_matrices=False).Vh.T)
+    candidates = [lambda: _principal_directions(residual)] if residual.shape[0] else []
+    candidates.append(lambda: torch.eye(units.shape[-1], dtype=units.dtype))
     basis, added = axes, 0
-    for column in torch.cat(candidates, dim=1).T:
-        if basis.shape[1] == n_axes:
-            break
-        column = column - basis @ (basis.T @ column)
-        norm = column.norm()
-        if norm > 1e-6:
-            basis = torch.cat([basis, (column / norm).unsqueeze(-1)], dim=1)
-            added += 1
+    for make in candidates:
+        for column in make().T:
+            if basis.shape[1] == n_axes:
+                return basis, added
+            column = column - basis @ (basis.T @ column)
+            norm = column.norm()
+            if norm > 1e-6:
+                basis = torch.cat([basis, (column / norm).unsqueeze(-1)], dim=1)
+                added += 1
     return basis, added
 
 

@@ -298,9 +298,10 @@ def index_rows(kind: Kind, corpus: Corpus, n_listed: int) -> list[list[Any]]:
 
 def _members(sae: Any, code: str, i: int) -> list[list[Any]]:
     """Composite: its strongest latents ``[["L", j, D_rj]]``; latent of a mixed SAE: the rows reading it."""
-    down = analysis.factors(sae).down
+    down = getattr(sae, "W_down", None)  # not factors(): it copies every row, and this runs per item
     if down is None:
         return []
+    down = down.detach()
     weights = down[i] if code == "C" else down[:, i]
     top = weights.abs().topk(min(12 if code == "C" else 5, weights.shape[0])).indices.tolist()
     other = "L" if code == "C" else "C"

@@ -347,8 +347,7 @@ def manifold_composite(sae, test, m):
 @pytest.mark.slow
 @pytest.mark.parametrize("m", [0, 1], ids=["circle", "paraboloid"])
 def test_planted_manifold_subspace_is_recovered(planted, m):
-    data, sae, test, seconds = planted
-    assert seconds < 30
+    data, sae, test, _ = planted  # (no wall-clock assert: the CI machine's load varies)
     basis = data.basis(m)
     k = basis.shape[1]
     weights = manifold_composite(sae, test, m)

@@ -55,7 +55,9 @@ const Atlas = (() => {
   }
 
   function tok(text) {
-    return el("span", { class: "tok" }, shown(text));
+    // An empty or all-blank token would show as nothing: draw its blanks.
+    const visible = String(text).trim() === "" ? (String(text).replace(/ /g, "␣") || "∅") : text;
+    return el("span", { class: "tok" }, shown(visible));
   }
 
   function fail(message) {
