@@ -17,6 +17,7 @@ loads a model and never writes a file: activations are passed in.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -24,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from sae_bilinear import kernels
+from sae_bilinear import kernels, similarity
 from sae_bilinear.spectra import (
     MATRIX_ELEMENT_LIMIT,
     Factors,
@@ -474,6 +475,22 @@ def top_activations(
         weights=None if v is None else v.detach().cpu(),
         lifted=lifted,
     )
+
+
+
+_MOVED_TO_SIMILARITY = ("Matching", "compare", "cross_kernel", "matched_similarity", "operator_inner", "operator_similarity")
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated: the cross-SAE scores moved to :mod:`sae_bilinear.similarity` (this warns)."""
+    if name in _MOVED_TO_SIMILARITY:
+        warnings.warn(
+            f"sae_bilinear.analysis.{name} moved to sae_bilinear.similarity.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(similarity, name)
+    raise AttributeError(f"module 'sae_bilinear.analysis' has no attribute {name!r}")
 
 
 __all__ = [

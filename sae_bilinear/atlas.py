@@ -327,6 +327,11 @@ def build_atlas(
         ("batch_size", batch_size, 1),
     ):
         _check_int(name, value, minimum)
+    for name, value in (("hook_name", hook_name), ("title", title)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string or None, got {type(value).__name__}")
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir):
+        raise ConfigError(f"out_dir must be a non-empty path, got {out_dir!r}")
     if n_listed > n_examples:
         raise ConfigError(f"n_listed={n_listed} must not exceed n_examples={n_examples} (listed contexts come from the kept examples)")
     out = Path(out_dir)

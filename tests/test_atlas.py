@@ -202,6 +202,8 @@ def test_existing_output_is_never_replaced_silently(tmp_path):
         ({"data": torch.zeros(3, 5, dtype=torch.long)}, "model"),
         ({"data": [[0.0] * 10]}, "tokens_or_activations"),
         ({"sequence_length": 0}, "sequence_length"),
+        ({"title": 3}, "title"),
+        ({"hook_name": ["blocks.0"]}, "hook_name"),
     ],
 )
 def test_bad_input_is_a_config_error_naming_the_field(tmp_path, change, field):

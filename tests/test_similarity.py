@@ -189,3 +189,14 @@ def test_nearest_composites_use_the_bottleneck_forms():
 def test_nearest_rejects_bad_input(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         similarity.nearest(make_sae(d=4, F=6), **kwargs)
+
+
+def test_old_analysis_names_still_work_with_a_deprecation_warning():
+    a = make_sae(d=4, F=6)
+    with pytest.warns(DeprecationWarning, match="sae_bilinear.similarity.compare"):
+        from sae_bilinear.analysis import compare
+    assert compare is similarity.compare
+    with pytest.warns(DeprecationWarning, match="operator_similarity"):
+        assert analysis.operator_similarity(a, a) == pytest.approx(1.0)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        analysis.no_such_name  # noqa: B018
