@@ -91,7 +91,7 @@ class MainJobConfig:
     """Seed of the SAE init and batch order."""
     atlas: bool = True
     """Write the atlas of the bilinear SAE (every latent and composite, browsable) into ``out/atlas``
-    and link it from the report (about half a minute at the defaults)."""
+    and link it from the report (1–3 minutes on 2 CPU cores at the defaults: one eigendecomposition per composite)."""
     checkpoints: int = 4
     """Checkpoints during each training (one more at its end; only the latest is kept, in
     ``out/checkpoints``, removed once the run is done); a killed run continues with ``resume``."""
