@@ -35,15 +35,7 @@ from torch import Tensor
 from sae_bilinear import kernels
 from sae_bilinear.analysis import rank2_spectrum
 from sae_bilinear.checks import (
-    ConfigTypeError,
-    IndexRangeError,
-    NonFiniteResultError,
-    check_bool,
-    check_finite_float,
     check_finite_parameters,
-    check_finite_result,
-    check_finite_tensor,
-    check_int,
     check_latent,
     check_latents,
     check_model_hook,
@@ -52,7 +44,8 @@ from sae_bilinear.checks import (
     is_bilinear,
     stop_at_layer,
 )
-from sae_bilinear.errors import ConfigError
+from sae_bilinear.errors import ConfigError, ConfigTypeError, IndexRangeError, NonFiniteResultError
+from sae_bilinear.values import check_bool, check_finite_float, check_finite_result, check_finite_tensor, check_int
 
 HookFn = Callable[[Tensor, Any], Tensor]
 """A TransformerLens forward hook: ``fn(activation, hook) -> activation``."""
