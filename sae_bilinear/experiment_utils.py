@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` runs of ``fn`` after one warm-up run (seconds)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def parser(description: str, name: str, folder: Path) -> argparse.ArgumentParser:
