@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from typing_extensions import override
 
+from sae_bilinear import data, models
 from sae_bilinear.bilinear import BilinearTrainingSAE
 from sae_bilinear.checkpoints import (
     MARKER_FILENAME,
@@ -47,8 +48,8 @@ from sae_bilinear.checkpoints import (
     resume_trainer,
     write_marker,
 )
+from sae_bilinear.checks import check_context_size, check_hook, stop_at_layer
 from sae_bilinear.errors import ConfigError, DataFileError
-from sae_bilinear.models import check_hook, stop_at_layer
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
 from sae_bilinear.outputs import (
     check_output_folder,
@@ -500,8 +501,6 @@ def train_from_config(
     step 0 if there is none yet; the config's ``n_checkpoints`` sets how many are written).
     All of this is checked before any model is loaded.
     """
-    from sae_bilinear import data, models
-
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     cfg, extras = runner_config_from_dict(raw, allow_remote_code=allow_remote_code)
@@ -524,8 +523,8 @@ def train_from_config(
     if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
         model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
     if model is not None:
-        models.check_hook(model, cfg.hook_name)
-        models.check_context_size(model, cfg.context_size)
+        check_hook(model, cfg.hook_name)
+        check_context_size(model, cfg.context_size)
     dataset = override_dataset
     if dataset is None:
         corpus = data.load_corpus(cfg.dataset_path or None)
