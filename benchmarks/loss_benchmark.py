@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,20 +21,10 @@ from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
 from sae_bilinear import kernels
+from sae_bilinear.experiment_utils import best_time
 
 SIZES = [(64, 512, 256), (128, 2048, 512), (256, 4096, 1024)]
 RESULTS = Path(__file__).parent / "results" / "loss_benchmark.json"
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` runs after one warm-up (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def kernel_step(x, W_left, W_right) -> Callable[[], None]:

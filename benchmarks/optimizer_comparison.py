@@ -25,7 +25,12 @@ from pathlib import Path
 import torch
 
 from sae_bilinear import data, models
-from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, explained_variance
+from sae_bilinear.bilinear import (
+    BilinearTrainingSAE,
+    BilinearTrainingSAEConfig,
+    default_alpha_warm_up_steps,
+    explained_variance,
+)
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -68,7 +73,7 @@ def main() -> None:
     torch.manual_seed(0)
     base = BilinearTrainingSAE(
         BilinearTrainingSAEConfig(d_in=acts.shape[1], d_sae=2 * acts.shape[1], variant=args.variant, lifted=True,
-                                  alpha=0.1, alpha_warm_up_steps=args.steps // 4)
+                                  alpha=0.1, alpha_warm_up_steps=default_alpha_warm_up_steps(args.steps))
     )
     rows = []
     for optimizer, lrs in (("adam", args.adam_lrs), ("muon", args.muon_lrs)):

@@ -145,16 +145,6 @@ def naive_bytes(d: int, F: int, B: int, element: int = 4) -> int:
     return (5 * B + 3 * F) * d * d * element
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def scaling_row(d: int, F: int, B: int, cap_bytes: int, repeats: int, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, d, generator=gen)
@@ -170,13 +160,13 @@ def scaling_row(d: int, F: int, B: int, cap_bytes: int, repeats: int, seed: int)
 
         return run
 
-    row["autograd_seconds"] = best_time(step(_kernel("autograd")), repeats)
-    row["kernel_seconds"] = best_time(step(_kernel("fused")), repeats)
+    row["autograd_seconds"] = common.best_time(step(_kernel("autograd")), repeats)
+    row["kernel_seconds"] = common.best_time(step(_kernel("fused")), repeats)
     row["kernel_flops"] = 8 * B * F * d + 12 * F * F * d + 6 * B * F * F
     if row["naive_bytes_estimate"] > cap_bytes:
         row.update(naive_seconds=None, naive_skipped="memory estimate above cap", loss_rel_diff=None, grad_rel_diff=None)
         return row
-    row["naive_seconds"] = best_time(step(naive_error), max(1, repeats - 1))
+    row["naive_seconds"] = common.best_time(step(naive_error), max(1, repeats - 1))
     naive_loss, naive_grads = _loss_and_grads(naive_error, x, params, False)
     kernel_loss, kernel_grads = _loss_and_grads(_kernel("fused"), x, params, False)
     # Reference in float64, to say which of the two float32 results is closer.

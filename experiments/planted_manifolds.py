@@ -54,7 +54,7 @@ from torch import Tensor
 
 from sae_bilinear import analysis, kernels
 from sae_bilinear import experiment_utils as common
-from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.synthetic import Manifold, PlantedBatch, PlantedManifolds
 from sae_bilinear.train import TrainingSettings, train_on_activations
 
@@ -449,7 +449,7 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
         width = budget.mixed_latents(bottleneck) if bottleneck else budget.bilinear_latents
         sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(
             d_in=d, d_sae=width, variant=variant, lifted=True, alpha=alpha, bottleneck=bottleneck,
-            alpha_warm_up_steps=common.default_alpha_warm_up_steps(steps), **topk))
+            alpha_warm_up_steps=default_alpha_warm_up_steps(steps), **topk))
         return sae, BilinearView(sae)
     width = budget.linear_latents()
     if kind == "topk" or spec == "init:topk":

@@ -17,7 +17,7 @@ import torch
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 from typing_extensions import override
 
-from sae_bilinear import fields, kernels
+from sae_bilinear import kernels, values
 from sae_bilinear.errors import ConfigError
 
 ARCHITECTURE = "bilinear"
@@ -40,7 +40,7 @@ def default_alpha_warm_up_steps(total_steps: int) -> int:
     The one home of this default (the authors warm α up over 256 of their 1024 steps);
     training helpers, experiments and the main job call it instead of repeating ``// 4``.
     """
-    total_steps = fields.check_int("total_steps", total_steps, minimum=1)
+    total_steps = values.check_int("total_steps", total_steps, lo=1)
     return max(1, total_steps // 4)
 
 
@@ -141,7 +141,7 @@ def validate_bilinear_config(cfg: Any) -> None:
 
     Raises :class:`~sae_bilinear.errors.ConfigError` naming the field and saying what to change.
     """
-    cfg.bilinear_format_version = fields.check_int("bilinear_format_version", cfg.bilinear_format_version, minimum=1)
+    cfg.bilinear_format_version = values.check_int("bilinear_format_version", cfg.bilinear_format_version, lo=1)
     if cfg.bilinear_format_version > FORMAT_VERSION:
         raise ConfigError(
             f"bilinear_format_version: this config was written by a newer sae-bilinear (format version "
@@ -153,15 +153,15 @@ def validate_bilinear_config(cfg: Any) -> None:
 
 
 def _check_sae_lens_fields(cfg: Any) -> None:
-    cfg.d_in = fields.check_int("d_in", cfg.d_in, minimum=1, hint=" (the width of the hooked activations)")
-    cfg.d_sae = fields.check_int("d_sae", cfg.d_sae, minimum=1, hint=" (the number of latents)")
-    fields.check_choice("dtype", cfg.dtype, DTYPES)
-    fields.check_str("device", cfg.device)
+    cfg.d_in = values.check_int("d_in", cfg.d_in, lo=1, hint=" (the width of the hooked activations)")
+    cfg.d_sae = values.check_int("d_sae", cfg.d_sae, lo=1, hint=" (the number of latents)")
+    values.check_choice("dtype", cfg.dtype, DTYPES)
+    values.check_str("device", cfg.device)
     try:
         torch.device(cfg.device)
     except RuntimeError as error:
         raise ConfigError(f"device must name a torch device such as 'cpu' or 'cuda', got {cfg.device!r}") from error
-    fields.check_bool("apply_b_dec_to_input", cfg.apply_b_dec_to_input)
+    values.check_bool("apply_b_dec_to_input", cfg.apply_b_dec_to_input)
     if cfg.apply_b_dec_to_input:
         raise ConfigError(
             "apply_b_dec_to_input: bilinear SAEs have no b_dec to subtract: set apply_b_dec_to_input=False "
@@ -179,17 +179,17 @@ def _check_sae_lens_fields(cfg: Any) -> None:
             "encoder already divides each token by its norm, and decode() needs that norm, not the "
             "per-token statistics SAELens keeps between calls; use 'none' or 'expected_average_only_in'"
         )
-    fields.check_choice("normalize_activations", cfg.normalize_activations, NORMALIZATIONS)
-    fields.check_choice("reshape_activations", cfg.reshape_activations, RESHAPES)
+    values.check_choice("normalize_activations", cfg.normalize_activations, NORMALIZATIONS)
+    values.check_choice("reshape_activations", cfg.reshape_activations, RESHAPES)
 
 
 def _check_architecture_fields(cfg: Any) -> None:
     kernels.check_variant(cfg.variant)
-    fields.check_bool("lifted", cfg.lifted)
+    values.check_bool("lifted", cfg.lifted)
     if kernels.is_mixed(cfg.variant):
         if cfg.bottleneck is None:
             cfg.bottleneck = 2 * cfg.d_in
-        cfg.bottleneck = fields.check_int("bottleneck", cfg.bottleneck, minimum=1, hint=" (rows of W_down)")
+        cfg.bottleneck = values.check_int("bottleneck", cfg.bottleneck, lo=1, hint=" (rows of W_down)")
     elif cfg.bottleneck is not None:
         raise ConfigError(
             f"bottleneck={cfg.bottleneck!r} is only used by the mixed and combined variants, "
@@ -200,26 +200,26 @@ def _check_architecture_fields(cfg: Any) -> None:
     if cfg.sparsity == "topk":
         if cfg.k is None:
             raise ConfigError(f"sparsity='topk' needs k in [1, d_sae={cfg.d_sae}], got k=None")
-        cfg.k = fields.check_int("k", cfg.k, minimum=1, maximum=cfg.d_sae, hint=" (sparsity='topk' needs k in [1, d_sae])")
+        cfg.k = values.check_int("k", cfg.k, lo=1, hi=cfg.d_sae, hint=" (sparsity='topk' needs k in [1, d_sae])")
     elif cfg.k is not None:
         raise ConfigError("k is only used with sparsity='topk'; drop it or set sparsity='topk'")
-    cfg.activity_threshold = fields.check_float(
-        "activity_threshold", cfg.activity_threshold, minimum=0.0, maximum=1.0, open_minimum=True, open_maximum=True
+    cfg.activity_threshold = values.check_finite_float(
+        "activity_threshold", cfg.activity_threshold, lo=0.0, hi=1.0, lo_open=True, hi_open=True
     )
 
 
 def _check_kernel_fields(cfg: Any) -> None:
-    fields.check_choice("kernel_backward", cfg.kernel_backward, kernels.BACKWARDS)
-    cfg.kernel_tile_size = fields.check_optional_int("kernel_tile_size", cfg.kernel_tile_size, minimum=1)
-    cfg.kernel_memory_budget = fields.check_optional_int("kernel_memory_budget", cfg.kernel_memory_budget, minimum=1)
-    fields.check_bool("sparse_kernel", cfg.sparse_kernel)
+    values.check_choice("kernel_backward", cfg.kernel_backward, kernels.BACKWARDS)
+    cfg.kernel_tile_size = values.check_optional_int("kernel_tile_size", cfg.kernel_tile_size, lo=1)
+    cfg.kernel_memory_budget = values.check_optional_int("kernel_memory_budget", cfg.kernel_memory_budget, lo=1)
+    values.check_bool("sparse_kernel", cfg.sparse_kernel)
 
 
 def validate_training_fields(cfg: Any) -> None:
     """Check the training-only fields of a :class:`BilinearTrainingSAEConfig`."""
-    cfg.alpha = fields.check_float("alpha", cfg.alpha, minimum=0.0)
-    cfg.alpha_warm_up_steps = fields.check_int("alpha_warm_up_steps", cfg.alpha_warm_up_steps, minimum=0)
-    cfg.init_scale = fields.check_float("init_scale", cfg.init_scale, minimum=0.0, open_minimum=True)
+    cfg.alpha = values.check_finite_float("alpha", cfg.alpha, lo=0.0)
+    cfg.alpha_warm_up_steps = values.check_int("alpha_warm_up_steps", cfg.alpha_warm_up_steps, lo=0)
+    cfg.init_scale = values.check_finite_float("init_scale", cfg.init_scale, lo=0.0, lo_open=True)
     if cfg.decoder_init_norm is not None:
         raise ConfigError(
             f"decoder_init_norm must be None for a bilinear SAE (its decoder is tied to the encoder), "

@@ -460,6 +460,7 @@ class BilinearMixin(_SAEBase):
         to [n, k]) is the TopK support, which selects the k×k-block kernel when it applies."""
         batch_shape = dense.shape[:-1]
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+        weights = (self.W_left, self.W_right, self.b_left, self.b_right)
         if self._uses_sparse_kernel(indices):
             assert indices is not None
             flat_indices = flat(indices)
@@ -467,10 +468,7 @@ class BilinearMixin(_SAEBase):
                 flat(dense),
                 flat(sparse).gather(-1, flat_indices) if values is None else values,
                 flat_indices,
-                self.W_left,
-                self.W_right,
-                self.b_left,
-                self.b_right,
+                *weights,
                 valid.reshape(-1),
                 ordered=ordered,
             )
@@ -478,10 +476,7 @@ class BilinearMixin(_SAEBase):
             result = kernels.kernel_error(
                 flat(dense),
                 flat(self.coefficients(sparse)),
-                self.W_left,
-                self.W_right,
-                self.b_left,
-                self.b_right,
+                *weights,
                 valid.reshape(-1),
                 ordered=ordered,
                 backward=self.cfg.kernel_backward,

@@ -3,10 +3,10 @@
 Everything here raises a :class:`sae_bilinear.errors.UserError` subclass whose message names
 the value, field or file at fault and says how to fix it; nothing here computes a result.
 
-* **Values** (for every module's config fields and arguments): :func:`check_finite_float`,
-  :func:`check_int`, :func:`check_bool`, :func:`check_choice`, :func:`check_finite_tensor`.
-  ``bool`` is refused where a number is expected (it is an ``int`` subclass), and so are NaN
-  and ±inf.
+* **Values** (type and range, for every module's config fields and arguments) live in
+  :mod:`sae_bilinear.values`, below the model, and are re-exported here:
+  :func:`check_finite_float`, :func:`check_int`, :func:`check_bool`, :func:`check_choice`,
+  :func:`check_finite_tensor`, :func:`check_finite_result`.
 * **Where models run**: :func:`parse_dtype`, :func:`parse_device` (a CUDA/MPS device that
   this machine lacks is an error here, not a traceback deep inside torch).
 * **Hook points**: :func:`hook_layer`, :func:`stop_at_layer`, :func:`check_hook`,
@@ -18,10 +18,9 @@ the value, field or file at fault and says how to fix it; nothing here computes 
 * **Remote code**: :func:`check_remote_code` (``trust_remote_code`` only with an explicit
   ``allow_remote_code=True``).
 * **Optional packages**: :func:`require_package` (the ``pip install`` command in the message).
-* **Results**: :func:`check_finite_result` (a NaN/inf result is an error, never a number).
 
 Import order: this module sits just above :mod:`sae_bilinear.bilinear` (it may import
-``bilinear``, ``kernels`` and ``errors``), so ``models``, ``evaluate``, ``interventions``,
+``bilinear``, ``values`` and ``errors``), so ``models``, ``evaluate``, ``interventions``,
 ``train`` and the rest import their checks from here. The old names stay importable from
 where they were (``models.check_hook``, ``evaluate.check_tokens``, ``interventions.check_latent``
 ...), re-exported from here.
@@ -31,12 +30,11 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import math
 import numbers
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -44,7 +42,22 @@ from sae_lens.saes.sae import SAE
 from torch import Tensor
 
 from sae_bilinear.bilinear import BilinearSAE, BilinearTrainingSAE
-from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError, UserError
+from sae_bilinear.errors import (
+    ConfigError,
+    ConfigTypeError,
+    IndexRangeError,
+    MissingDependencyError,
+    MissingFileError,
+    NonFiniteResultError,
+)
+from sae_bilinear.values import (
+    check_bool,
+    check_choice,
+    check_finite_float,
+    check_finite_result,
+    check_finite_tensor,
+    check_int,
+)
 
 __all__ = [
     "DTYPES",
@@ -79,132 +92,6 @@ __all__ = [
     "sae_input",
     "stop_at_layer",
 ]
-
-
-class ConfigTypeError(ConfigError, TypeError):
-    """A value of the wrong type; also a ``TypeError`` for code that catches that."""
-
-
-class IndexRangeError(ConfigError, IndexError):
-    """An index (a latent, a sequence position) out of range; also an ``IndexError``."""
-
-
-class MissingFileError(DataFileError, FileNotFoundError):
-    """A file or folder the user named does not exist; also a ``FileNotFoundError``."""
-
-
-class NonFiniteResultError(UserError, ArithmeticError):
-    """A computed result is NaN or ±inf; the message names it and the likely cause.
-
-    A user error because the cause is an input (NaN weights, an edit value that overflows the
-    dtype, a model that overflows in fp16), not the arithmetic of the package."""
-
-
-T = TypeVar("T")
-
-# ----------------------------------------------------------------------------------------------
-# values
-# ----------------------------------------------------------------------------------------------
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '≥'} {lo:g}"
-    if hi is not None:
-        return f"{'<' if hi_open else '≤'} {hi:g}"
-    return ""
-
-
-def check_finite_float(
-    name: str,
-    value: Any,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-) -> float:
-    """``value`` as a finite ``float`` within ``[lo, hi]`` (``lo_open``/``hi_open``: excluded).
-
-    Ints are accepted (``2`` → ``2.0``); bools, strings, NaN and ±inf are not.
-    """
-    bounds = _interval(lo, hi, lo_open, hi_open)
-    wanted = f"a finite number{' ' + bounds if bounds else ''}"
-    if not _is_number(value):
-        raise ConfigTypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ConfigError(f"{name} must be {wanted}, got {number}")
-    too_low = lo is not None and (number <= lo if lo_open else number < lo)
-    too_high = hi is not None and (number >= hi if hi_open else number > hi)
-    if too_low or too_high:
-        raise ConfigError(f"{name} must be {wanted}, got {number:g}")
-    return number
-
-
-def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as an ``int`` within ``[lo, hi]``. Floats (even ``2.0``) and bools are refused."""
-    bounds = _interval(lo, hi, False, False)
-    wanted = f"an integer{' ' + bounds if bounds else ''}"
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ConfigTypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
-    number = int(value)
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise ConfigError(f"{name} must be {wanted}, got {number}")
-    return number
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """``value`` if it is a ``bool``; ``"false"``, ``0`` or ``None`` are refused (not guessed)."""
-    if not isinstance(value, bool):
-        raise ConfigTypeError(f"{name} must be true or false (a bool), got {value!r} ({type(value).__name__})")
-    return value
-
-
-def check_choice(name: str, value: T, choices: Collection[T]) -> T:
-    """``value`` if it is one of ``choices``; the message lists them (and the closest one)."""
-    try:
-        ok = value in choices
-    except TypeError:  # an unhashable value asked of a set
-        ok = False
-    if not ok:
-        options = ", ".join(repr(choice) for choice in choices)
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{name} must be one of {options}; got {value!r}{hint}")
-    return value
-
-
-def check_finite_tensor(name: str, tensor: Any, shape: Sequence[int] | None = None) -> Tensor:
-    """``tensor`` if it is a floating-point tensor of finite values (and of ``shape``, if given)."""
-    if not isinstance(tensor, Tensor):
-        raise ConfigTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not tensor.is_floating_point():
-        raise ConfigTypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if shape is not None and tuple(tensor.shape) != tuple(shape):
-        raise ConfigError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
-    bad = ~torch.isfinite(tensor)
-    if bool(bad.any()):
-        raise ConfigError(f"{name} holds {int(bad.sum())} NaN/inf value(s) of {tensor.numel()}; pass finite values")
-    return tensor
-
-
-def check_finite_result(name: str, value: float | Tensor, cause: str = "") -> None:
-    """Raise :class:`NonFiniteResultError` if ``value`` (a number or tensor) is not all finite.
-
-    ``cause`` says where to look (e.g. "the SAE's weights or the edit's value")."""
-    finite = bool(torch.isfinite(value).all()) if isinstance(value, Tensor) else math.isfinite(value)
-    if not finite:
-        shown = "non-finite values" if isinstance(value, Tensor) else repr(value)
-        raise NonFiniteResultError(
-            f"{name} is {shown}, which is not a result" + (f": {cause}" if cause else "")
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,25 +165,32 @@ def require_package(module: str, pip_command: str, purpose: str) -> Path:
     return Path(spec.origin).parent
 
 
-_REMOTE_CODE_KEYS = ("trust_remote_code", "dataset_trust_remote_code")
+_REMOTE_CODE_SUFFIX = "trust_remote_code"  # trust_remote_code, dataset_trust_remote_code, ...
+
+
+def _remote_code_keys(settings: Mapping[str, Any], where: str) -> list[str]:
+    """``where.key=value`` of every ``*trust_remote_code`` key set true, nested mappings searched."""
+    found = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            found += _remote_code_keys(value, f"{where}.{key}")
+        elif str(key).endswith(_REMOTE_CODE_SUFFIX) and value:
+            found.append(f"{where}.{key}={value!r}")
+    return found
 
 
 def check_remote_code(settings: Mapping[str, Any], allow_remote_code: bool, where: str) -> None:
-    """Refuse ``trust_remote_code``/``dataset_trust_remote_code`` set true in ``settings``
-    (keyword arguments or a config mapping, nested mappings searched) unless the caller passed
-    ``allow_remote_code=True``. ``where`` names the settings in the message."""
+    """Refuse ``trust_remote_code``/``dataset_trust_remote_code`` (any ``*trust_remote_code`` key)
+    set true in ``settings`` (keyword arguments or a config mapping, nested mappings searched)
+    unless the caller passed ``allow_remote_code=True``. ``where`` names the settings in the message."""
     check_bool("allow_remote_code", allow_remote_code)
-    if allow_remote_code:
-        return
-    for key, value in settings.items():
-        if isinstance(value, Mapping):
-            check_remote_code(value, False, f"{where}.{key}")
-        elif key in _REMOTE_CODE_KEYS and value:
-            raise ConfigError(
-                f"{where}.{key}={value!r} would run code downloaded with the model or dataset; "
-                "this package refuses that unless you pass allow_remote_code=True "
-                "(CLI: --allow-remote-code) after reading that code."
-            )
+    found = [] if allow_remote_code else _remote_code_keys(settings, where)
+    if found:
+        raise ConfigError(
+            f"{', '.join(found)} would run code downloaded with the model or dataset; "
+            "this package refuses that unless you pass allow_remote_code=True "
+            "(CLI: --allow-remote-code) after reading that code."
+        )
 
 
 # ----------------------------------------------------------------------------------------------

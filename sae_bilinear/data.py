@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sae_bilinear.checks import MissingFileError, check_bool, check_int
-from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError
+from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError, MissingFileError
+from sae_bilinear.values import check_bool, check_int
 
 if TYPE_CHECKING:
     import datasets

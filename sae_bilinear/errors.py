@@ -39,3 +39,22 @@ class MissingDependencyError(UserError, ImportError):
 
 class OfflineError(UserError, OSError):
     """The Hugging Face Hub (or another network resource) cannot be reached."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A value of the wrong type; also a ``TypeError`` for code that catches that."""
+
+
+class IndexRangeError(ConfigError, IndexError):
+    """An index (a latent, a sequence position) out of range; also an ``IndexError``."""
+
+
+class MissingFileError(DataFileError, FileNotFoundError):
+    """A file or folder the user named does not exist; also a ``FileNotFoundError``."""
+
+
+class NonFiniteResultError(UserError, ArithmeticError):
+    """A computed result is NaN or ±inf; the message names it and the likely cause.
+
+    A user error because the cause is an input (NaN weights, an edit value that overflows the
+    dtype, a model that overflows in fp16), not the arithmetic of the package."""

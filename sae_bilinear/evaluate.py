@@ -46,14 +46,8 @@ from tqdm.auto import tqdm
 
 from sae_bilinear import kernels
 from sae_bilinear.checks import (
-    NonFiniteResultError,
-    check_bool,
     check_can_splice,
-    check_finite_float,
     check_finite_parameters,
-    check_finite_result,
-    check_finite_tensor,
-    check_int,
     check_model_hook,
     check_sae_fits,
     check_tokens,
@@ -62,7 +56,8 @@ from sae_bilinear.checks import (
     resolve_hook_name,
     sae_input,
 )
-from sae_bilinear.errors import ConfigError
+from sae_bilinear.errors import ConfigError, NonFiniteResultError
+from sae_bilinear.values import check_bool, check_finite_float, check_finite_result, check_finite_tensor, check_int
 
 METRIC_KEYS: tuple[str, ...] = (
     "ce_clean",

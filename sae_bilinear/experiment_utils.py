@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,7 @@ import torch
 from sae_lens import SAE
 
 from sae_bilinear import data, kernels, models
-from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
-from sae_bilinear.errors import ConfigError
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.plots import write_png
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 
@@ -43,12 +43,15 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# TODO(lead): move to bilinear.default_alpha_warm_up_steps (another helper adds it there).
-def default_alpha_warm_up_steps(total_steps: int) -> int:
-    """Steps over which α warms up from 0 in a run of ``total_steps``: the first quarter (at least 1)."""
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
-        raise ConfigError(f"total_steps must be a non-negative integer, got {total_steps!r}")
-    return max(1, total_steps // 4)
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` runs of ``fn`` after one warm-up run (seconds)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def parser(description: str, name: str, folder: Path) -> argparse.ArgumentParser:

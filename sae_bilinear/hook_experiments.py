@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -30,13 +29,13 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_bilinear import interventions as iv
-from sae_bilinear import toy
+from sae_bilinear import interventions as iv, toy
+from sae_bilinear.checks import check_can_splice, check_tokens, is_bilinear
 from sae_bilinear.errors import ConfigError, DataFileError, OutputExistsError, UserError
-from sae_bilinear.evaluate import check_can_splice, check_tokens, is_bilinear
 from sae_bilinear.hook_figures import ablate_figure, steer_figure, walk_figure
 from sae_bilinear.loading import Loaded, Model, load_model_and_sae
 from sae_bilinear.plots import write_png
+from sae_bilinear.values import check_choice, check_finite_float, check_int
 
 DEFAULT_TEXT = (
     "The river ran fast after the spring rains, and the old mill by the bridge turned day and night. "
@@ -70,11 +69,11 @@ def _argument(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Calla
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
-    return _argument(int, lambda value: toy.check_int("the value", value, minimum))
+    return _argument(int, lambda value: check_int("the value", value, minimum))
 
 
-def finite_float(minimum: float = -math.inf, strict: bool = False) -> Callable[[str], float]:
-    return _argument(float, lambda value: toy.check_float("the value", value, minimum, strict))
+def finite_float(minimum: float | None = None, strict: bool = False) -> Callable[[str], float]:
+    return _argument(float, lambda value: check_finite_float("the value", value, minimum, lo_open=strict))
 
 
 def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -252,10 +251,9 @@ def ablate(
     "promoted" tokens are pushed up when ``f_j > 0``).
     """
     check_can_splice(sae)
-    if mode not in ABLATE_MODES:
-        raise ConfigError(f"mode must be one of {', '.join(ABLATE_MODES)}, got {mode!r}")
+    check_choice("mode", mode, ABLATE_MODES)
     for name, value in (("n_latents", n_latents), ("batch_size", batch_size), ("top_k", top_k)):
-        toy.check_int(name, value, 1)
+        check_int(name, value, 1)
     chosen = None if latents is None else iv.check_latents(sae, list(latents))
     tokens = check_tokens(model, tokens)
     batches = list(torch.split(tokens.to(model.cfg.device), batch_size))
@@ -319,9 +317,9 @@ def steer(
     activation. ``latent=None`` steers the latent most active on the prompt.
     """
     check_can_splice(sae)  # steering needs the decoder directions (lifted bilinear SAEs)
-    toy.check_int("max_new_tokens", max_new_tokens, 0)
-    toy.check_int("top_k", top_k, 1)
-    strengths = [toy.check_float("strength", s, -math.inf) for s in strengths]
+    check_int("max_new_tokens", max_new_tokens, 0)
+    check_int("top_k", top_k, 1)
+    strengths = [check_finite_float("strength", s) for s in strengths]
     if not strengths:
         raise ConfigError("strengths is empty: give at least one steering strength")
     prompt = check_tokens(model, prompt, min_length=1).to(model.cfg.device)
@@ -399,9 +397,9 @@ def walk(
     clean one, top tokens) and the logit lens of the moved activation (``unembed(ln_final(x_t))``).
     ``latent=None`` walks the latent most active at ``position``.
     """
-    toy.check_int("steps", steps, 2)
-    toy.check_int("top_k", top_k, 1)
-    toy.check_float("span", span, 0.0, strict=True)
+    check_int("steps", steps, 2)
+    check_int("top_k", top_k, 1)
+    check_finite_float("span", span, 0.0, lo_open=True)
     prompt = check_tokens(model, prompt, min_length=1).to(model.cfg.device)
     length = prompt.shape[1]
     if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:

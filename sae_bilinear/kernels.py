@@ -230,18 +230,14 @@ def kernel_error(
     All arithmetic after the inputs runs in float32 at least, with autocast off.
     Gradients reach ``latents``, ``coefficients`` and the weights.
     """
-    if (b_left is None) != (b_right is None):
-        raise ValueError("b_left and b_right must both be given (lifted) or both be None")
+    lifted = _is_lifted(b_left, b_right)
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
-    lifted = b_left is not None
     dtype = accumulation_dtype(latents.dtype)
     with torch.autocast(device_type=latents.device.type, enabled=False):
         f = latents.to(dtype)
         g = coefficients.to(dtype)
-        L, R = W_left.to(dtype), W_right.to(dtype)
-        bl = None if b_left is None else b_left.to(dtype)
-        br = None if b_right is None else b_right.to(dtype)
+        L, R, bl, br = _cast_weights(dtype, W_left, W_right, b_left, b_right)
         d_sae = f.shape[-1]
         if ordered:
             cross = (g * f * prefix_weights(d_sae, device=f.device, dtype=dtype)).sum(-1)
@@ -258,6 +254,20 @@ def kernel_error(
             quadratic = ((g @ K) * g).sum(-1)
         error = _relative_error(cross, quadratic, valid, lifted)
     return KernelError(error=error, cross=cross, quadratic=quadratic)
+
+
+def _is_lifted(b_left: Tensor | None, b_right: Tensor | None) -> bool:
+    if (b_left is None) != (b_right is None):
+        raise ValueError("b_left and b_right must both be given (lifted) or both be None")
+    return b_left is not None
+
+
+def _cast_weights(
+    dtype: torch.dtype, W_left: Tensor, W_right: Tensor, b_left: Tensor | None, b_right: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The encoder weights in the accumulation ``dtype`` (biases stay None when unlifted)."""
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return W_left.to(dtype), W_right.to(dtype), cast(b_left), cast(b_right)
 
 
 def _relative_error(cross: Tensor, quadratic: Tensor, valid: Tensor, lifted: bool) -> Tensor:
@@ -290,12 +300,10 @@ def sparse_kernel_error(
     equals ``kernel_error(latents, g, ...)``. ``max_elements`` bounds the gathered
     ``[tokens, k, d]`` rows held at once (tokens are processed in chunks).
     """
-    if (b_left is None) != (b_right is None):
-        raise ValueError("b_left and b_right must both be given (lifted) or both be None")
+    lifted = _is_lifted(b_left, b_right)
     d_sae = latents.shape[-1]
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
         raise ValueError(f"indices must lie in [0, d_sae={d_sae})")
-    lifted = b_left is not None
     dtype = accumulation_dtype(latents.dtype)
     with torch.autocast(device_type=latents.device.type, enabled=False):
         f = latents.to(dtype).gather(-1, indices)
@@ -307,10 +315,7 @@ def sparse_kernel_error(
         quadratic = kernel_autograd.sparse_quadratic(
             v,
             indices,
-            W_left.to(dtype),
-            W_right.to(dtype),
-            None if b_left is None else b_left.to(dtype),
-            None if b_right is None else b_right.to(dtype),
+            *_cast_weights(dtype, W_left, W_right, b_left, b_right),
             ordered=ordered,
             max_elements=max_elements,
         )

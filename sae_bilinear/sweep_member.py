@@ -38,15 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import save_file
 from torch import Tensor
 from typing_extensions import override
 
 from sae_bilinear import activation_store, kernels
 from sae_bilinear.bilinear import BilinearTrainingSAE, explained_variance
-from sae_bilinear.train import runner_config_from_dict, use_optimizer
+from sae_bilinear.train import use_optimizer
+from sae_bilinear.train_config import runner_config_from_dict
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"

@@ -1,7 +1,7 @@
 """What a sweep is: its members, and the groups of members that share one model pass.
 
 A sweep file is the ``base:`` + ``sweep:`` YAML that ``sae-bilinear train`` already reads
-(:func:`sae_bilinear.train.expand_config`): a SAELens runner config and, for each dotted key,
+(:func:`sae_bilinear.train_config.expand_config`): a SAELens runner config and, for each dotted key,
 a list of values; the members are the product of the lists. Members whose activations are
 identical — same model, hook, data, context, BOS handling, token budget and dtype — form a
 *group*: the language model runs once per group, and every member of the group trains on
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bilinear import errors
-from sae_bilinear.train import expand_config, read_config_file
+from sae_bilinear.train_config import expand_config, read_config_file
 
 ACTIVATION_KEYS = (
     "model_name",

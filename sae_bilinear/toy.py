@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,6 +31,7 @@ from sae_bilinear.bilinear import BilinearSAE, BilinearSAEConfig, BilinearTraini
 from sae_bilinear.errors import ConfigError, DataFileError
 from sae_bilinear.kernels import Variant
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
+from sae_bilinear.values import check_finite_float, check_int
 
 TOY_MODEL: Final = "toy"
 """The model name the hooks scripts take for a fresh toy model (``--model toy``)."""
@@ -55,34 +55,13 @@ TOY_FILES: Final = ("toy_model.json", "toy_model.safetensors")
 """The files :func:`save_toy_model` writes: its config and its weights."""
 
 
-# TODO(lead): check_int/check_float belong in the package's one home for checks (issue 12 item 2);
-# hook_experiments uses them too.
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) ``>= minimum``; else :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_float(name: str, value: Any, minimum: float, strict: bool = False) -> float:
-    """``value`` as a float if it is a finite number ``>= minimum`` (``> minimum`` when ``strict``);
-    else :class:`ConfigError` naming ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
 class ToyLanguage:
     """A bigram language: the next token is ``perm[previous]`` with probability ``1 − noise``,
     else uniform; ``perm`` is a fixed random permutation per ``seed``."""
 
     def __init__(self, d_vocab: int, seed: int = 0, noise: float = 0.2):
         self.d_vocab = check_int("d_vocab", d_vocab, 2)
-        self.noise = check_float("noise", noise, 0.0, strict=False)
-        if self.noise > 1:
-            raise ConfigError(f"noise is a probability, between 0 and 1; got {noise!r}")
+        self.noise = check_finite_float("noise", noise, 0.0, 1.0, hint=" (a probability)")
         self.perm = torch.randperm(d_vocab, generator=torch.Generator().manual_seed(check_int("seed", seed, 0)))
 
     def sample(self, n_seqs: int, length: int, seed: int = 0) -> Int[Tensor, "n_seqs length"]:
@@ -125,7 +104,7 @@ def toy_model(seed: int = 0, steps: int = 80, lr: float = 1e-2) -> HookedSAETran
     its :class:`ToyLanguage` (1-2 s on one idle CPU thread), in eval mode on the CPU."""
     check_int("seed", seed, 0)
     check_int("steps", steps, 0)
-    check_float("lr", lr, 0.0, strict=True)
+    check_finite_float("lr", lr, 0.0, lo_open=True)
     model = _blank_toy_model(seed)
     language = language_of(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -224,8 +203,8 @@ def toy_sae(
     check_int("d_sae", d_sae, 1)
     check_int("steps", steps, 0)
     check_int("seed", seed, 0)
-    check_float("alpha", alpha, 0.0, strict=False)
-    check_float("lr", lr, 0.0, strict=True)
+    check_finite_float("alpha", alpha, 0.0)
+    check_finite_float("lr", lr, 0.0, lo_open=True)
     torch.manual_seed(seed)
     fields: dict[str, Any] = dict(d_in=model.cfg.d_model, d_sae=d_sae, variant=variant, lifted=lifted)
     trainee = BilinearTrainingSAE(BilinearTrainingSAEConfig(**fields, alpha=alpha, alpha_warm_up_steps=0))

@@ -15,19 +15,14 @@ is refused unless ``overwrite`` or ``resume`` is given, and final SAEs are publi
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import itertools
-import json
 import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import yaml
 from jaxtyping import Float, Int
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -44,6 +39,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from typing_extensions import override
 
+from sae_bilinear import data, models
+from sae_bilinear.bilinear import BilinearTrainingSAE
 from sae_bilinear.checkpoints import (
     MARKER_FILENAME,
     latest_checkpoint,
@@ -51,29 +48,50 @@ from sae_bilinear.checkpoints import (
     resume_trainer,
     write_marker,
 )
-from sae_bilinear.config_checks import (
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_known_keys,
-    check_str,
-    did_you_mean,
-)
-from sae_bilinear.bilinear import BilinearTrainingSAE
-from sae_bilinear.errors import ConfigError, DataFileError, UserError
-from sae_bilinear.models import check_hook, stop_at_layer
+from sae_bilinear.checks import check_context_size, check_hook, stop_at_layer
+from sae_bilinear.errors import ConfigError, DataFileError
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
-from sae_bilinear.saelens_evals import BilinearEvaluator
 from sae_bilinear.outputs import (
     check_output_folder,
     prepare_output_folder,
     publish_folder,
     staging_folder,
 )
+from sae_bilinear.saelens_evals import BilinearEvaluator
+from sae_bilinear.train_config import (
+    OPTIMIZERS,
+    SAE_BILINEAR_KEYS,
+    OptimizerName,
+    check_optimizer,
+    check_train_config,
+    check_train_config_keys,
+    expand_config,
+    read_config_file,
+    runner_config_from_dict,
+    set_dotted,
+)
+from sae_bilinear.values import check_bool, check_choice, check_finite_float, check_int, check_str
 
-OptimizerName = Literal["adam", "muon"]
-OPTIMIZERS: tuple[str, ...] = ("adam", "muon")
+# The train-config names (OPTIMIZERS ... set_dotted) live in train_config; they still import from here.
+__all__ = [
+    "OPTIMIZERS",
+    "SAE_BILINEAR_KEYS",
+    "BilinearTrainingRunner",
+    "MuonWithAdamW",
+    "OptimizerName",
+    "ShuffledBatches",
+    "TrainingSettings",
+    "check_train_config",
+    "check_train_config_keys",
+    "collect_activations",
+    "expand_config",
+    "read_config_file",
+    "runner_config_from_dict",
+    "set_dotted",
+    "train_from_config",
+    "train_on_activations",
+    "use_optimizer",
+]
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -146,8 +164,7 @@ def use_optimizer(
     carry over. ``lr`` overrides ``trainer.cfg.lr`` for the new optimiser; ``ns_dtype`` is
     Muon's Newton–Schulz arithmetic.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    check_optimizer(optimizer)
     if optimizer == "adam":
         return
     cfg = trainer.cfg
@@ -179,8 +196,7 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
     """
 
     def __init__(self, cfg: Any, *args: Any, optimizer: str = "adam", ns_dtype: NSDtype = "auto", **kwargs: Any):
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        check_optimizer(optimizer)
         check_ns_dtype(ns_dtype)
         super().__init__(cfg, *args, **kwargs)
         if isinstance(self.sae, BilinearTrainingSAE):
@@ -374,12 +390,6 @@ class _BilinearTrainer(SAETrainer[Any, Any]):
             self.save_checkpoint(str(self.n_training_samples))
 
 
-def default_alpha_warm_up_steps(total_steps: int) -> int:
-    """Steps over which α rises from 0 in a run of ``total_steps``: the first quarter."""
-    # TODO(lead): use bilinear.default_alpha_warm_up_steps (same rule, being added there)
-    return check_int("total_steps", total_steps, minimum=0) // 4
-
-
 @dataclass
 class TrainingSettings:
     """How :func:`train_on_activations` runs SAELens's trainer. Every field is validated."""
@@ -410,20 +420,20 @@ class TrainingSettings:
     """Continue from the latest complete checkpoint in ``checkpoint_path`` (none yet: start at step 0)."""
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        self.lr = check_float("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        self.lr = check_finite_float("lr", self.lr, 0.0, lo_open=True)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_ns_dtype(self.ns_dtype)
-        self.lr_decay_fraction = check_float("lr_decay_fraction", self.lr_decay_fraction, minimum=0.0, maximum=1.0)
+        self.lr_decay_fraction = check_finite_float("lr_decay_fraction", self.lr_decay_fraction, 0.0, 1.0)
         check_str("device", self.device)
-        check_int("seed", self.seed, minimum=0)
-        check_int("dead_feature_window", self.dead_feature_window, minimum=1)
+        check_int("seed", self.seed, 0)
+        check_int("dead_feature_window", self.dead_feature_window, 1)
         if isinstance(self.checkpoint_path, Path):
             self.checkpoint_path = str(self.checkpoint_path)
         if self.checkpoint_path is not None:
             check_str("checkpoint_path", self.checkpoint_path)
-        check_int("n_checkpoints", self.n_checkpoints, minimum=0)
+        check_int("n_checkpoints", self.n_checkpoints, 0)
         check_bool("resume", self.resume)
         if self.resume and self.checkpoint_path is None:
             raise ConfigError("resume needs checkpoint_path (the folder the run wrote its checkpoints to)")
@@ -469,159 +479,6 @@ def train_on_activations(
     return trainer
 
 
-# --------------------------------------------------------------------------------------------
-# `sae-bilinear train --config FILE`: SAELens runner configs from YAML/JSON, with sweeps
-# --------------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON mapping; clear errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"config file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except UnicodeDecodeError as error:
-        raise DataFileError(f"{path} is not UTF-8 text: {error}") from error
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise DataFileError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
-    if not isinstance(raw, dict):
-        raise DataFileError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
-    return raw
-
-
-def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``config["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, creating missing levels."""
-    *parents, last = dotted.split(".")
-    for depth, key in enumerate(parents):
-        config = config.setdefault(key, {})
-        if not isinstance(config, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {'.'.join(parents[: depth + 1])!r} is not a section")
-    config[last] = value
-
-
-def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """The runs a config file describes: ``[(name, runner_config_dict)]``.
-
-    A plain file is one run. A sweep file (``base:`` + ``sweep:`` of dotted keys → value
-    lists) is the product of its lists, each run written under ``output_root/<name>``.
-    """
-    path = Path(path)
-    raw = read_config_file(path)
-    if "sweep" not in raw:
-        return [(path.stem, raw)]
-    check_known_keys(f"sweep file {path}", raw, ("base", "sweep", "output_root"))
-    if "base" not in raw:
-        raise ConfigError(f"{path}: a sweep needs a 'base' config file")
-    if not isinstance(raw["sweep"], dict) or not all(isinstance(v, list) and v for v in raw["sweep"].values()):
-        raise ConfigError(f"{path}: 'sweep' must map dotted keys to non-empty lists of values")
-    base = read_config_file(path.parent / raw["base"])
-    keys = list(raw["sweep"])
-    runs = []
-    for values in itertools.product(*(raw["sweep"][key] for key in keys)):
-        config = copy.deepcopy(base)
-        for key, value in zip(keys, values):
-            set_dotted(config, key, value)
-        name = "-".join(_short_value(key, value) for key, value in zip(keys, values))
-        config["output_path"] = str(Path(raw.get("output_root", "runs/sweep")) / name)
-        runs.append((name, config))
-    return runs
-
-
-def _short_value(key: str, value: Any) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf == "alpha":
-        return f"a{int(float(value) * 100)}"  # the authors' folder naming (int truncates)
-    return str(value)
-
-
-SAE_BILINEAR_KEYS = ("optimizer", "ns_dtype")
-"""Keys of a train config's ``sae_bilinear`` section (what SAELens's config has no field for)."""
-_VERSION_KEYS = ("sae_lens_version", "sae_lens_training_version")
-
-
-def _remote_code_keys(raw: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every ``*trust_remote_code`` key set to a true value, at any depth."""
-    found = []
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            path = f"{prefix}{key}"
-            if str(key).endswith("trust_remote_code") and value:
-                found.append(path)
-            found += _remote_code_keys(value, path + ".")
-    return found
-
-
-def check_train_config_keys(raw: dict[str, Any]) -> None:
-    """A ConfigError naming the first unknown key (top level, ``sae``, ``logger``), with a did-you-mean.
-
-    SAELens's own ``from_dict`` drops unknown ``sae`` keys silently (a misspelt ``alhpa`` would
-    train at the default α) and fails on unknown top-level keys with a bare ``TypeError``.
-    """
-    from sae_lens import LanguageModelSAERunnerConfig
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-
-    check_known_keys("the train config", raw, [f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig)])
-    sae = raw["sae"]
-    architecture = sae.get("architecture")
-    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
-        raise ConfigError(
-            f"sae.architecture {architecture!r} is not a registered SAELens training architecture"
-            f"{did_you_mean(architecture, SAE_TRAINING_CLASS_REGISTRY)}; known: {', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
-        )
-    config_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
-    check_known_keys("the sae section", sae, [f.name for f in dataclasses.fields(config_class)] + ["architecture", "metadata"])
-    logger = raw.get("logger")
-    if not isinstance(logger, dict):
-        raise ConfigError(f"the logger section must be a mapping, got {logger!r}")
-    check_known_keys("the logger section", logger, [f.name for f in dataclasses.fields(LoggingConfig)])
-
-
-def runner_config_from_dict(raw: dict[str, Any], *, allow_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
-    """``(LanguageModelSAERunnerConfig, extras)`` from a config mapping.
-
-    The mapping is SAELens's ``LanguageModelSAERunnerConfig.to_dict()`` form (so a
-    ``runner_cfg.json`` that SAELens wrote is a valid input), with defaults filled in:
-    ``sae.architecture`` = bilinear, ``dataset_trust_remote_code`` false (SAELens
-    defaults it to true). ``extras`` is the ``sae_bilinear`` section (``optimizer``,
-    ``ns_dtype``). An unknown key anywhere, or any ``trust_remote_code`` set true without
-    ``allow_remote_code`` (an argument, never a config key: a config file cannot grant itself
-    the right to run code), is a :class:`ConfigError` naming the key.
-    """
-    from sae_lens import LanguageModelSAERunnerConfig
-
-    check_bool("allow_remote_code", allow_remote_code)
-    raw = copy.deepcopy(raw)
-    extras = raw.pop("sae_bilinear", None) or {}
-    if not isinstance(extras, dict):
-        raise ConfigError(f"the sae_bilinear section must be a mapping, got {extras!r}")
-    check_known_keys("the sae_bilinear section", extras, SAE_BILINEAR_KEYS)
-    check_choice("sae_bilinear.optimizer", extras.setdefault("optimizer", "adam"), OPTIMIZERS)
-    check_ns_dtype(extras.setdefault("ns_dtype", "auto"), "sae_bilinear.ns_dtype")
-    if not isinstance(raw.get("sae"), dict):
-        raise ConfigError("the config needs an 'sae' section (a mapping: d_in, d_sae, variant, ...)")
-    raw["sae"].setdefault("architecture", "bilinear")
-    # No logger default of our own: SAELens's (wandb on) holds, as for any SAELens config.
-    for key in _VERSION_KEYS:
-        raw.pop(key, None)
-    remote = _remote_code_keys(raw)
-    if remote and not allow_remote_code:
-        raise ConfigError(
-            f"{', '.join(remote)} is true: loading code from a model or dataset repository is refused; "
-            "set it to false (SAELens's to_dict writes dataset_trust_remote_code: true by default), or pass "
-            "allow_remote_code (--allow-remote-code) if you trust that repository"
-        )
-    raw.setdefault("dataset_trust_remote_code", False)
-    check_train_config_keys(raw)
-    try:
-        return LanguageModelSAERunnerConfig.from_dict(raw), extras
-    except UserError:
-        raise
-    except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"invalid train config: {error}") from error
-
-
 def train_from_config(
     raw: dict[str, Any],
     override_model: Any = None,
@@ -644,8 +501,6 @@ def train_from_config(
     step 0 if there is none yet; the config's ``n_checkpoints`` sets how many are written).
     All of this is checked before any model is loaded.
     """
-    from sae_bilinear import data, models
-
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     cfg, extras = runner_config_from_dict(raw, allow_remote_code=allow_remote_code)
@@ -668,8 +523,8 @@ def train_from_config(
     if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
         model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
     if model is not None:
-        models.check_hook(model, cfg.hook_name)
-        models.check_context_size(model, cfg.context_size)
+        check_hook(model, cfg.hook_name)
+        check_context_size(model, cfg.context_size)
     dataset = override_dataset
     if dataset is None:
         corpus = data.load_corpus(cfg.dataset_path or None)

@@ -15,10 +15,11 @@ digests of the optimiser state and the parameters; a resume appends the same, wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,13 @@ def recording(log: Path) -> Iterator[list[dict[str, Any]]]:
 
 
 @contextmanager
-def pause_after_first_checkpoint(out: Path) -> Iterator[None]:
-    """Once a checkpoint is complete (its marker written), signal and wait to be killed."""
+def after_each_marker(action: Callable[[Path], None]) -> Iterator[None]:
+    """While active, ``train.write_marker`` runs ``action(marker)`` once a checkpoint is complete."""
     original = train.write_marker
 
     def write_marker(*args: Any, **kwargs: Any) -> Path:
         path = original(*args, **kwargs)
-        (out / "paused").touch()
-        time.sleep(600)
+        action(path)
         return path
 
     train.write_marker = write_marker  # type: ignore[assignment]
@@ -112,6 +112,16 @@ def pause_after_first_checkpoint(out: Path) -> Iterator[None]:
         yield
     finally:
         train.write_marker = original  # type: ignore[assignment]
+
+
+def pause_after_first_checkpoint(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Once a checkpoint is complete (its marker written), signal and wait to be killed."""
+
+    def pause(_marker: Path) -> None:
+        (out / "paused").touch()
+        time.sleep(600)
+
+    return after_each_marker(pause)
 
 
 def activations() -> torch.Tensor:

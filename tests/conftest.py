@@ -49,3 +49,42 @@ def toy():
 
     model = toy_setting.toy_model()
     return model, toy_setting.toy_sae(model)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random 2-block ``HookedTransformer`` (d_model 32, vocabulary 64, context 32), one per
+    test module; SAELens's runner trains on it in ``test_training`` and ``test_saelens_interop``."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=64, act_fn="gelu", d_mlp=64
+    )
+    return HookedTransformer(cfg)
+
+
+@pytest.fixture(scope="module")
+def token_dataset():
+    """200 pre-tokenised contexts of 16 random ids (1..63) as a ``datasets.Dataset``."""
+    from datasets import Dataset
+
+    tokens = torch.randint(1, 64, (200, 16), generator=torch.Generator().manual_seed(0))
+    return Dataset.from_dict({"tokens": tokens.tolist()})
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    """``torch.load`` (pickle) fails the test from here on: weights are safetensors only.
+    The hub test modules use it for every test (``pytest.mark.usefixtures("no_pickle")``)."""
+    from hub_helpers import refuse_pickle
+
+    refuse_pickle(monkeypatch)
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    """A stand-in Hub on 127.0.0.1 with huggingface_hub pointed at it (see ``hub_helpers``)."""
+    from hub_helpers import stand_in_hub
+
+    yield from stand_in_hub(monkeypatch, tmp_path)

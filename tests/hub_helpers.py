@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import no_network as no_network  # re-exported: the hub tests import it from here
 from hub_server import StandInHub, git_blob_sha1, redirect_hub
 from safetensors.torch import load_file, save_file
 
@@ -25,19 +24,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing must be sent in offl
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@contextmanager
-def no_network():
-    """Any attempt to open a connection fails: proves a load was served from the cache."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        yield
 
 
 def refuse_pickle(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,7 +107,7 @@ CASES = [
     (["releases", "--threads", "two"], ["--threads", "'two'"]),
     # train configs
     (["train", "--config", "{root}/unknown.yaml", "--dry-run"], ["{root}/unknown.yaml", "'bogus_key'"]),
-    (["train", "--config", "{root}/sae_typo.yaml", "--dry-run"], ["'sae.alpah'", "did you mean alpha"]),
+    (["train", "--config", "{root}/sae_typo.yaml", "--dry-run"], ["'sae.alpah'", "did you mean 'alpha'"]),
     (["train", "--config", "{root}/logger_typo.yaml", "--dry-run"], ["'logger.log_to_wandbb'"]),
     (["train", "--config", "{root}/good.yaml", "--dry-run", "--set", "sae.alpah=0.2"], ["'sae.alpah'"]),
     (["train", "--config", "{root}/remote.yaml", "--dry-run"],

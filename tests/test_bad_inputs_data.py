@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+from helpers import assert_refused
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -15,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from sae_bilinear import data
 from sae_bilinear.checks import ConfigTypeError, MissingFileError
 from sae_bilinear.data import DatasetPath, Documents, TextCorpus, load_corpus, read_documents, tokenize_contexts
-from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError, UserError
+from sae_bilinear.errors import ConfigError, DataFileError, MissingDependencyError
 
 WORDS = ["<bos>", "<eos>", "<unk>", "a", "b", "c"]
 
@@ -24,15 +25,6 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
-
-
-def assert_refused(call, error, words):
-    with pytest.raises(error) as info:
-        call()
-    assert isinstance(info.value, UserError), type(info.value)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
-    return info.value
 
 
 LATIN1 = "caf\xe9 au lait\n\nna\xefve\n".encode("latin-1")

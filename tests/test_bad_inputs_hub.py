@@ -18,9 +18,7 @@ from hub_helpers import (
     folder_files,
     make_sae,
     no_network,
-    refuse_pickle,
     saelens_folder,
-    stand_in_hub,
     truncate,
     write_bae,
     write_releases,
@@ -35,14 +33,7 @@ from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, Weigh
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def no_pickle(monkeypatch):
-    refuse_pickle(monkeypatch)
-
-
-@pytest.fixture
-def stand_in(monkeypatch, tmp_path):
-    yield from stand_in_hub(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("no_pickle")  # conftest: torch.load (pickle) fails the test
 
 
 def _config_refuses(**fields) -> bool:

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import exact_lifted_sae
 from sae_lens import SAE
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, BilinearTrainingSAEConfig, SAEInputError
@@ -166,18 +167,6 @@ def test_mixed_latents_of_the_wrong_width_blame_d_sae_not_W_down():
 
 
 # --- decode uses the norms of the very latents encode returned ---------------------------------
-
-
-def exact_lifted_sae(d: int, dtype: str = "float32") -> BilinearSAE:
-    """A lifted SAE whose X̂ = ũ⊗ũ exactly, so decode(encode(x)) = x (weights 0/1: exact in any dtype)."""
-    n = d + 1
-    sae = BilinearSAE(BilinearSAEConfig(d_in=d, d_sae=n * n, lifted=True, dtype=dtype))
-    basis = torch.eye(n)
-    with torch.no_grad():
-        for j, (a, b) in enumerate((a, b) for a in range(n) for b in range(n)):
-            sae.b_left[j], sae.W_left[j] = basis[a, 0], basis[a, 1:]
-            sae.b_right[j], sae.W_right[j] = basis[b, 0], basis[b, 1:]
-    return sae
 
 
 def test_decode_of_earlier_latents_uses_their_own_norms():

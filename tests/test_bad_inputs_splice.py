@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_refused
 from sae_lens import HookedSAETransformer
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.activation_scaler import ActivationScaler
@@ -21,7 +22,7 @@ import sae_bilinear.evaluate as evaluate_module
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, models
 from sae_bilinear import interventions as iv
 from sae_bilinear.checks import ConfigTypeError, IndexRangeError, MissingFileError, NonFiniteResultError
-from sae_bilinear.errors import ConfigError, OfflineError, UserError
+from sae_bilinear.errors import ConfigError, OfflineError
 from sae_bilinear.evaluate import activation_mean, evaluate_splice, mean_ablated_loss
 
 torch.set_num_threads(1)
@@ -87,14 +88,6 @@ def nan_sae() -> BilinearSAE:
     with torch.no_grad():
         sae.W_left[3, 2] = math.nan
     return sae
-
-
-def assert_refused(call, error, words):
-    with pytest.raises(error) as info:
-        call()
-    assert isinstance(info.value, UserError), type(info.value)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from helpers import exact_lifted_sae
 from sae_lens import SAE
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
@@ -56,18 +57,6 @@ def test_init_is_orthogonal():
     torch.testing.assert_close(sae.W_left.T @ sae.W_left, torch.eye(16), atol=1e-5, rtol=0)
     small = BilinearSAE(BilinearSAEConfig(d_in=16, d_sae=8))
     torch.testing.assert_close(small.W_right @ small.W_right.T, torch.eye(8), atol=1e-5, rtol=0)
-
-
-def exact_lifted_sae(d: int) -> BilinearSAE:
-    """A lifted SAE with latent (a, b) = ũ_a ũ_b for every pair: X̂ = ũ⊗ũ exactly."""
-    n = d + 1
-    sae = BilinearSAE(BilinearSAEConfig(d_in=d, d_sae=n * n, lifted=True))
-    basis = torch.eye(n)
-    with torch.no_grad():
-        for j, (a, b) in enumerate((a, b) for a in range(n) for b in range(n)):
-            sae.b_left[j], sae.W_left[j] = basis[a, 0], basis[a, 1:]
-            sae.b_right[j], sae.W_right[j] = basis[b, 0], basis[b, 1:]
-    return sae
 
 
 def test_decode_of_exact_reconstruction_returns_x():

@@ -24,9 +24,7 @@ from hub_helpers import (
     make_sae,
     naive_latents,
     no_network,
-    refuse_pickle,
     saelens_folder,
-    stand_in_hub,
     truncate,
     write_bae,
     write_releases,
@@ -42,15 +40,7 @@ from sae_bilinear.hub import MissingWeightFileError, ReleaseNotFoundError, Weigh
 from sae_bilinear.hub import card as hub_card
 from sae_bilinear.hub import upload as hub_upload
 
-
-@pytest.fixture(autouse=True)
-def no_pickle(monkeypatch):
-    refuse_pickle(monkeypatch)
-
-
-@pytest.fixture
-def stand_in(monkeypatch, tmp_path):
-    yield from stand_in_hub(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("no_pickle")  # conftest: torch.load (pickle) fails the test
 
 
 # --------------------------------------------------------------------------- push → load

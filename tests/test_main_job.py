@@ -98,7 +98,7 @@ def test_main_job_end_to_end(tmp_path, smollm2_model, corpus_file):
         ({"hook_name": "blocks.9.hook_resid_pre"}, "has no hook"),
         ({"context_size": 100_000}, "context"),
         ({"baseline": "gated"}, "baseline must be"),
-        ({"steps": 0}, "steps must be positive"),
+        ({"steps": 0}, "steps must be a positive"),
     ],
 )
 def test_main_job_bad_input_fails_before_work(tmp_path, tiny_qwen3, corpus_file, overrides, message):

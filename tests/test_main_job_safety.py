@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sae_bilinear import main_job, models, outputs, train
+from sae_bilinear.bilinear import default_alpha_warm_up_steps
 from sae_bilinear.errors import ConfigError, DataFileError, OutputExistsError
 from sae_bilinear.main_job import MainJobConfig, run_main_job
 
@@ -144,9 +145,11 @@ def test_atomic_text_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch)
 
 
 def test_alpha_warm_up_default_is_the_first_quarter():
-    assert [train.default_alpha_warm_up_steps(n) for n in (0, 3, 4, 150, 1024)] == [0, 0, 1, 37, 256]
+    # One rule for the whole package (bilinear.default_alpha_warm_up_steps): at least one step,
+    # so runs of 1-3 steps warm up over 1 (train's old copy gave 0); 0 steps is refused.
+    assert [default_alpha_warm_up_steps(n) for n in (3, 4, 150, 1024)] == [1, 1, 37, 256]
     with pytest.raises(ConfigError, match="total_steps"):
-        train.default_alpha_warm_up_steps(-1)
+        default_alpha_warm_up_steps(-1)
 
 
 class Killed(Exception):

@@ -6,14 +6,13 @@ tests/_resume_child.py, which also runs as the subprocess that is SIGKILLed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,11 @@ class Killed(Exception):
     """Stands in for a kill right after the first checkpoint (the in-process tests)."""
 
 
-@contextmanager
-def killed_after_first_checkpoint() -> Iterator[None]:
-    original = train.write_marker
-
-    def write_marker(*args: Any, **kwargs: Any) -> Path:
-        original(*args, **kwargs)
+def killed_after_first_checkpoint() -> contextlib.AbstractContextManager[None]:
+    def kill(_marker: Path) -> None:
         raise Killed
 
-    train.write_marker = write_marker  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        train.write_marker = original  # type: ignore[assignment]
+    return child.after_each_marker(kill)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

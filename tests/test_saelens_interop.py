@@ -6,34 +6,17 @@ import logging
 
 import pytest
 import torch
-from datasets import Dataset
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens import evals as sae_lens_evals
 from sae_lens.config import LoggingConfig
 from sae_lens.evals import EvalConfig, get_eval_everything_config
 from sae_lens.training.activation_scaler import ActivationScaler
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilinear import BilinearTrainingSAEConfig, UnliftedDecodeError, saelens_evals
 from sae_bilinear.saelens_evals import BilinearEvaluator, run_evals
 
 D_MODEL, D_SAE = 32, 64
 HOOK = "blocks.1.hook_resid_pre"
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> HookedTransformer:
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=D_MODEL, n_ctx=32, d_head=8, n_heads=4, d_vocab=64, act_fn="gelu", d_mlp=64
-    )
-    return HookedTransformer(cfg)
-
-
-@pytest.fixture(scope="module")
-def token_dataset() -> Dataset:
-    tokens = torch.randint(1, 64, (200, 16), generator=torch.Generator().manual_seed(0))
-    return Dataset.from_dict({"tokens": tokens.tolist()})
 
 
 def runner(tiny_model, token_dataset, steps: int = 12, log_to_wandb: bool = False, **sae_kwargs):

@@ -6,11 +6,9 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset
 from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.config import LoggingConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilinear import BilinearSAE, BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.train import (
@@ -23,21 +21,6 @@ from sae_bilinear.train import (
 
 D_MODEL = 32
 HOOK = "blocks.1.hook_resid_pre"
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> HookedTransformer:
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=D_MODEL, n_ctx=32, d_head=8, n_heads=4, d_vocab=64, act_fn="gelu", d_mlp=64
-    )
-    return HookedTransformer(cfg)
-
-
-@pytest.fixture(scope="module")
-def token_dataset() -> Dataset:
-    tokens = torch.randint(1, 64, (200, 16), generator=torch.Generator().manual_seed(0))
-    return Dataset.from_dict({"tokens": tokens.tolist()})
 
 
 def runner_config(output_path, steps: int = 120, lr: float = 3e-3, **sae_kwargs) -> LanguageModelSAERunnerConfig:

@@ -8,11 +8,10 @@ overwritten without ``--overwrite`` (or continued without ``--resume``).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from sae_bilinear.errors import OutputExistsError
+from sae_bilinear.outputs import write_text_atomic as write_text_atomic  # the CLI writes through the library's
 
 SAE_CONFIG = "cfg.json"
 BAE_CONFIG = "config.json"
@@ -66,16 +65,3 @@ def refuse_existing_output(path: Path, *, option: str, overwrite: bool, resume: 
     fixes = "pass --overwrite to replace it" + ("" if resume is None else ", or --resume to continue it")
     what = "folder is not empty" if path.is_dir() else "file exists"
     raise OutputExistsError(f"{option} {path}: the {what}; {fixes}, or choose another {option}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

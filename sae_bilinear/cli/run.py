@@ -38,7 +38,7 @@ TYPES: dict[str, Callable[[str], Any]] = {
 # Fields with a fixed set of values: (module, constant) holding them, read from the source.
 CHOICES: dict[str, tuple[str, str]] = {
     "variant": ("kernels", "VARIANTS"),
-    "optimizer": ("train", "OPTIMIZERS"),
+    "optimizer": ("train_config", "OPTIMIZERS"),
     "baseline": ("main_job", "BASELINES"),
 }
 _BY_ANNOTATION: dict[str, Callable[[str], Any]] = {"int": options.integer(), "float": options.finite_float, "str": str}

@@ -41,15 +41,14 @@ def execute(args: argparse.Namespace) -> int:
 
     from sae_bilinear import sweep
     from sae_bilinear.cli import runtime
-    from sae_bilinear.cli.train import check_keys, check_remote_code, find_config
+    from sae_bilinear.cli.train import check_run, find_config
     from sae_bilinear.sweep_plan import Resources, default_out
-    from sae_bilinear.train import expand_config
+    from sae_bilinear.train_config import expand_config
 
     runtime.check_device(args.device)
     config = find_config(args.config)
     for name, raw in expand_config(config):  # every member is checked before the model runs
-        check_keys(raw, name)
-        check_remote_code(raw, name, allowed=False)
+        check_run(raw, name, allow_remote_code=False)
     out = args.out if args.out is not None else default_out(Path(config))
     options_ = sweep.SweepOptions(
         out=out, workers=args.workers, address=args.address, local=args.local,

@@ -1,14 +1,14 @@
 """``sae-bilinear train``: SAELens runner configs (YAML/JSON, sweeps included), checked first.
 
 Every run of a sweep is checked before the first one trains: unknown keys (SAELens drops
-unknown ``sae`` keys silently, so a typo would train with a default), remote code, the
-device and the output folder.
+unknown ``sae`` keys silently, so a typo would train with a default) and remote code, by the
+library's :func:`sae_bilinear.train_config.check_train_config`; then the device and the output
+folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 from importlib import resources
@@ -26,9 +26,7 @@ DESCRIPTION = (
     "config (hub_configs/train/NAME.yaml, e.g. qwen3-0.6b-base-l18). A sweep file (base: + sweep:) "
     "trains one SAE per combination of its values."
 )
-REMOTE_CODE = "trust_remote_code"
 DATASET_REMOTE_CODE = "dataset_trust_remote_code"
-OUR_SECTION = "sae_bilinear"
 DEVICE_KEYS = ("device", "llm_device", "act_store_device")
 
 
@@ -87,54 +85,18 @@ def find_config(text: str) -> Path:
 # ------------------------------------------------------------------------------- checks
 
 
-def _unknown_keys(section: dict[str, Any], known: set[str], where: str, run: str) -> None:
-    for key in section:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{run}: unknown key {where + key!r}{hint}")
+def check_run(raw: dict[str, Any], run: str, allow_remote_code: bool) -> None:
+    """The library's train-config checks (unknown keys, remote code), the message prefixed by
+    ``run``; then default ``dataset_trust_remote_code`` off for the dry run's print (SAELens
+    defaults it to true), unless ``--allow-remote-code``."""
+    from sae_bilinear.train_config import check_train_config
 
-
-def check_keys(raw: dict[str, Any], run: str) -> None:
-    """Refuse keys that SAELens's runner config, its logger or the SAE config do not have."""
-    from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
-    from sae_lens.registry import get_sae_training_class
-
-    fields = lambda cls: {field.name for field in dataclasses.fields(cls)}  # noqa: E731
-    _unknown_keys(raw, fields(LanguageModelSAERunnerConfig) | {OUR_SECTION}, "", run)
-    sae = raw.get("sae")
-    if not isinstance(sae, dict):
-        raise ConfigError(f"{run}: needs an 'sae' section (architecture, d_in, d_sae, variant, ...)")
-    architecture = sae.get("architecture", "bilinear")
     try:
-        sae_config_class = get_sae_training_class(architecture)[1]
-    except (KeyError, ValueError):
-        raise ConfigError(f"{run}: sae.architecture {architecture!r} is not a SAELens architecture") from None
-    _unknown_keys(sae, fields(sae_config_class) | {"architecture"}, "sae.", run)
-    if isinstance(raw.get("logger"), dict):
-        _unknown_keys(raw["logger"], fields(LoggingConfig), "logger.", run)
-
-
-def _remote_code_keys(section: Any, prefix: str = "") -> list[str]:
-    if not isinstance(section, dict):
-        return []
-    found = [prefix + key for key, value in section.items() if REMOTE_CODE in key and value]
-    for key, value in section.items():
-        found += _remote_code_keys(value, f"{prefix}{key}.")
-    return found
-
-
-def check_remote_code(raw: dict[str, Any], run: str, allowed: bool) -> None:
-    """Refuse ``trust_remote_code`` unless ``--allow-remote-code``; default it off (SAELens
-    defaults ``dataset_trust_remote_code`` to true)."""
-    if allowed:
-        return
-    keys = _remote_code_keys(raw)
-    if keys:
-        raise ConfigError(
-            f"{run}: {keys[0]} is true, which runs code from the Hub; remove it or pass --allow-remote-code"
-        )
-    raw.setdefault(DATASET_REMOTE_CODE, False)
+        check_train_config(raw, allow_remote_code=allow_remote_code)
+    except ConfigError as error:
+        raise ConfigError(f"{run}: {error}") from None
+    if not allow_remote_code:
+        raw.setdefault(DATASET_REMOTE_CODE, False)
 
 
 def _output_path(raw: dict[str, Any]) -> Path | None:
@@ -147,7 +109,8 @@ def _output_path(raw: dict[str, Any]) -> Path | None:
 
 def execute(args: argparse.Namespace) -> int:
     from sae_bilinear.cli import paths, runtime
-    from sae_bilinear.train import expand_config, set_dotted, train_from_config
+    from sae_bilinear.train import train_from_config
+    from sae_bilinear.train_config import expand_config, set_dotted
 
     config = find_config(args.config)
     runs = expand_config(config)
@@ -155,8 +118,7 @@ def execute(args: argparse.Namespace) -> int:
         label = str(config) if len(runs) == 1 else f"{config} (run {name})"
         for key, value in args.set:
             set_dotted(raw, key, value)
-        check_keys(raw, label)
-        check_remote_code(raw, label, args.allow_remote_code)
+        check_run(raw, label, args.allow_remote_code)
     if args.dry_run:
         for name, raw in runs:
             print(f"{name}: {json.dumps(raw, default=str)}")

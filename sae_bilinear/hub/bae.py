@@ -26,6 +26,7 @@ from sae_lens import __version__ as SAE_LENS_VERSION
 
 from sae_bilinear import kernels
 from sae_bilinear.bilinear import ARCHITECTURE, FORMAT_VERSION
+from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, OutputExistsError
 from sae_bilinear.hub.files import (
     FLOAT_DTYPES,
@@ -35,7 +36,6 @@ from sae_bilinear.hub.files import (
     bilinear_disk_loader,
     build_sae,
     check_bilinear_cfg,
-    check_device,
     check_dtype,
     download,
     dtype_of,
@@ -390,7 +390,7 @@ def bae_loader(
     and maps them to a ``"bilinear"`` config (unlifted, or lifted for biased checkpoints;
     hook ``blocks.{layer}.hook_resid_pre``) and state dict. No log-sparsity file exists.
     """
-    check_device(device)
+    parse_device(device)
     config_label = f"{repo_id}/{folder_name}/{BAE_CONFIG_FILENAME}"
     config_path = download(repo_id, f"{folder_name}/{BAE_CONFIG_FILENAME}", force_download)
     info = _bae_config_info(read_json(config_path, config_label), config_label, folder_name)

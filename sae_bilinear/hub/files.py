@@ -31,6 +31,7 @@ from safetensors import safe_open
 
 from sae_bilinear import kernels
 from sae_bilinear.bilinear import ARCHITECTURE, FORMAT_VERSION, BilinearSAE, BilinearSAEConfig
+from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, DataFileError
 
 __all__ = [
@@ -64,19 +65,6 @@ class MissingWeightFileError(WeightFileError, FileNotFoundError):
 
 
 # --------------------------------------------------------------------------- arguments
-
-
-def check_device(device: str) -> str:
-    """``device`` if torch can place tensors there; ConfigError naming it otherwise."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"device {device!r} is not a torch device ({error}); use e.g. 'cpu' or 'cuda'") from error
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} needs CUDA, which this torch/machine does not have; use device='cpu'")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} needs Apple MPS, which is not available here; use device='cpu'")
-    return device
 
 
 def check_dtype(dtype: Any) -> None:
@@ -261,7 +249,8 @@ def read_sae_lens_components(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Validated config dict and state dict of a bilinear SAE in SAELens's layout."""
     cfg_dict = apply_overrides(read_json(cfg_path, cfg_label), cfg_overrides)
-    cfg_dict["device"] = check_device(device)
+    parse_device(device)
+    cfg_dict["device"] = device
     cfg = check_bilinear_cfg(cfg_dict, cfg_label)
     dtype = dtype_of(cfg.dtype, cfg_label)
     state_dict = read_tensors(weights_path, weights_label, expected_shapes(cfg), dtype, device)
@@ -436,7 +425,7 @@ def load_any_from_disk(path: str | os.PathLike[str], device: str = "cpu", dtype:
     or ``dtype`` argument raises :class:`~sae_bilinear.errors.ConfigError`.
     """
     folder = _sae_folder(path)
-    check_device(device)
+    parse_device(device)
     if dtype is not None:
         check_dtype(dtype)
     cfg_label, weights_label = str(folder / SAE_CFG_FILENAME), str(folder / SAE_WEIGHTS_FILENAME)

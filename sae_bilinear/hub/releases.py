@@ -21,6 +21,7 @@ import torch
 import yaml
 from sae_lens import SAE
 
+from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import UserError
 from sae_bilinear.hub.bae import bae_loader
 from sae_bilinear.hub.files import (
@@ -28,7 +29,6 @@ from sae_bilinear.hub.files import (
     WeightFileError,
     apply_overrides,
     bilinear_loader,
-    check_device,
     check_dtype,
 )
 
@@ -259,7 +259,7 @@ def from_pretrained_with_cfg_and_sparsity(
     fold_W_dec_norm: bool = False,
 ) -> tuple[SAE[Any], dict[str, Any], torch.Tensor | None]:
     """:func:`from_pretrained`, also returning the config dict and the log-sparsity (or None)."""
-    check_device(device)
+    parse_device(device)
     check_dtype(dtype)
     entry = _release_entry(release, sae_id)
     if converter is None:

@@ -1,0 +1,179 @@
+"""The one home of the package's value checks: type and range, each error naming the value.
+
+Values arrive from Python, from ``cfg.json``, from YAML and from the command line, so a value of
+the wrong type is a real risk: JSON has ``"false"`` strings and ``2.0`` floats, Python has
+``True == 1``. Every check here refuses those instead of coercing them (a ``bool`` is never a
+number, ``2.0`` is never an int), refuses NaN and ±inf, and raises a
+:class:`~sae_bilinear.errors.ConfigError` (:class:`~sae_bilinear.errors.ConfigTypeError` for a
+value of the wrong type) of the form ``"<name> must be <what>, got <value>"``, plus a hint or a
+did-you-mean where that says how to fix it.
+
+* numbers and flags: :func:`check_int`, :func:`check_optional_int`, :func:`check_finite_float`,
+  :func:`check_bool`;
+* strings and names: :func:`check_str`, :func:`check_choice`, :func:`check_known_keys`,
+  :func:`did_you_mean`;
+* tensors and results: :func:`check_finite_tensor`, :func:`check_finite_result`.
+
+This module imports nothing of ours but :mod:`sae_bilinear.errors`, so every layer (the model's
+config included) may use it. The checks of hooks, tokens, devices and SAEs against models, which
+need a model, live in :mod:`sae_bilinear.checks`, which re-exports these.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from sae_bilinear.errors import ConfigError, ConfigTypeError, NonFiniteResultError
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_finite_float",
+    "check_finite_result",
+    "check_finite_tensor",
+    "check_int",
+    "check_known_keys",
+    "check_optional_int",
+    "check_str",
+    "did_you_mean",
+]
+
+T = TypeVar("T")
+
+
+def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '≥'} {lo:g}"
+    if hi is not None:
+        return f"{'<' if hi_open else '≤'} {hi:g}"
+    return ""
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None, *, hint: str = "") -> int:
+    """``int(value)`` if ``value`` is an integer within ``[lo, hi]``; floats (even ``2.0``) and
+    bools are refused. ``hint`` (e.g. ``" (the number of latents)"``) ends the message."""
+    bounds = _interval(lo, hi, False, False)
+    wanted = "a positive integer (≥ 1)" if lo == 1 and hi is None else f"an integer{' ' + bounds if bounds else ''}"
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be {wanted}, got {value!r} ({_type_name(value)}){hint}")
+    number = int(value)
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ConfigError(f"{name} must be {wanted}, got {number}{hint}")
+    return number
+
+
+def check_optional_int(
+    name: str, value: Any, lo: int | None = None, hi: int | None = None, *, hint: str = ""
+) -> int | None:
+    """None, or :func:`check_int`."""
+    return None if value is None else check_int(name, value, lo, hi, hint=hint)
+
+
+def check_finite_float(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    hint: str = "",
+) -> float:
+    """``value`` as a finite ``float`` within ``[lo, hi]`` (``lo_open``/``hi_open``: excluded).
+
+    Ints are accepted (``2`` → ``2.0``); bools, strings, NaN and ±inf are not.
+    """
+    bounds = _interval(lo, hi, lo_open, hi_open)
+    wanted = f"a finite number{' ' + bounds if bounds else ''}"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be {wanted}, got {value!r} ({_type_name(value)}){hint}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be {wanted}, got {number}{hint}")
+    too_low = lo is not None and (number <= lo if lo_open else number < lo)
+    too_high = hi is not None and (number >= hi if hi_open else number > hi)
+    if too_low or too_high:
+        raise ConfigError(f"{name} must be {wanted}, got {number:g}{hint}")
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool``; ``"false"``, ``0`` or ``None`` are refused (not guessed)."""
+    if not isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be true or false (a bool), got {value!r} ({_type_name(value)})")
+    return value
+
+
+def check_str(name: str, value: Any, *, empty: bool = False) -> str:
+    """``value`` if it is a string, non-empty (not only spaces) unless ``empty``."""
+    if not isinstance(value, str):
+        raise ConfigTypeError(f"{name} must be a string, got {value!r} ({_type_name(value)})")
+    if not empty and not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices`` to ``value``, or ``""``."""
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(name: str, value: T, choices: Collection[T]) -> T:
+    """``value`` if it is one of ``choices``; the message lists them (and the closest one)."""
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable value asked of a set
+        ok = False
+    if not ok:
+        options = ", ".join(repr(choice) for choice in choices)
+        raise ConfigError(f"{name} must be one of {options}; got {value!r}{did_you_mean(value, choices)}")
+    return value
+
+
+def check_known_keys(section: str, mapping: Mapping[str, Any], known: Iterable[str], *, prefix: str = "") -> None:
+    """A ConfigError naming the first key of ``mapping`` not in ``known``, with a did-you-mean.
+
+    ``prefix`` is the section's dotted path (``"sae."``), so the message also gives the key as
+    the user writes it (``--set sae.alpha=...``)."""
+    known = sorted(known)
+    for key in mapping:
+        if key not in known:
+            where = f"{prefix + key!r}: {section} has no {key!r}" if prefix else f"{key!r} in {section}"
+            raise ConfigError(f"unknown key {where}{did_you_mean(key, known)}")
+
+
+def check_finite_tensor(name: str, tensor: Any, shape: Sequence[int] | None = None) -> Tensor:
+    """``tensor`` if it is a floating-point tensor of finite values (and of ``shape``, if given)."""
+    if not isinstance(tensor, Tensor):
+        raise ConfigTypeError(f"{name} must be a torch.Tensor, got {_type_name(tensor)}")
+    if not tensor.is_floating_point():
+        raise ConfigTypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if shape is not None and tuple(tensor.shape) != tuple(shape):
+        raise ConfigError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        raise ConfigError(f"{name} holds {int(bad.sum())} NaN/inf value(s) of {tensor.numel()}; pass finite values")
+    return tensor
+
+
+def check_finite_result(name: str, value: float | Tensor, cause: str = "") -> None:
+    """Raise :class:`~sae_bilinear.errors.NonFiniteResultError` if ``value`` (a number or tensor)
+    is not all finite. ``cause`` says where to look (e.g. "the SAE's weights or the edit's value")."""
+    finite = bool(torch.isfinite(value).all()) if isinstance(value, Tensor) else math.isfinite(value)
+    if not finite:
+        shown = "non-finite values" if isinstance(value, Tensor) else repr(value)
+        raise NonFiniteResultError(f"{name} is {shown}, which is not a result" + (f": {cause}" if cause else ""))
