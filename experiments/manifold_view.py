@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "row_shares_top10": sorted((float(s) for s in share / share.sum()), reverse=True)[:10],
         "stats": stats.__dict__,
         "eigenvalues_top16": [float(v) for v in kept[:16]],
-        "eigenvectors_top_dims": [analysis._top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)],
+        "eigenvectors_top_dims": [analysis.top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)],
         "axes": top.axis_labels,
         "probes": probes,
         "eigenvectors_vs_mean_token": shared,
