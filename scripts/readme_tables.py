@@ -13,8 +13,11 @@ Sources:
 
 * ``docs/results/main_job_metrics.json`` — ``metrics.json`` of one ``sae-bilinear run`` with
   its defaults (``--from-run RUN_DIR`` copies a new one there first);
+* ``docs/results/main_job_evaluate.json`` — ``sae-bilinear evaluate RUN_DIR/sae --out FILE`` of
+  that run's SAE, with ``evaluate``'s defaults (does it give the run's numbers?);
 * ``benchmarks/results/loss_benchmark.json`` — ``python benchmarks/loss_benchmark.py``;
 * ``benchmarks/results/perf_benchmark.json`` — ``python benchmarks/perf_benchmark.py``;
+* ``benchmarks/results/atlas_benchmark.json`` — ``python benchmarks/atlas_benchmark.py --sae RUN_DIR/sae``;
 * ``benchmarks/results/optimizer_comparison_tiny.json`` — ``python benchmarks/optimizer_comparison.py --model tiny``;
 * the bad-input test cases: ``pytest --collect-only -q`` of ``tests/test_bad_inputs*.py`` and
   ``tests/test_checks.py`` (every parametrized case counts once), and of the kill/resume and
@@ -50,8 +53,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MAIN_JOB_METRICS = ROOT / "docs" / "results" / "main_job_metrics.json"
+MAIN_JOB_EVALUATE = ROOT / "docs" / "results" / "main_job_evaluate.json"
 LOSS_BENCHMARK = ROOT / "benchmarks" / "results" / "loss_benchmark.json"
 PERF_BENCHMARK = ROOT / "benchmarks" / "results" / "perf_benchmark.json"
+ATLAS_BENCHMARK = ROOT / "benchmarks" / "results" / "atlas_benchmark.json"
 OPTIMIZER_COMPARISON = ROOT / "benchmarks" / "results" / "optimizer_comparison_tiny.json"
 
 BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py")
@@ -61,7 +66,7 @@ SAFETY_PATTERNS = ("tests/test_main_job_safety.py", "tests/test_resume.py")
 TEST_FILE_TOPICS = {
     "tests/test_bad_inputs_cli.py": "every `sae-bilinear` command: one-line error, exit 2, the option/file named",
     "tests/test_bad_inputs_data.py": "corpora: non-UTF-8, damaged, empty or too short files, bad arguments",
-    "tests/test_bad_inputs_hub.py": "SAE folders, cfg.json, weights, sparsity files, releases, the authors' layout, push",
+    "tests/test_bad_inputs_hub.py": "SAE folders, cfg.json, weights, sparsity files, releases, authors' layout, push",
     "tests/test_bad_inputs_model.py": "config fields, cfg.json values, weights vs config, tensors, norms, precision",
     "tests/test_bad_inputs_splice.py": "splice evaluation, interventions (NaN/inf results), model loading",
     "tests/test_checks.py": "the shared value, dtype/device, hook, remote-code and result checks",
@@ -157,6 +162,12 @@ def main_job_setup(metrics: Mapping[str, Any]) -> str:
         f"{metrics['eval_tokens']} held-out tokens ({c['eval_contexts']} contexts). The run took "
         f"{metrics['seconds']:.0f} s inside `run` on a loaded 2-core machine (the bilinear training "
         f"{metrics['training_seconds']:.0f} s{baseline_time})."
+        + (
+            ""
+            if "atlas" in c
+            else " This run predates the atlas in `run`: the atlas is built after every number here is computed, "
+            "and adds its own time (see [the atlas](#browsing-latents-the-atlas-not-saedashboard))."
+        )
     )
 
 
@@ -170,7 +181,7 @@ def main_job_reading(metrics: Mapping[str, Any]) -> str:
     if theirs == ours:
         leader = "the two SAEs splice equally well"
     else:
-        leader = ("the linear baseline of the same parameter count" if theirs > ours else "the bilinear SAE")
+        leader = "the linear baseline of the same parameter count" if theirs > ours else "the bilinear SAE"
         leader += " is the better *splice*"
     return (
         f"At this budget {leader} by CE loss recovered: {theirs:.0%} for the baseline against {ours:.0%} for "
@@ -179,30 +190,98 @@ def main_job_reading(metrics: Mapping[str, Any]) -> str:
     )
 
 
+METRIC_NAMES = {key: label.split(" (")[0] for label, key in MAIN_JOB_ROWS}
+
+
+def evaluate_vs_run(metrics: Mapping[str, Any], evaluated: Mapping[str, Any]) -> str:
+    """Which of the run's numbers ``sae-bilinear evaluate`` of its SAE reproduces."""
+    shared = [key for key in evaluated if key in metrics and key != "n_tokens"]
+    if not shared:
+        raise ValueError("the evaluate output shares no metric with the run's metrics.json")
+    differ = [
+        key
+        for key in shared
+        if not (evaluated[key] is None and metrics[key] is None)
+        and (
+            evaluated[key] is None
+            or metrics[key] is None
+            or not math.isclose(evaluated[key], metrics[key], rel_tol=1e-9, abs_tol=1e-12)
+        )
+    ]
+    same = f"{len(shared) - len(differ)} of its {len(shared)} numbers"
+    if not differ:
+        return f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same} (all of them)."
+    listed = "; ".join(
+        f"{METRIC_NAMES.get(k, k)}: {fmt(evaluated[k])} against the run's {fmt(metrics[k])}" for k in differ
+    )
+    others = "the other differs" if len(differ) == 1 else "the others differ"
+    text = f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same}; {others} ({listed})."
+    if differ == ["ce_mean_ablated"]:
+        text += (
+            " The run ablates to the mean of its training activations, which `evaluate` does not have: it "
+            "uses the mean of the held-out tokens."
+        )
+    return text
+
+
 # --------------------------------------------------------------------------- benchmarks
 
 
 def loss_benchmark_table(bench: Mapping[str, Any]) -> str:
-    header = ["d", "F", "B", "dtype", "naive ms", "kernel ms", "ReLU SAE ms", "kernel/ReLU", "naive/kernel",
-              "kernel GFLOP/s", "matmul GFLOP/s"]
+    header = [
+        "d",
+        "F",
+        "B",
+        "dtype",
+        "naive ms",
+        "kernel ms",
+        "ReLU SAE ms",
+        "kernel/ReLU",
+        "naive/kernel",
+        "kernel GFLOP/s",
+        "matmul GFLOP/s",
+    ]
     rows = []
     for r in bench["rows"]:
         naive = r.get("naive_ms")
-        rows.append([
-            str(r["d"]), str(r["F"]), str(r["B"]), r["dtype"],
-            "skipped" if naive is None else fmt(naive, 1), fmt(r["kernel_ms"], 1), fmt(r["relu_ms"], 1),
-            times(r["kernel_vs_relu"], 1), "–" if naive is None else times(r["naive_vs_kernel"], 1),
-            fmt(r["kernel_gflops"], 1), fmt(r["matmul_gflops"], 1),
-        ])
+        rows.append(
+            [
+                str(r["d"]),
+                str(r["F"]),
+                str(r["B"]),
+                r["dtype"],
+                "skipped" if naive is None else fmt(naive, 1),
+                fmt(r["kernel_ms"], 1),
+                fmt(r["relu_ms"], 1),
+                times(r["kernel_vs_relu"], 1),
+                "–" if naive is None else times(r["naive_vs_kernel"], 1),
+                fmt(r["kernel_gflops"], 1),
+                fmt(r["matmul_gflops"], 1),
+            ]
+        )
     return markdown_table(header, rows)
 
 
 def perf_kernel_table(bench: Mapping[str, Any]) -> str:
-    header = ["d", "F", "B", "autograd ms", "fused ms", "fused/autograd (FLOP ratio)", "peak MB autograd / fused / budget"]
+    header = [
+        "d",
+        "F",
+        "B",
+        "autograd ms",
+        "fused ms",
+        "fused/autograd (FLOP ratio)",
+        "peak MB autograd / fused / budget",
+    ]
     rows = [
-        [str(r["d"]), str(r["F"]), str(r["B"]), fmt(r["autograd_ms"], 1), fmt(r["fused_ms"], 1),
-         f"{times(r['fused_vs_autograd'])} ({times(r['fused_vs_autograd_flops'])})",
-         f"{r['autograd_peak_mb']:.0f} / {r['fused_peak_mb']:.0f} / {r['fused_budget_peak_mb']:.0f}"]
+        [
+            str(r["d"]),
+            str(r["F"]),
+            str(r["B"]),
+            fmt(r["autograd_ms"], 1),
+            fmt(r["fused_ms"], 1),
+            f"{times(r['fused_vs_autograd'])} ({times(r['fused_vs_autograd_flops'])})",
+            f"{r['autograd_peak_mb']:.0f} / {r['fused_peak_mb']:.0f} / {r['fused_budget_peak_mb']:.0f}",
+        ]
         for r in bench["kernel"]
         if r["dtype"] == "float32"  # bf16 is emulated on this CPU: its rows are in the JSON
     ]
@@ -221,12 +300,37 @@ def perf_steps_table(bench: Mapping[str, Any]) -> str:
     largest = max(r["d"] for r in bench["steps"])  # the smaller sizes are in the JSON
     header = ["d", "F", "B", "k", "SAE", "step ms", "tokens/s", "time vs standard", "FLOPs vs standard", "time vs TopK"]
     rows = [
-        [str(r["d"]), str(r["F"]), str(r["B"]), str(r["k"]), STEP_MODELS[r["model"]], fmt(r["step_ms"], 0),
-         fmt(r["tokens_per_s"], 0), times(r["vs_standard"]), times(r["flops_vs_standard"]), times(r["vs_topk"])]
+        [
+            str(r["d"]),
+            str(r["F"]),
+            str(r["B"]),
+            str(r["k"]),
+            STEP_MODELS[r["model"]],
+            fmt(r["step_ms"], 0),
+            fmt(r["tokens_per_s"], 0),
+            times(r["vs_standard"]),
+            times(r["flops_vs_standard"]),
+            times(r["vs_topk"]),
+        ]
         for r in bench["steps"]
         if r["d"] == largest
     ]
     return markdown_table(header, rows)
+
+
+def atlas_benchmark_text(bench: Mapping[str, Any]) -> str:
+    seconds = bench["seconds"]
+    plotly_mb = (bench["site_bytes"] - bench["site_bytes_without_plotly"]) / 1e6
+    return (
+        f"Measured by `python benchmarks/atlas_benchmark.py` (`benchmarks/results/atlas_benchmark.json`) on "
+        f"{bench['latents']} latents and {bench['composites']} composites of a main-job SAE over "
+        f"{bench['tokens']} held-out tokens: {seconds['total']:.0f} s in all on a loaded 2-core machine "
+        f"({seconds['activations']:.0f} s collecting activations, {seconds['spectra']:.0f} s spectra, "
+        f"{seconds['pages']:.0f} s writing pages; the scoring pass runs at "
+        f"{bench['latents_per_second_scoring_pass']:.0f} latents/s), and "
+        f"{bench['bytes_per_1k_items'] / 1e6:.1f} MB per 1000 latents or composites "
+        f"({bench['site_bytes'] / 1e6:.1f} MB for the whole site, {plotly_mb:.1f} MB of it plotly.js)."
+    )
 
 
 def optimizer_table(comparison: Mapping[str, Any]) -> str:
@@ -254,7 +358,11 @@ def collect_cases(files: Sequence[str]) -> dict[str, int]:
     env.setdefault("OMP_NUM_THREADS", "1")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"readme_tables: pytest could not collect {files}:\n{result.stdout}{result.stderr}")
@@ -289,9 +397,11 @@ def renderers(with_counts: bool) -> dict[str, Callable[[], str]]:
         "text:main-job-setup": lambda: main_job_setup(main()),
         "table:main-job": lambda: main_job_table(main()),
         "text:main-job-reading": lambda: main_job_reading(main()),
+        "text:evaluate-vs-run": lambda: evaluate_vs_run(main(), load_json(MAIN_JOB_EVALUATE)),
         "table:loss-benchmark": lambda: loss_benchmark_table(load_json(LOSS_BENCHMARK)),
         "table:perf-kernel": lambda: perf_kernel_table(load_json(PERF_BENCHMARK)),
         "table:perf-steps": lambda: perf_steps_table(load_json(PERF_BENCHMARK)),
+        "text:atlas-benchmark": lambda: atlas_benchmark_text(load_json(ATLAS_BENCHMARK)),
         "table:optimizer-comparison": lambda: optimizer_table(load_json(OPTIMIZER_COMPARISON)),
     }
     if with_counts:
@@ -333,9 +443,7 @@ def render(text: str, blocks: Mapping[str, Callable[[], str]]) -> str:
     if missing:
         raise SystemExit(f"readme_tables: README.md lacks the marker comments of {missing}")
     rendered = {name: block_text(name, make()) for name, make in blocks.items()}
-    return BLOCK.sub(
-        lambda m: m["open"] + rendered[m["name"]] + m["close"] if m["name"] in rendered else m[0], text
-    )
+    return BLOCK.sub(lambda m: m["open"] + rendered[m["name"]] + m["close"] if m["name"] in rendered else m[0], text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -358,9 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = render(text, renderers(with_counts=not args.no_count))
     if args.check:
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(
-                text.splitlines(True), new.splitlines(True), "README.md", "README.md (regenerated)"
-            ))
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    text.splitlines(True), new.splitlines(True), "README.md", "README.md (regenerated)"
+                )
+            )
             print("README.md is stale: run python scripts/readme_tables.py", file=sys.stderr)
             return 1
         return 0

@@ -62,17 +62,29 @@ def python_blocks(kind: str) -> list[str]:
 
 def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "SAE_BILINEAR_NO_AUTOREGISTER"}
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               HF_HUB_OFFLINE="1", WANDB_MODE="disabled", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false")
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return env
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     script = cwd / "readme_block.py"
     script.write_text(code, encoding="utf-8")
-    result = subprocess.run([sys.executable, str(script)], cwd=cwd, env=subprocess_env(),
-                            capture_output=True, text=True, timeout=1800, check=False)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert result.returncode == 0, f"README block failed:\n{code}\n--- stderr ---\n{result.stderr[-6000:]}"
     return result
 
@@ -102,10 +114,22 @@ def test_the_committed_main_job_metrics_are_a_finished_default_run():
 def main_job_metrics(ours: float, theirs: float) -> dict:
     values = {key: 0.5 for _, key in tables.MAIN_JOB_ROWS}
     config = {"variant": "mixed", "expansion": 2, "baseline_k": 32, "steps": 150}
-    baseline = {**values, "kind": "topk", "d_sae": 2304, "ce_loss_recovered": theirs, "kl": 0.9,
-                "reconstruction_error": None}
-    return {**values, "config": config, "baseline": baseline, "ce_loss_recovered": ours, "kl": 1.7,
-            "ce_spliced": 4.56789}
+    baseline = {
+        **values,
+        "kind": "topk",
+        "d_sae": 2304,
+        "ce_loss_recovered": theirs,
+        "kl": 0.9,
+        "reconstruction_error": None,
+    }
+    return {
+        **values,
+        "config": config,
+        "baseline": baseline,
+        "ce_loss_recovered": ours,
+        "kl": 1.7,
+        "ce_spliced": 4.56789,
+    }
 
 
 def test_main_job_table_and_reading_follow_the_numbers():
@@ -121,12 +145,22 @@ def test_main_job_table_and_reading_follow_the_numbers():
         tables.main_job_table(main_job_metrics(float("nan"), 0.9))
 
 
+def test_evaluate_against_run_names_exactly_the_numbers_that_differ():
+    run = {"ce_clean": 3.0, "ce_spliced": 4.0, "ce_mean_ablated": 8.5, "reconstruction_error": None}
+    same = dict(run, n_tokens=10)
+    assert "the same 4 of its 4 numbers (all of them)" in tables.evaluate_vs_run(run, same)
+    text = tables.evaluate_vs_run(run, dict(same, ce_mean_ablated=8.4))
+    assert "the same 3 of its 4 numbers; the other differs (CE mean-ablated: 8.400 against the run's 8.500)" in text
+    assert "held-out tokens" in text  # the reason, given only for this one difference
+    text = tables.evaluate_vs_run(run, dict(same, ce_spliced=4.1, ce_mean_ablated=8.4))
+    assert "the others differ (CE spliced: 4.100" in text and "held-out tokens" not in text
+
+
 def test_render_replaces_only_known_blocks_and_refuses_a_missing_one():
-    text = "a <!-- count:x -->1<!-- /count:x --> b\n<!-- table:y -->\nold\n<!-- /table:y -->\n<!-- table:z -->keep<!-- /table:z -->"
+    kept = "<!-- table:z -->keep<!-- /table:z -->"
+    text = "a <!-- count:x -->1<!-- /count:x --> b\n<!-- table:y -->\nold\n<!-- /table:y -->\n" + kept
     new = tables.render(text, {"count:x": lambda: "2", "table:y": lambda: "| new |"})
-    assert new == "a <!-- count:x -->2<!-- /count:x --> b\n<!-- table:y -->\n| new |\n<!-- /table:y -->\n" + (
-        "<!-- table:z -->keep<!-- /table:z -->"
-    )
+    assert new == "a <!-- count:x -->2<!-- /count:x --> b\n<!-- table:y -->\n| new |\n<!-- /table:y -->\n" + kept
     with pytest.raises(SystemExit, match="table:w"):
         tables.render(text, {"table:w": lambda: ""})
 
@@ -211,6 +245,19 @@ def test_every_link_resolves():
             assert (ROOT / target).exists(), f"the README links to {target}, which does not exist"
 
 
+def test_every_path_in_the_layout_table_exists():
+    table = README[README.index("## Layout") :]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 15
+    for row in rows:
+        first, *rest = re.findall(r"`([^`]+)`", row.split(" | ")[0])
+        assert (ROOT / first.rstrip("/")).exists(), f"the layout names {first}, which does not exist"
+        folder = (ROOT / first).parent
+        for name in rest:
+            if not name.startswith("."):  # `.pth`: a suffix, not a file name
+                assert (ROOT / name).exists() or (folder / name.rstrip("/")).exists(), f"the layout names {name}"
+
+
 # --------------------------------------------------------------------------- the Python blocks
 
 
@@ -259,8 +306,8 @@ class _Recorder:
 def test_the_qwen3_block_builds_a_valid_runner_config(monkeypatch):
     (block,) = python_blocks("stub-runner")
     _Recorder.calls = []
-    monkeypatch.setattr(sae_lens, "LanguageModelSAETrainingRunner", type("LanguageModelSAETrainingRunner", (_Recorder,), {}))
-    monkeypatch.setattr(train, "BilinearTrainingRunner", type("BilinearTrainingRunner", (_Recorder,), {}))
+    for module, name in ((sae_lens, "LanguageModelSAETrainingRunner"), (train, "BilinearTrainingRunner")):
+        monkeypatch.setattr(module, name, type(name, (_Recorder,), {}))
     exec(compile(block, "README.md (stub-runner block)", "exec"), {})
     (ours_name, cfg, _), (runner_name, same_cfg, kwargs) = _Recorder.calls
     assert (ours_name, runner_name) == ("LanguageModelSAETrainingRunner", "BilinearTrainingRunner")
