@@ -40,7 +40,10 @@ def token_text(tokenizer: Any, token_id: int) -> str:
     """The text of one token id (``#id`` without a tokenizer)."""
     if tokenizer is None:
         return f"#{token_id}"
-    return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)])
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    if token is None:  # W_U rows past the tokenizer's vocabulary (padded embeddings) have no text
+        return f"#{token_id}"
+    return tokenizer.convert_tokens_to_string([token])
 
 
 # ----------------------------------------------------------------------------------------

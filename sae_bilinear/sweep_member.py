@@ -185,6 +185,8 @@ def train_member(
     """
     out_path = Path(out)
     if is_finished(out_path, name):
+        # a kill between the final rename and the clean-up leaves the partial folder behind
+        shutil.rmtree(partial_folder(out_path, name), ignore_errors=True)
         return {"name": name, "status": "done", "skipped": True, **_read_metrics(out_path, name)}
     if threads is not None:
         torch.set_num_threads(threads)

@@ -133,7 +133,9 @@ def test_sae_lens_first_then_sae_bilinear_registers_at_once():
         assert "bilinear" not in SAE_CLASS_REGISTRY
         import sae_bilinear
         print("bilinear" in SAE_CLASS_REGISTRY, "bilinear" in SAE_TRAINING_CLASS_REGISTRY)
-        """
+        """,
+        # with the package installed, its .pth would register on `import sae_lens` already
+        **{sae_bilinear_autoregister.ENV_VAR: "1"},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True"]
