@@ -34,7 +34,7 @@ class BuildPyWithPth(build_py):
         return bool(getattr(self, "editable_mode", False))
 
     def _pth_target(self) -> Path:
-        root = getattr(self.get_finalized_command("install"), "install_lib") if self._editable() else self.build_lib
+        root = self.get_finalized_command("install").install_lib if self._editable() else self.build_lib
         return Path(root) / PTH
 
 
