@@ -105,7 +105,8 @@ def multi_runner(
     cfg = MultiSAETrainingRunnerConfig(
         saes=saes, hook_names=hook, model_name=model_name, dataset_path="",
         context_size=128, training_tokens=tokens, train_batch_size_tokens=batch, store_batch_size_prompts=8,
-        n_batches_in_buffer=4, lr=0.003, device="cpu", logger=LoggingConfig(log_to_wandb=False), output_path=None,
+        n_batches_in_buffer=max(4, 2 * batch // 128), lr=0.003,  # SAELens: the buffer must hold a batch
+        device="cpu", logger=LoggingConfig(log_to_wandb=False), output_path=None,
         checkpoint_path=None, n_batches_for_norm_estimate=2,
     )
     started = time.perf_counter()

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "stats": stats.__dict__,
         "eigenvalues_top16": [float(v) for v in kept[:16]],
         "eigenvectors_top_dims": [
-            analysis._top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)
+            analysis.top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)
         ],
         "axes": top.axis_labels,
         "probes": probes,

@@ -37,6 +37,7 @@ import torch
 
 from sae_bilinear import experiment_utils as common
 from sae_bilinear.evaluate import evaluate_splice
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.train import TrainingSettings, train_on_activations
 
 HERE = Path(__file__).resolve().parent
@@ -146,7 +147,6 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
     (Adam, the sweep's steps/batch, lr ``args.lr_mixed``), cached like the bilinear runs."""
     import json
 
-    from sae_lens import SAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     d_in = activations.shape[-1]
@@ -154,7 +154,7 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
     path = folder / f"topk-k{k}-f{d_sae}-s{args.steps}-b{args.batch_size}-lr{args.lr_mixed:g}-seed{args.seed}"
     if (path / "cfg.json").is_file() and (path / "experiment.json").is_file():
         return (
-            SAE.load_from_disk(path, device="cpu"),
+            load_any_from_disk(path, device="cpu"),
             float(json.loads((path / "experiment.json").read_text())["seconds"]),
             True,
         )
@@ -178,7 +178,7 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
     seconds = time.time() - started
     sae.save_inference_model(path)
     common.write_json(path / "experiment.json", {"k": k, "d_sae": d_sae, "seconds": seconds})
-    return SAE.load_from_disk(path, device="cpu"), seconds, False
+    return load_any_from_disk(path, device="cpu"), seconds, False
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:

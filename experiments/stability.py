@@ -1,6 +1,6 @@
 """Experiment 4: stability — weight-based similarity between seeds and across α.
 
-``sae_bilinear.analysis.compare`` scores two bilinear SAEs from their weights alone (exact,
+``sae_bilinear.similarity.compare`` scores two bilinear SAEs from their weights alone (exact,
 data-free, permutation-invariant): ``sim = 2·||K_ab|| / (||K_aa|| + ||K_bb||)`` on the
 reconstruction operators (``DᵀD`` included for mixed models), plus a matched per-latent
 cosine (optimal assignment). The paper reports > 98 % between runs of comparable sparsity.
@@ -29,8 +29,8 @@ import torch
 
 from sae_bilinear import experiment_utils as common
 from sae_bilinear import kernels
-from sae_bilinear.analysis import compare
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.similarity import compare
 
 HERE = Path(__file__).resolve().parent
 NAME = "stability"

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sae_lens import SAE
 
 from sae_bilinear import data, kernels, models
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.plots import write_png
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
 
@@ -292,11 +292,11 @@ def cached_bilinear(activations: torch.Tensor, run: RunSpec, folder: Path) -> tu
     path = Path(folder) / run.name
     meta = path / "experiment.json"
     if (path / "cfg.json").is_file() and meta.is_file():
-        return SAE.load_from_disk(path, device="cpu"), float(json.loads(meta.read_text())["seconds"]), True
+        return load_any_from_disk(path, device="cpu"), float(json.loads(meta.read_text())["seconds"]), True
     sae, seconds = train_bilinear(activations, run)
     sae.save_inference_model(path)
     write_json(meta, {"run": run.__dict__, "seconds": seconds, "history": sae.history})
-    return SAE.load_from_disk(path, device="cpu"), seconds, False
+    return load_any_from_disk(path, device="cpu"), seconds, False
 
 
 @torch.no_grad()

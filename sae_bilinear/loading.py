@@ -21,6 +21,7 @@ from sae_bilinear import interventions as iv
 from sae_bilinear import models, toy
 from sae_bilinear.errors import ConfigError, DataFileError
 from sae_bilinear.evaluate import check_model_hook, check_sae_fits
+from sae_bilinear.hub import load_any_from_disk
 
 Model = HookedSAETransformer
 """The language models loaded here (SAELens's ``HookedSAETransformer``)."""
@@ -38,10 +39,10 @@ class Loaded(NamedTuple):
 
 
 def load_sae(path: Path | str, device: str = "cpu") -> SAE[Any]:
-    """A SAELens SAE from a folder (bilinear ones are registered by importing this package)."""
+    """A SAELens SAE from a folder, through the validating loader (finite weights, dtypes, cfg)."""
     if not (Path(path) / "cfg.json").is_file():
         raise DataFileError(f"{path} is not an SAE folder: it has no cfg.json (pass the folder SAELens saved)")
-    return SAE.load_from_disk(str(path), device=device)
+    return load_any_from_disk(path, device=device)
 
 
 def canonical_model_name(name: str) -> str:

@@ -18,10 +18,13 @@ from typing import Any
 import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
+from sae_bilinear.atlas import build_atlas
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, DataFileError
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.kernels import VARIANTS, Variant
+from sae_bilinear.latent_pages import analyze_latent
 from sae_bilinear.muon import NSDtype, check_ns_dtype
 from sae_bilinear.outputs import check_output_folder, prepare_output_folder, publish_folder, write_text_atomic
 from sae_bilinear.train import OPTIMIZERS, TrainingSettings, collect_activations, train_on_activations
@@ -34,7 +37,7 @@ STAGING = ".partial"
 CHECKPOINTS = "checkpoints"
 JOB_CONFIG = "job_config.json"
 """The settings a run started with (``out/job_config.json``), checked when it is resumed."""
-RESUMABLE_CHANGES = frozenset({"device", "eval_contexts", "n_latents", "checkpoints"})
+RESUMABLE_CHANGES = frozenset({"device", "eval_contexts", "n_latents", "checkpoints", "atlas"})
 """Settings a resumed run may change: they do not alter what was trained."""
 
 
@@ -86,6 +89,9 @@ class MainJobConfig:
     """Model dtype: float32 | bfloat16 | float16."""
     seed: int = 0
     """Seed of the SAE init and batch order."""
+    atlas: bool = True
+    """Write the atlas of the bilinear SAE (every latent and composite, browsable) into ``out/atlas``
+    and link it from the report (1–3 minutes on 2 CPU cores at the defaults: one eigendecomposition per composite)."""
     checkpoints: int = 4
     """Checkpoints during each training (one more at its end; only the latest is kept, in
     ``out/checkpoints``, removed once the run is done); a killed run continues with ``resume``."""
@@ -97,6 +103,7 @@ class MainJobConfig:
         """Check every field; a :class:`ConfigError` names the first bad one."""
         for name in ("model", "hook_name", "corpus"):
             check_str(name, getattr(self, name))
+        check_bool("atlas", self.atlas)
         for name in (
             "context_size",
             "train_contexts",
@@ -317,7 +324,7 @@ def run_main_job(
     latents = analysis.choose_top_latents(inference, eval_acts, n=config.n_latents)
     latent_pages = []
     for latent in latents:
-        summary = analysis.analyze_latent(
+        summary = analyze_latent(
             inference, latent, eval_acts, contexts, stage / "latents", tokens=token_strs
         )
         latent_pages.append({"latent": latent, **{k: summary[k] for k in summary if k in ("html", "png", "json")}})
@@ -343,7 +350,12 @@ def run_main_job(
     }
     metrics["seconds"] = time.time() - started
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    report.write_report(stage, metrics, sae.history, latent_pages)
+    atlas_dir = None
+    if config.atlas:
+        _log("atlas of every latent and composite")
+        atlas_dir = stage / "atlas"
+        build_atlas(inference, model, eval_tokens, atlas_dir, hook_name=config.hook_name, skip_first=skip)
+    report.write_report(stage, metrics, sae.history, latent_pages, atlas_dir=atlas_dir)
     # metrics.json last: its presence marks the run complete (a resume then returns it).
     publish_folder(stage, out, last=["metrics.json"])
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # a finished run resumes from metrics.json
@@ -352,11 +364,8 @@ def run_main_job(
 
 
 def _load_sae(folder: Path, device: str) -> Any:
-    from sae_lens import SAE
-
-    # TODO(lead): load with sae_bilinear.hub.load_any_from_disk (the validating loader: finite
-    # weights, dtypes, cfg fields) once merged.
-    return SAE.load_from_disk(folder, device=device)
+    """The SAE just written, read back through the validating loader (finite weights, dtypes, cfg)."""
+    return load_any_from_disk(folder, device=device)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ Small functions that each return a figure, plus writers:
 from __future__ import annotations
 
 import html
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +27,11 @@ import numpy as np
 import plotly.graph_objects as go
 from torch import Tensor
 
+from sae_bilinear.analysis import TopActivations
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from sae_bilinear.analysis import TopActivations
 
 POSITIVE = "#b2182b"
 NEGATIVE = "#2166ac"
@@ -197,6 +198,17 @@ def figure_div(fig: go.Figure, *, include_plotlyjs: bool = False, div_id: str | 
         default_height=f"{fig.layout.height or 500}px",
         config={"displaylogo": False, "responsive": True},
     )
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN/inf floats turned into None (recursively), so ``json.dumps(allow_nan=False)`` holds."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 PAGE = """<!DOCTYPE html>

@@ -7,6 +7,8 @@ plots for places where a static picture is handier.
 from __future__ import annotations
 
 import html
+import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sae_bilinear import plots
+from sae_bilinear.errors import DataFileError
 
 CE_KEYS = ("ce_clean", "ce_spliced", "ce_mean_ablated", "ce_zero_ablated")
 TABLE_KEYS = (
@@ -103,11 +106,42 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return f'<table style="{style}" border="1" cellpadding="4">{head}{"".join(rows)}</table>'
 
 
+def atlas_link(out: Path, atlas_dir: str | Path) -> str:
+    """The report's paragraph linking to the atlas in ``atlas_dir`` (path relative to ``out``).
+
+    Raises DataFileError when ``atlas_dir`` holds no atlas (no ``index.html``/``atlas.json``):
+    a dead link would be silently wrong.
+    """
+    folder = Path(atlas_dir)
+    summary_file = folder / "atlas.json"
+    if not (folder / "index.html").is_file() or not summary_file.is_file():
+        raise DataFileError(f"{folder} is not an atlas (no index.html or atlas.json): build it first with sae_bilinear.atlas.build_atlas")
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        counts = f"{int(summary['n_latents'])} latents" + (f" and {int(summary['n_composites'])} composites" if summary.get("n_composites") else "")
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataFileError(f"{summary_file} is damaged ({error}): rebuild the atlas") from error
+    target = Path(os.path.relpath(folder.resolve() / "index.html", out.resolve()))
+    return (
+        f'<p><b>Browse every latent:</b> <a href="{html.escape(target.as_posix())}">the latent atlas</a> '
+        f"({counts}: statistics, 3D manifolds, top and bottom contexts, promoted tokens, neighbours).</p>"
+    )
+
+
 def write_report(
-    out: str | Path, metrics: dict[str, Any], history: Sequence[dict[str, float]], latent_pages: Sequence[dict[str, Any]]
+    out: str | Path,
+    metrics: dict[str, Any],
+    history: Sequence[dict[str, float]],
+    latent_pages: Sequence[dict[str, Any]],
+    atlas_dir: str | Path | None = None,
 ) -> Path:
-    """Write ``report.html`` and ``report.png`` into ``out``; returns the HTML path."""
+    """Write ``report.html`` and ``report.png`` into ``out``; returns the HTML path.
+
+    ``atlas_dir``: the folder of this SAE's atlas (:func:`sae_bilinear.atlas.build_atlas`);
+    the report then links to it by a relative path.
+    """
     out = Path(out)
+    atlas = atlas_link(out, atlas_dir) if atlas_dir is not None else ""
     figures = [curves_figure(history), density_error_figure(history, metrics), ce_figure(metrics)]
     divs = [plots.figure_div(fig, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     links = "".join(
@@ -120,6 +154,7 @@ def write_report(
     summary = (
         f"<p>{html.escape(str(metrics['model']))} at <code>{html.escape(str(metrics['hook']))}</code>, "
         f"{metrics['tokens']} training tokens, {metrics['eval_tokens']} held-out tokens, {metrics['seconds']:.0f} s.</p>"
+        + atlas
         + metrics_table(metrics)
         + (f"<h2>Most active latents</h2><ul>{links}</ul>" if links else "")
     )

@@ -157,7 +157,7 @@ def heldout_metrics(sae: Any, heldout: Tensor) -> dict[str, float]:
         metrics["hoyer_density"] = float(kernels.hoyer_density(f).mean())
         metrics["l0"] = float(sae.active_latents(f).float().sum(-1).mean())
         decodes = bool(sae.cfg.lifted)
-        x_hat = sae.decode(f, input_norm=x.norm(dim=-1, keepdim=True)) if decodes else None
+        x_hat = sae.decode(f, input_norm=sae.token_norms(x)) if decodes else None
     else:
         metrics["l0"] = float((f != 0).float().sum(-1).mean())
         x_hat = sae.decode(f)

@@ -50,6 +50,7 @@ from sae_bilinear.checkpoints import (
 )
 from sae_bilinear.checks import check_context_size, check_hook, stop_at_layer
 from sae_bilinear.errors import ConfigError, DataFileError
+from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.muon import Muon, NSDtype, check_ns_dtype
 from sae_bilinear.outputs import (
     check_output_folder,
@@ -518,10 +519,7 @@ def train_from_config(
     if resume and cfg.output_path is not None and (Path(cfg.output_path) / SAE_CFG_FILENAME).is_file():
         # cfg.json is published last, so its presence means the final SAE is complete.
         _log(f"{cfg.output_path} already holds the finished SAE: nothing to resume")
-        from sae_lens import SAE
-
-        # TODO(lead): load with sae_bilinear.hub.load_any_from_disk (the validating loader) once merged.
-        return SAE.load_from_disk(cfg.output_path, device=cfg.device)
+        return load_any_from_disk(cfg.output_path, device=cfg.device)
     if resume:
         latest = latest_checkpoint(cfg.checkpoint_path)
         _log(

@@ -81,7 +81,7 @@ def test_parser_and_help_need_no_heavy_import():
 
 def test_commands_have_the_documented_interface():
     names = [module.NAME for module in parser.COMMANDS]
-    assert names == ["run", "train", "sweep", "evaluate", "analyze", "compare", "ablate", "steer", "walk",
+    assert names == ["run", "train", "sweep", "evaluate", "analyze", "atlas", "compare", "ablate", "steer", "walk",
                      "convert-bae", "push", "releases"]
     for module in parser.COMMANDS:
         assert module.HELP and module.DESCRIPTION and callable(module.add_arguments) and callable(module.execute)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from sae_bilinear import analysis
+    from sae_bilinear import analysis, latent_pages
     from sae_bilinear.cli import runtime
     from sae_bilinear.main_job import token_activations
 
@@ -46,6 +46,6 @@ def execute(args: argparse.Namespace) -> int:
     latents = analysis.choose_top_latents(sae, acts, n=args.n) if args.latent == "top" else [args.latent]
     out = args.out or args.sae_dir / "analysis"
     for latent in latents:
-        summary = analysis.analyze_latent(sae, latent, acts, contexts, out, tokens=token_strs)
+        summary = latent_pages.analyze_latent(sae, latent, acts, contexts, out, tokens=token_strs)
         print(f"latent {latent}: {summary.get('html')}")
     return 0

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from sae_bilinear.analysis import compare
+    from sae_bilinear.similarity import compare
     from sae_bilinear.cli import runtime
 
     runtime.check_device(args.device)

@@ -101,6 +101,11 @@ def latent_choice(text: str) -> int | str:
     """``--latent``: a latent index (≥ 0) or ``top`` (the most active ones)."""
     if text == "top":
         return text
+    if text == "all":
+        raise argparse.ArgumentTypeError(
+            "every latent is what `sae-bilinear atlas SAE_DIR` is for (one pass, a browsable site); "
+            "--latent takes an index or 'top'"
+        )
     try:
         value = int(text)
     except ValueError:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from sae_bilinear.cli import analyze, compare, convert_bae, evaluate, options, push, releases, run, sweep, train
+from sae_bilinear.cli import analyze, atlas, compare, convert_bae, evaluate, options, push, releases, run, sweep, train
 from sae_bilinear.cli.experiments import ablate, steer, walk
 
-COMMANDS = (run, train, sweep, evaluate, analyze, compare, ablate, steer, walk, convert_bae, push, releases)
+COMMANDS = (run, train, sweep, evaluate, analyze, atlas, compare, ablate, steer, walk, convert_bae, push, releases)
 """Each has NAME, HELP, DESCRIPTION, add_arguments(parser) and execute(args) -> exit code; one with
 ``OWN_HELP`` hands its arguments (``--help`` and ``--threads`` included) to its own parser."""
 DESCRIPTION = """Bilinear sparse autoencoders for SAELens + TransformerLens: latents are quadratic
@@ -17,6 +17,7 @@ EPILOG = """examples:
   sae-bilinear train --config qwen3-0.6b-base-l18   # a packaged config (or a YAML/JSON file)
   sae-bilinear evaluate runs/<time>/sae
   sae-bilinear analyze runs/<time>/sae --latent top
+  sae-bilinear atlas runs/<time>/sae                # every latent, browsable
   sae-bilinear compare runs/a/sae runs/b/sae
   sae-bilinear sweep hub_configs/train/qwen3-0.6b-base-l18-sweep.yaml --workers 8
   sae-bilinear steer --sae runs/<time>/sae --latent 3

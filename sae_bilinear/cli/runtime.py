@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from sae_lens import SAE
 from torch import Tensor
 
 from sae_bilinear import data, hub, models
@@ -69,11 +68,8 @@ def _architecture(folder: Path) -> str:
 
 
 def load_sae(folder: Path, device: str, *, command: str, bilinear_only: bool) -> Any:
-    """The SAE in ``folder``; bilinear SAEs through the package's validating loader.
-
-    Linear SAEs (``evaluate`` of a baseline) go through SAELens's loader for now; swap in
-    ``hub.load_any_from_disk`` once it exists, and drop :func:`_architecture`.
-    """
+    """The SAE in ``folder``, through the package's validating loader (any SAELens architecture:
+    finite weights, float dtypes, checked cfg.json; a bad file is named)."""
     architecture = _architecture(folder)
     if architecture == ARCHITECTURE:
         return hub.load_from_disk(folder, device=device)
@@ -82,7 +78,7 @@ def load_sae(folder: Path, device: str, *, command: str, bilinear_only: bool) ->
             f"{command} works on bilinear SAEs; {folder} holds a {architecture!r} SAE "
             "(`sae-bilinear evaluate` takes any SAELens SAE)"
         )
-    return SAE.load_from_disk(folder, device=device)
+    return hub.load_any_from_disk(folder, device=device)
 
 
 class HeldOut(NamedTuple):

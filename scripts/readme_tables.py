@@ -1,0 +1,484 @@
+"""The generated parts of README.md: result tables rendered from committed JSON, and test counts.
+
+Every number in a generated block comes from a file in the repository, so the README cannot
+drift from the outputs it reports. A block sits between two marker comments::
+
+    <!-- table:main-job -->
+    ...generated...
+    <!-- /table:main-job -->
+
+(``table:``, ``text:`` or ``count:``; a ``count:`` block is inline, inside one line).
+
+Sources:
+
+* ``docs/results/main_job_metrics.json`` — ``metrics.json`` of one ``sae-bilinear run`` with
+  its defaults (``--from-run RUN_DIR`` copies a new one there first);
+* ``docs/results/main_job_evaluate.json`` — ``sae-bilinear evaluate RUN_DIR/sae --out FILE`` of
+  that run's SAE, with ``evaluate``'s defaults (does it give the run's numbers?);
+* ``benchmarks/results/loss_benchmark.json`` — ``python benchmarks/loss_benchmark.py``;
+* ``benchmarks/results/perf_benchmark.json`` — ``python benchmarks/perf_benchmark.py``;
+* ``benchmarks/results/atlas_benchmark.json`` — ``python benchmarks/atlas_benchmark.py --sae RUN_DIR/sae``;
+* ``benchmarks/results/optimizer_comparison_tiny.json`` — ``python benchmarks/optimizer_comparison.py --model tiny``;
+* the bad-input test cases: ``pytest --collect-only -q`` of ``tests/test_bad_inputs*.py`` and
+  ``tests/test_checks.py`` (every parametrized case counts once), and of the kill/resume and
+  output-safety tests.
+
+Usage (from anywhere; paths are relative to the repository)::
+
+    python scripts/readme_tables.py                  # rewrite every generated block of README.md
+    python scripts/readme_tables.py --check          # exit 1 and show what is stale; change nothing
+    python scripts/readme_tables.py --count-cases    # print the number of bad-input test cases
+    python scripts/readme_tables.py --from-run runs/<time>   # adopt that run's metrics.json, then rewrite
+    python scripts/readme_tables.py --no-count       # leave the counts alone (no pytest collection)
+
+Standard library only, so it runs before the package is installed (the counts need pytest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MAIN_JOB_METRICS = ROOT / "docs" / "results" / "main_job_metrics.json"
+MAIN_JOB_EVALUATE = ROOT / "docs" / "results" / "main_job_evaluate.json"
+LOSS_BENCHMARK = ROOT / "benchmarks" / "results" / "loss_benchmark.json"
+PERF_BENCHMARK = ROOT / "benchmarks" / "results" / "perf_benchmark.json"
+ATLAS_BENCHMARK = ROOT / "benchmarks" / "results" / "atlas_benchmark.json"
+OPTIMIZER_COMPARISON = ROOT / "benchmarks" / "results" / "optimizer_comparison_tiny.json"
+
+BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py")
+"""The bad-input suite: table-driven cases, each asserting the error type and what it names."""
+SAFETY_PATTERNS = ("tests/test_main_job_safety.py", "tests/test_resume.py")
+"""Kill/resume, overwrite and atomic-write tests (counted apart from the bad-input cases)."""
+TEST_FILE_TOPICS = {
+    "tests/test_bad_inputs_cli.py": "every `sae-bilinear` command: one-line error, exit 2, the option/file named",
+    "tests/test_bad_inputs_data.py": "corpora: non-UTF-8, damaged, empty or too short files, bad arguments",
+    "tests/test_bad_inputs_hub.py": "SAE folders, cfg.json, weights, sparsity files, releases, authors' layout, push",
+    "tests/test_bad_inputs_model.py": "config fields, cfg.json values, weights vs config, tensors, norms, precision",
+    "tests/test_bad_inputs_splice.py": "splice evaluation, interventions (NaN/inf results), model loading",
+    "tests/test_checks.py": "the shared value, dtype/device, hook, remote-code and result checks",
+    "tests/test_main_job_safety.py": "main-job options, refused/overwritten folders, atomic publish, kill and resume",
+    "tests/test_resume.py": "SIGKILL then resume (Adam and Muon) equals the uninterrupted run; damaged checkpoints",
+}
+"""A short 'what' per file; a file not listed here shows its docstring's first line."""
+
+BLOCK = re.compile(
+    r"(?P<open><!-- (?P<name>(?:table|text|count):[a-z0-9-]+) -->)(?P<body>.*?)(?P<close><!-- /(?P=name) -->)",
+    re.DOTALL,
+)
+
+
+class StaleReadme(Exception):
+    """README.md does not contain what its sources render to."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; ``–`` for a missing one (None, as JSON writes it)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number or null, got {value!r}")
+    return f"{value:.{digits}f}"
+
+
+def times(value: float, digits: int = 2) -> str:
+    return f"{fmt(value, digits)}×"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(f"readme_tables: {path} is missing (see this script's docstring)") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"readme_tables: {path} is not valid JSON: {error}") from None
+
+
+# --------------------------------------------------------------------------- the main job
+
+MAIN_JOB_ROWS = (
+    ("CE clean (nats)", "ce_clean"),
+    ("CE spliced", "ce_spliced"),
+    ("CE mean-ablated (training mean)", "ce_mean_ablated"),
+    ("CE zero-ablated", "ce_zero_ablated"),
+    ("CE loss recovered", "ce_loss_recovered"),
+    ("KL(clean ‖ spliced)", "kl"),
+    ("x̂ explained variance", "explained_variance"),
+    ("x⊗x reconstruction error", "reconstruction_error"),
+    ("Hoyer density", "hoyer_density"),
+    ("L0 (bilinear: at the activity threshold)", "l0"),
+    ("dead fraction", "dead_fraction"),
+)
+BASELINE_NAMES = {"topk": "SAELens TopK k={k}", "standard": "SAELens standard (ReLU)"}
+
+
+def main_job_table(metrics: Mapping[str, Any]) -> str:
+    config = metrics["config"]
+    columns = [f"bilinear ({config['variant']}, lifted, d_sae {config['expansion']}×d_model)"]
+    baseline = metrics.get("baseline")
+    if baseline is not None:
+        name = BASELINE_NAMES[baseline["kind"]].format(k=config["baseline_k"])
+        columns.append(f"{name} (d_sae {baseline['d_sae']}, same parameter count)")
+    rows = []
+    for label, key in MAIN_JOB_ROWS:
+        row = [label, fmt(metrics[key])]
+        if baseline is not None:
+            row.append(fmt(baseline[key]))
+        rows.append(row)
+    return markdown_table(["metric", *columns], rows)
+
+
+def main_job_setup(metrics: Mapping[str, Any]) -> str:
+    c = metrics["config"]
+    baseline = metrics.get("baseline")
+    baseline_time = "" if baseline is None else f", the baseline's {baseline['training_seconds']:.0f} s"
+    return (
+        f"`sae-bilinear run` with its defaults: `{c['model']}` (SmolLM2-135M-Instruct), `{metrics['hook']}`, "
+        f"{metrics['tokens']} training tokens ({c['train_contexts']} {c['corpus'].upper()} contexts of "
+        f"{c['context_size']}, BOS dropped), {c['steps']} {c['optimizer'].capitalize()} steps of {c['batch_size']} "
+        f"tokens at lr {c['lr']:g}, α {c['alpha']:g} (seed {c['seed']}); splice evaluation on "
+        f"{metrics['eval_tokens']} held-out tokens ({c['eval_contexts']} contexts). The run took "
+        f"{metrics['seconds']:.0f} s inside `run` on a loaded 2-core machine (the bilinear training "
+        f"{metrics['training_seconds']:.0f} s{baseline_time})."
+        + (
+            ""
+            if "atlas" in c
+            else " This run predates the atlas in `run`: the atlas is built after every number here is computed, "
+            "and adds its own time (see [the atlas](#browsing-latents-the-atlas-not-saedashboard))."
+        )
+    )
+
+
+def main_job_reading(metrics: Mapping[str, Any]) -> str:
+    ours = metrics["ce_loss_recovered"]
+    baseline = metrics.get("baseline")
+    density = f"Hoyer density {fmt(metrics['hoyer_density'], 2)} after {metrics['config']['steps']} steps"
+    if baseline is None or ours is None or baseline["ce_loss_recovered"] is None:
+        return f"The bilinear SAE recovers {fmt(ours)} of the CE loss; its latents are dense ({density})."
+    theirs = baseline["ce_loss_recovered"]
+    if theirs == ours:
+        leader = "the two SAEs splice equally well"
+    else:
+        leader = "the linear baseline of the same parameter count" if theirs > ours else "the bilinear SAE"
+        leader += " is the better *splice*"
+    return (
+        f"At this budget {leader} by CE loss recovered: {theirs:.0%} for the baseline against {ours:.0%} for "
+        f"the bilinear SAE (KL {fmt(baseline['kl'])} against {fmt(metrics['kl'])}); the bilinear latents are "
+        f"dense ({density})."
+    )
+
+
+METRIC_NAMES = {key: label.split(" (")[0] for label, key in MAIN_JOB_ROWS}
+
+
+def evaluate_vs_run(metrics: Mapping[str, Any], evaluated: Mapping[str, Any]) -> str:
+    """Which of the run's numbers ``sae-bilinear evaluate`` of its SAE reproduces."""
+    shared = [key for key in evaluated if key in metrics and key != "n_tokens"]
+    if not shared:
+        raise ValueError("the evaluate output shares no metric with the run's metrics.json")
+    differ = [
+        key
+        for key in shared
+        if not (evaluated[key] is None and metrics[key] is None)
+        and (
+            evaluated[key] is None
+            or metrics[key] is None
+            or not math.isclose(evaluated[key], metrics[key], rel_tol=1e-9, abs_tol=1e-12)
+        )
+    ]
+    same = f"{len(shared) - len(differ)} of its {len(shared)} numbers"
+    if not differ:
+        return f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same} (all of them)."
+    listed = "; ".join(
+        f"{METRIC_NAMES.get(k, k)}: {fmt(evaluated[k])} against the run's {fmt(metrics[k])}" for k in differ
+    )
+    others = "the other differs" if len(differ) == 1 else "the others differ"
+    text = f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same}; {others} ({listed})."
+    if differ == ["ce_mean_ablated"]:
+        text += (
+            " The run ablates to the mean of its training activations, which `evaluate` does not have: it "
+            "uses the mean of the held-out tokens."
+        )
+    return text
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def loss_benchmark_table(bench: Mapping[str, Any]) -> str:
+    header = [
+        "d",
+        "F",
+        "B",
+        "dtype",
+        "naive ms",
+        "kernel ms",
+        "ReLU SAE ms",
+        "kernel/ReLU",
+        "naive/kernel",
+        "kernel GFLOP/s",
+        "matmul GFLOP/s",
+    ]
+    rows = []
+    for r in bench["rows"]:
+        naive = r.get("naive_ms")
+        rows.append(
+            [
+                str(r["d"]),
+                str(r["F"]),
+                str(r["B"]),
+                r["dtype"],
+                "skipped" if naive is None else fmt(naive, 1),
+                fmt(r["kernel_ms"], 1),
+                fmt(r["relu_ms"], 1),
+                times(r["kernel_vs_relu"], 1),
+                "–" if naive is None else times(r["naive_vs_kernel"], 1),
+                fmt(r["kernel_gflops"], 1),
+                fmt(r["matmul_gflops"], 1),
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def perf_kernel_table(bench: Mapping[str, Any]) -> str:
+    header = [
+        "d",
+        "F",
+        "B",
+        "autograd ms",
+        "fused ms",
+        "fused/autograd (FLOP ratio)",
+        "peak MB autograd / fused / budget",
+    ]
+    rows = [
+        [
+            str(r["d"]),
+            str(r["F"]),
+            str(r["B"]),
+            fmt(r["autograd_ms"], 1),
+            fmt(r["fused_ms"], 1),
+            f"{times(r['fused_vs_autograd'])} ({times(r['fused_vs_autograd_flops'])})",
+            f"{r['autograd_peak_mb']:.0f} / {r['fused_peak_mb']:.0f} / {r['fused_budget_peak_mb']:.0f}",
+        ]
+        for r in bench["kernel"]
+        if r["dtype"] == "float32"  # bf16 is emulated on this CPU: its rows are in the JSON
+    ]
+    return markdown_table(header, rows)
+
+
+STEP_MODELS = {
+    "bilinear_dense": "bilinear dense",
+    "bilinear_topk": "bilinear TopK",
+    "standard": "SAELens standard",
+    "topk": "SAELens TopK",
+}
+
+
+def perf_steps_table(bench: Mapping[str, Any]) -> str:
+    largest = max(r["d"] for r in bench["steps"])  # the smaller sizes are in the JSON
+    header = ["d", "F", "B", "k", "SAE", "step ms", "tokens/s", "time vs standard", "FLOPs vs standard", "time vs TopK"]
+    rows = [
+        [
+            str(r["d"]),
+            str(r["F"]),
+            str(r["B"]),
+            str(r["k"]),
+            STEP_MODELS[r["model"]],
+            fmt(r["step_ms"], 0),
+            fmt(r["tokens_per_s"], 0),
+            times(r["vs_standard"]),
+            times(r["flops_vs_standard"]),
+            times(r["vs_topk"]),
+        ]
+        for r in bench["steps"]
+        if r["d"] == largest
+    ]
+    return markdown_table(header, rows)
+
+
+def atlas_benchmark_text(bench: Mapping[str, Any]) -> str:
+    seconds = bench["seconds"]
+    plotly_mb = (bench["site_bytes"] - bench["site_bytes_without_plotly"]) / 1e6
+    return (
+        f"Measured by `python benchmarks/atlas_benchmark.py` (`benchmarks/results/atlas_benchmark.json`) on "
+        f"{bench['latents']} latents and {bench['composites']} composites of a main-job SAE over "
+        f"{bench['tokens']} held-out tokens: {seconds['total']:.0f} s in all on a loaded 2-core machine "
+        f"({seconds['activations']:.0f} s collecting activations, {seconds['spectra']:.0f} s spectra, "
+        f"{seconds['pages']:.0f} s writing pages; the scoring pass runs at "
+        f"{bench['latents_per_second_scoring_pass']:.0f} latents/s), and "
+        f"{bench['bytes_per_1k_items'] / 1e6:.1f} MB per 1000 latents or composites "
+        f"({bench['site_bytes'] / 1e6:.1f} MB for the whole site, {plotly_mb:.1f} MB of it plotly.js)."
+    )
+
+
+def optimizer_table(comparison: Mapping[str, Any]) -> str:
+    header = ["optimizer", "lr", "held-out x⊗x error", "x̂ explained variance"]
+    rows = [
+        [r["optimizer"], f"{r['lr']:g}", fmt(r["heldout_error"], 4), fmt(r["heldout_explained_variance"])]
+        for r in comparison["rows"]
+    ]
+    return markdown_table(header, rows)
+
+
+# --------------------------------------------------------------------------- test counts
+
+
+def test_files(patterns: Iterable[str]) -> list[str]:
+    files = sorted({str(p.relative_to(ROOT)) for pattern in patterns for p in ROOT.glob(pattern)})
+    if not files:
+        raise SystemExit(f"readme_tables: no test file matches {list(patterns)}")
+    return files
+
+
+def collect_cases(files: Sequence[str]) -> dict[str, int]:
+    """Test items per file, as ``pytest --collect-only -q`` lists them (each parametrized case once)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "MPLBACKEND": "Agg"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"readme_tables: pytest could not collect {files}:\n{result.stdout}{result.stderr}")
+    counts = dict.fromkeys(files, 0)
+    for line in result.stdout.splitlines():
+        path = line.split("::", 1)[0]
+        if "::" in line and path in counts:
+            counts[path] += 1
+    return counts
+
+
+def topic(path: str) -> str:
+    if path in TEST_FILE_TOPICS:
+        return TEST_FILE_TOPICS[path]
+    doc = ast.get_docstring(ast.parse((ROOT / path).read_text(encoding="utf-8"))) or ""
+    return doc.splitlines()[0] if doc else "–"
+
+
+def cases_table(bad_inputs: Mapping[str, int], safety: Mapping[str, int]) -> str:
+    rows = [[f"`{path}`", str(n), topic(path)] for path, n in bad_inputs.items()]
+    rows.append(["**bad-input cases**", f"**{sum(bad_inputs.values())}**", ""])
+    rows += [[f"`{path}`", str(n), topic(path)] for path, n in safety.items()]
+    return markdown_table(["test file", "cases", "what"], rows)
+
+
+# --------------------------------------------------------------------------- README blocks
+
+
+def renderers(with_counts: bool) -> dict[str, Callable[[], str]]:
+    main = lambda: load_json(MAIN_JOB_METRICS)  # noqa: E731
+    blocks: dict[str, Callable[[], str]] = {
+        "text:main-job-setup": lambda: main_job_setup(main()),
+        "table:main-job": lambda: main_job_table(main()),
+        "text:main-job-reading": lambda: main_job_reading(main()),
+        "text:evaluate-vs-run": lambda: evaluate_vs_run(main(), load_json(MAIN_JOB_EVALUATE)),
+        "table:loss-benchmark": lambda: loss_benchmark_table(load_json(LOSS_BENCHMARK)),
+        "table:perf-kernel": lambda: perf_kernel_table(load_json(PERF_BENCHMARK)),
+        "table:perf-steps": lambda: perf_steps_table(load_json(PERF_BENCHMARK)),
+        "text:atlas-benchmark": lambda: atlas_benchmark_text(load_json(ATLAS_BENCHMARK)),
+        "table:optimizer-comparison": lambda: optimizer_table(load_json(OPTIMIZER_COMPARISON)),
+    }
+    if with_counts:
+        counts: dict[str, dict[str, int]] = {}
+
+        def cached() -> dict[str, dict[str, int]]:
+            if not counts:  # one pytest run for both blocks
+                bad = test_files(BAD_INPUT_PATTERNS)
+                safety = test_files(SAFETY_PATTERNS)
+                found = collect_cases(bad + safety)
+                counts["bad"] = {f: found[f] for f in bad}
+                counts["safety"] = {f: found[f] for f in safety}
+            return counts
+
+        blocks["count:bad-input-cases"] = lambda: str(sum(cached()["bad"].values()))
+        blocks["table:bad-input-cases"] = lambda: cases_table(cached()["bad"], cached()["safety"])
+    return blocks
+
+
+def block_text(name: str, content: str) -> str:
+    """What goes between the markers: inline for counts, on its own lines otherwise."""
+    return content if name.startswith("count:") else f"\n{content}\n"
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """Each generated block of ``text``: name → its content as written (between the markers)."""
+    found: dict[str, str] = {}
+    for match in BLOCK.finditer(text):
+        if match["name"] in found:
+            raise SystemExit(f"readme_tables: README.md has the block {match['name']} twice")
+        found[match["name"]] = match["body"]
+    return found
+
+
+def render(text: str, blocks: Mapping[str, Callable[[], str]]) -> str:
+    """``text`` with each known block replaced by what its source renders to."""
+    present = readme_blocks(text)
+    missing = sorted(set(blocks) - set(present))
+    if missing:
+        raise SystemExit(f"readme_tables: README.md lacks the marker comments of {missing}")
+    rendered = {name: block_text(name, make()) for name, make in blocks.items()}
+    return BLOCK.sub(lambda m: m["open"] + rendered[m["name"]] + m["close"] if m["name"] in rendered else m[0], text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale; change nothing")
+    parser.add_argument("--count-cases", action="store_true", help="print the number of bad-input test cases")
+    parser.add_argument("--no-count", action="store_true", help="leave the test counts alone (no pytest run)")
+    parser.add_argument("--from-run", metavar="RUN_DIR", help="copy RUN_DIR/metrics.json to docs/results first")
+    args = parser.parse_args(argv)
+
+    if args.count_cases:
+        print(sum(collect_cases(test_files(BAD_INPUT_PATTERNS)).values()))
+        return 0
+    if args.from_run:
+        source = Path(args.from_run) / "metrics.json"
+        main_job_table(load_json(source))  # refuse a file that would not render
+        MAIN_JOB_METRICS.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, MAIN_JOB_METRICS)
+    text = README.read_text(encoding="utf-8")
+    new = render(text, renderers(with_counts=not args.no_count))
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    text.splitlines(True), new.splitlines(True), "README.md", "README.md (regenerated)"
+                )
+            )
+            print("README.md is stale: run python scripts/readme_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        README.write_text(new, encoding="utf-8")
+        print("README.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
