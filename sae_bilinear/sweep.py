@@ -84,7 +84,8 @@ class SweepResult(dict[str, Any]):
 
 def _require_ray() -> Any:
     try:
-        import ray
+        # Optional (the 'sweep' extra): type-checked where it is installed, absent elsewhere.
+        import ray  # pyright: ignore[reportMissingImports]
     except ImportError as error:
         raise errors.MissingDependencyError(
             f"sweeps on Ray need the 'sweep' extra: {RAY_PIP}; or pass --local to run the members one after another"
