@@ -137,16 +137,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     train_acts = common.model_activations(train_spec, args.cache, model=model)
     view = common.model_activations(view_spec, args.cache, model=model)
     folder = args.cache / "sweep" / Path(train_acts["cache_file"]).stem
-    run = common.RunSpec(
-        variant=args.variant,
-        alpha=args.alpha,
-        lifted=args.lifted,
-        d_sae=args.d_sae,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=common.learning_rate(args.variant, args.lr, args.lr_mixed),
-        seed=args.seed,
-    )
+    run = common.run_spec(args, args.variant, args.alpha, args.lifted, args.seed)
     sae, seconds, cached = common.cached_bilinear(train_acts["train"], run, folder)
     acts, tokens, contexts = view["heldout"], view["tokens"], view["contexts"]
     positions = torch.arange(view_spec.context_size - view["skip"]).repeat(view["eval_tokens"].shape[0]) + view["skip"]

@@ -72,6 +72,10 @@ MANIFOLDS = (
     Manifold("paraboloid", dim=2, probability=0.15, radius=1.0, offset=0.5, curvature=1.0, scale=2.0),
 )
 LABELS = ("circle", "offset circle", "sphere S²", "paraboloid")
+MANIFOLD_COLUMNS = (
+    "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered"
+)
+"""The per-manifold scores of the results table."""
 
 
 def make_generator(d: int = 48, n_linear: int = 32, linear_probability: float = 0.08, noise: float = 0.02,
@@ -652,38 +656,13 @@ def main(argv: list[str] | None = None) -> dict:
                 {
                     "label": r["label"],
                     "manifold": LABELS[m["manifold"]],
-                    **{
-                        k: m[k]
-                        for k in (
-                            "coord_r2@1",
-                            "coord_r2@2",
-                            "coord_r2@4",
-                            "coord_r2@8",
-                            "k90",
-                            "member_r2@2",
-                            "angle_max",
-                            "tiling",
-                            "recovered",
-                        )
-                    },
+                    **{k: m[k] for k in MANIFOLD_COLUMNS},
                 }
             )
     per_manifold.sort(key=lambda r: (LABELS.index(r["manifold"]), 0))
     table += "\n\n## Per planted manifold\n\n" + common.markdown_table(
         per_manifold,
-        [
-            "manifold",
-            "label",
-            "coord_r2@1",
-            "coord_r2@2",
-            "coord_r2@4",
-            "coord_r2@8",
-            "k90",
-            "member_r2@2",
-            "angle_max",
-            "tiling",
-            "recovered",
-        ],
+        ["manifold", "label", *MANIFOLD_COLUMNS],
     )
     chance = chance_mcc(args.n_linear, budget.linear_latents(), args.d, args.seed) if args.n_linear else None
     table += f"\n\nMCC of random directions (chance): {chance:.3f}\n" if chance is not None else "\n"

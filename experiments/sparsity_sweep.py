@@ -222,16 +222,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     runs = [(v, a, False) for v in args.variants for a in args.alphas]
     runs += [(v, a, True) for v in args.lifted_variants for a in args.alphas]
     for variant, alpha, lifted in runs:
-        run = common.RunSpec(
-            variant=variant,
-            alpha=alpha,
-            lifted=lifted,
-            d_sae=args.d_sae,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=common.learning_rate(variant, args.lr, args.lr_mixed),
-            seed=args.seed,
-        )
+        run = common.run_spec(args, variant, alpha, lifted, args.seed)
         sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
                                "train_seconds": seconds, "cached": cached}

@@ -118,16 +118,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     d_in = acts["train"].shape[-1]
 
     def get(variant: str, alpha: float, seed: int) -> Any:
-        run = common.RunSpec(
-            variant=variant,
-            alpha=alpha,
-            lifted=False,
-            d_sae=args.d_sae,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=common.learning_rate(variant, args.lr, args.lr_mixed),
-            seed=seed,
-        )
+        run = common.run_spec(args, variant, alpha, False, seed)
         sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         how = "cached" if cached else f"trained in {seconds:.0f}s"
         print(f"{run.name}: {how}", flush=True)

@@ -257,6 +257,20 @@ def add_training_arguments(p: argparse.ArgumentParser, steps: int = 100) -> None
     p.add_argument("--lr-mixed", type=float, default=LR_MIXED, help="Adam learning rate, mixed and combined")
 
 
+def run_spec(args: argparse.Namespace, variant: str, alpha: float, lifted: bool, seed: int) -> RunSpec:
+    """The :class:`RunSpec` of one run from the options of :func:`add_training_arguments`."""
+    return RunSpec(
+        variant=variant,
+        alpha=alpha,
+        lifted=lifted,
+        d_sae=args.d_sae,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=learning_rate(variant, args.lr, args.lr_mixed),
+        seed=seed,
+    )
+
+
 def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = False) -> tuple[Any, float]:
     """Train one bilinear SAE with SAELens's trainer on cached activations; ``(sae, seconds)``.
 
