@@ -12,6 +12,7 @@ it off.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -34,7 +35,8 @@ class BuildPyWithPth(build_py):
         return bool(getattr(self, "editable_mode", False))
 
     def _pth_target(self) -> Path:
-        root = getattr(self.get_finalized_command("install"), "install_lib") if self._editable() else self.build_lib
+        install: Any = self.get_finalized_command("install")  # setuptools' install command (untyped here)
+        root = install.install_lib if self._editable() else self.build_lib
         return Path(root) / PTH
 
 

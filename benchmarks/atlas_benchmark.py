@@ -39,11 +39,12 @@ def random_sae(hook: str) -> BilinearSAE:
 def describe(sae: object) -> str:
     left, _, down, lifted = analysis.factors(sae)
     bottleneck = f", bottleneck {down.shape[0]}" if down is not None else ""
-    return f"{analysis.variant_name(sae)}, lifted={lifted}, d_in {left.shape[1] - int(lifted)}, d_sae {left.shape[0]}{bottleneck}"
+    sizes = f"d_in {left.shape[1] - int(lifted)}, d_sae {left.shape[0]}{bottleneck}"
+    return f"{analysis.variant_name(sae)}, lifted={lifted}, {sizes}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sae", default=None, help="SAE folder (SAELens layout); default: random, SmolLM2 shape")
     parser.add_argument("--hook", default="blocks.15.hook_resid_pre", help="hook of the random SAE")
     parser.add_argument("--contexts", type=int, default=32, help="held-out KJV contexts of --context-size tokens")
@@ -53,8 +54,14 @@ def main() -> None:
 
     sae = SAE.load_from_disk(args.sae) if args.sae else random_sae(args.hook)
     model = load_model("smollm2-135m")
+    kjv = data.load_corpus("kjv")
+    assert isinstance(kjv, data.TextCorpus)
     tokens = data.tokenize_contexts(
-        data.load_corpus("kjv").heldout, model.tokenizer, args.context_size, prepend_bos=True, max_contexts=args.contexts
+        kjv.heldout,
+        model.tokenizer,
+        args.context_size,
+        prepend_bos=True,
+        max_contexts=args.contexts,
     )
     result = atlas.build_atlas(sae, model, tokens, args.out, overwrite=True)
     site = Path(args.out)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from sae_lens.saes.sae import TrainStepInput
@@ -31,7 +31,9 @@ def kernel_step(x, W_left, W_right) -> Callable[[], None]:
     def run() -> None:
         tokens = kernels.unit_tokens(x)
         f = kernels.bilinear_latents(tokens.unit, W_left, W_right)
-        loss = kernels.masked_mean(kernels.kernel_error(f, f, W_left, W_right, None, None, tokens.valid).error, tokens.valid)
+        loss = kernels.masked_mean(
+            kernels.kernel_error(f, f, W_left, W_right, None, None, tokens.valid).error, tokens.valid
+        )
         loss.backward()
         W_left.grad = W_right.grad = None
 
@@ -90,7 +92,10 @@ def measure(d: int, F: int, B: int, dtype: torch.dtype, repeats: int) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "| d | F | B | dtype | naive ms | kernel ms | ReLU SAE ms | kernel/ReLU | naive/kernel | kernel GFLOP/s | matmul GFLOP/s |"
+    header = (
+        "| d | F | B | dtype | naive ms | kernel ms | ReLU SAE ms | kernel/ReLU | naive/kernel "
+        "| kernel GFLOP/s | matmul GFLOP/s |"
+    )
     lines = [header, "|" + "---|" * 11]
     for r in rows:
         naive = "skipped" if r["naive_ms"] is None else f"{r['naive_ms']:.1f}"
@@ -121,7 +126,11 @@ def main() -> None:
     table = format_table(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"processor": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    machine = {
+        "processor": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
     args.out.write_text(json.dumps({"machine": machine, "rows": rows, "table": table}, indent=2))
     print(f"wrote {args.out}")
 

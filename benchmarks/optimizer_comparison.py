@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--muon-lrs", default="0.01,0.03,0.1")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: results/optimizer_comparison_<model>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default: results/optimizer_comparison_<model>.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -80,7 +82,9 @@ def main() -> None:
         for lr in (float(v) for v in lrs.split(",") if v.strip()):
             sae = copy.deepcopy(base)  # same init for every run
             started = time.time()
-            train_on_activations(sae, acts, TrainingSettings(steps=args.steps, batch_size=1024, lr=lr, optimizer=optimizer))
+            train_on_activations(
+                sae, acts, TrainingSettings(steps=args.steps, batch_size=1024, lr=lr, optimizer=optimizer)
+            )
             with torch.no_grad():
                 error = sae.reconstruction_error(test).mean().item()
                 ev = explained_variance(test, sae(test)).item()
@@ -93,15 +97,30 @@ def main() -> None:
         if any(r["optimizer"] == opt for r in rows)
     }
     lines = ["| optimizer | lr | held-out x⊗x error | x̂ explained variance |", "|---|---|---|---|"]
-    lines += [f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['heldout_explained_variance']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['heldout_explained_variance']:.3f} |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print(table)
     winner = min(best.values(), key=lambda r: r["heldout_error"])["optimizer"]
     print(f"best at {args.steps} steps: {winner}")
     args.out = args.out or RESULTS_DIR / f"optimizer_comparison_{args.model}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model, "hook": args.hook, "variant": args.variant, "tokens": acts.shape[0],
-                                    "rows": rows, "table": table, "best": winner}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "hook": args.hook,
+                "variant": args.variant,
+                "tokens": acts.shape[0],
+                "rows": rows,
+                "table": table,
+                "best": winner,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ import os
 import pickle
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -52,7 +53,10 @@ from sae_bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, kernel_
 from sae_bilinear.train import ShuffledBatches
 
 RESULTS = Path(__file__).parent / "results" / "perf_benchmark.json"
-KERNEL_SIZES = {"float32": [(128, 2048, 512), (256, 4096, 1024), (512, 8192, 2048)], "bfloat16": [(64, 512, 256), (128, 2048, 512)]}
+KERNEL_SIZES = {
+    "float32": [(128, 2048, 512), (256, 4096, 1024), (512, 8192, 2048)],
+    "bfloat16": [(64, 512, 256), (128, 2048, 512)],
+}
 STEP_SIZES = [(256, 4096, 1024), (512, 8192, 2048)]
 QUICK_KERNEL = {"float32": [(128, 2048, 512)], "bfloat16": [(64, 512, 256)]}
 QUICK_STEP = [(128, 2048, 512)]
@@ -310,7 +314,12 @@ def step_flops(name: str, d: int, F: int, B: int, k: int, tile: int) -> float:
 def sae_step_workloads(d: int, F: int, B: int, k: int, dtype: torch.dtype, device: torch.device) -> dict:
     x = torch.randn(B, d, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     saes = make_saes(d, F, k, dtype, device)
-    coefficients = {"bilinear_dense": {"alpha": 0.1}, "bilinear_topk": {"alpha": 0.1}, "standard": {"l1": 1.0}, "topk": {}}
+    coefficients = {
+        "bilinear_dense": {"alpha": 0.1},
+        "bilinear_topk": {"alpha": 0.1},
+        "standard": {"l1": 1.0},
+        "topk": {},
+    }
 
     def step(name: str) -> Callable[[], None]:
         sae = saes[name]
@@ -325,7 +334,9 @@ def sae_step_workloads(d: int, F: int, B: int, k: int, dtype: torch.dtype, devic
     return {"relu_step": step("standard"), "topk_step": step("topk")}
 
 
-def make_trainer(sae: Any, activations: torch.Tensor, batch: int, device: torch.device, autocast: bool, steps: int) -> SAETrainer:
+def make_trainer(
+    sae: Any, activations: torch.Tensor, batch: int, device: torch.device, autocast: bool, steps: int
+) -> SAETrainer:
     cfg = SAETrainerConfig(
         total_training_samples=max(steps, 1) * batch,
         train_batch_size_samples=batch,
@@ -385,7 +396,9 @@ def kernel_row(d: int, F: int, B: int, k: int, dtype: torch.dtype, device: torch
     return row
 
 
-def step_rows(d: int, F: int, B: int, k: int, device: torch.device, autocast: bool, steps: int, dense_steps: int) -> list[dict]:
+def step_rows(
+    d: int, F: int, B: int, k: int, device: torch.device, autocast: bool, steps: int, dense_steps: int
+) -> list[dict]:
     dtype = torch.float32
     n_batches = 4
     activations = torch.randn(n_batches * B, d, generator=torch.Generator().manual_seed(2)).to(device)
@@ -394,7 +407,7 @@ def step_rows(d: int, F: int, B: int, k: int, device: torch.device, autocast: bo
     trainers = {name: make_trainer(sae, activations, B, device, autocast, steps) for name, sae in saes.items()}
     times: dict[str, list[float]] = {name: [] for name in trainers}
     # Interleave: one warm-up each, then rounds of single steps.
-    for name, trainer in trainers.items():
+    for trainer in trainers.values():
         time_trainer_steps(trainer, device, 1, 0)
     for i in range(steps):
         for name, trainer in trainers.items():
@@ -433,17 +446,23 @@ def accuracy_row(d: int, F: int, B: int, device: torch.device) -> dict:
     bias = [torch.randn(F, generator=gen, dtype=torch.float64) / F**0.5 for _ in range(2)]
     x = torch.randn(B, d, generator=gen, dtype=torch.float64)
     out = {}
-    for dtype, backward in ((torch.float64, "autograd"), (torch.float32, "fused")):
+    cases: tuple[tuple[torch.dtype, kernels.Backward], ...] = ((torch.float64, "autograd"), (torch.float32, "fused"))
+    for dtype, backward in cases:
         params = [t.detach().to(device, dtype).clone().requires_grad_() for t in (*base, *bias)]
+        W_left, W_right, b_left, b_right = params
         xd = x.to(device, dtype)
         tokens = kernels.unit_tokens(xd)
-        f = kernels.bilinear_latents(tokens.unit, *params)
-        loss = kernels.masked_mean(
-            kernels.kernel_error(f, f, *params, tokens.valid, ordered=True, backward=backward).error, tokens.valid
+        f = kernels.bilinear_latents(tokens.unit, W_left, W_right, b_left, b_right)
+        error = kernels.kernel_error(
+            f, f, W_left, W_right, b_left, b_right, tokens.valid, ordered=True, backward=backward
         )
+        loss = kernels.masked_mean(error.error, tokens.valid)
         loss.backward()
         out[backward] = [loss.detach().double().cpu()] + [p.grad.double().cpu() for p in params]
-    errors = [((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item() for a, b in zip(out["fused"], out["autograd"])]
+    errors = [
+        ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
+        for a, b in zip(out["fused"], out["autograd"], strict=False)
+    ]
     return {
         "d": d,
         "F": F,
@@ -472,22 +491,26 @@ def format_kernel_table(rows: list[dict]) -> str:
     lines = [header, "|" + "---|" * 16]
     for r in rows:
         lines.append(
-            f"| {r['d']} | {r['F']} | {r['B']} | {r['k']} | {r['dtype']} | {r['autograd_ms']:.1f} | {r['fused_ms']:.1f} | "
-            f"{r['fused_vs_autograd']:.2f}× ({r['fused_vs_autograd_flops']:.2f}×) | {r['fused_budget_ms']:.1f} ({r['budget_tile']}) | "
+            f"| {r['d']} | {r['F']} | {r['B']} | {r['k']} | {r['dtype']} | {r['autograd_ms']:.1f} | "
+            f"{r['fused_ms']:.1f} | {r['fused_vs_autograd']:.2f}× ({r['fused_vs_autograd_flops']:.2f}×) | "
+            f"{r['fused_budget_ms']:.1f} ({r['budget_tile']}) | "
             f"{r['sparse_ms']:.1f} | {r['relu_step_ms']:.1f} | {r['topk_step_ms']:.1f} | {r['fused_vs_relu']:.1f}× | "
             f"{r['sparse_vs_topk']:.2f}× | {r['fused_gflops']:.1f} ({r['fused_share_of_matmul']:.0%}) | "
-            f"{fmt(mb(r['autograd_peak_mb']), '.0f')} / {fmt(mb(r['fused_peak_mb']), '.0f')} / {fmt(mb(r['fused_budget_peak_mb']), '.0f')} / "
-            f"{fmt(mb(r['sparse_peak_mb']), '.0f')} |"
+            f"{fmt(mb(r['autograd_peak_mb']), '.0f')} / {fmt(mb(r['fused_peak_mb']), '.0f')} / "
+            f"{fmt(mb(r['fused_budget_peak_mb']), '.0f')} / {fmt(mb(r['sparse_peak_mb']), '.0f')} |"
         )
     return "\n".join(lines)
 
 
 def format_step_table(rows: list[dict]) -> str:
-    header = "| d | F | B | k | model | step ms (median) | tokens/s | time vs standard | FLOPs vs standard | time vs TopK |"
+    header = (
+        "| d | F | B | k | model | step ms (median) | tokens/s | time vs standard | FLOPs vs standard | time vs TopK |"
+    )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['d']} | {r['F']} | {r['B']} | {r['k']} | {r['model']} | {r['step_ms']:.0f} ({r['median_step_ms']:.0f}) | "
+            f"| {r['d']} | {r['F']} | {r['B']} | {r['k']} | {r['model']} | "
+            f"{r['step_ms']:.0f} ({r['median_step_ms']:.0f}) | "
             f"{r['tokens_per_s']:.0f} | {r['vs_standard']:.2f}× | {r['flops_vs_standard']:.2f}× | {r['vs_topk']:.2f}× |"
         )
     return "\n".join(lines)
@@ -560,10 +583,18 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nWhole SAELens training step (SAETrainer._train_step, Adam)\n" + tables["steps"])
     print(
         f"\nAccuracy (d={accuracy['d']}, F={accuracy['F']}, B={accuracy['B']}, lifted+ordered): fused fp32 vs float64: "
-        f"loss {accuracy['loss_rel_error']:.1e}, gradients ≤ {accuracy['grad_rel_error_max']:.1e} (relative to max |ref|)"
+        f"loss {accuracy['loss_rel_error']:.1e}, gradients ≤ {accuracy['grad_rel_error_max']:.1e} "
+        "(relative to max |ref|)"
     )
     print(f"total {time.perf_counter() - started:.0f}s")
-    result = {"machine": machine, "argv": argv, "kernel": kernel_rows, "steps": steps, "accuracy": accuracy, "tables": tables}
+    result = {
+        "machine": machine,
+        "argv": argv,
+        "kernel": kernel_rows,
+        "steps": steps,
+        "accuracy": accuracy,
+        "tables": tables,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

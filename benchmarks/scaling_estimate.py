@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-tflops", type=float, default=300.0, help="effective TFLOP/s per GPU")
-    parser.add_argument("--lm-params", type=float, default=0.6e9, help="language-model parameters (forward ≈ 2·params FLOPs/token)")
+    parser.add_argument(
+        "--lm-params", type=float, default=0.6e9, help="language-model parameters (forward ≈ 2·params FLOPs/token)"
+    )
     parser.add_argument("--bytes-per-value", type=int, default=2, help="stored activation bytes (bf16 = 2)")
     parser.add_argument("--cpu-tokens-per-second", type=float, default=None, help="measured member throughput on a CPU")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")

@@ -47,7 +47,9 @@ def _tiny_model(root: Path) -> tuple[str, str, int, str]:
     return str(root / "model"), "blocks.1.hook_resid_pre", 32, str(root / "corpus.txt")
 
 
-def write_sweep(root: Path, members: int, model: str, hook: str, d_in: int, corpus: str, tokens: int, batch: int) -> Path:
+def write_sweep(
+    root: Path, members: int, model: str, hook: str, d_in: int, corpus: str, tokens: int, batch: int
+) -> Path:
     """A sweep file of ``members`` members (2 variants × members/2 α values)."""
     alphas = [round(0.1 * i, 1) for i in range(members // 2)]
     (root / "base.yaml").write_text(textwrap.dedent(f"""
@@ -81,7 +83,9 @@ def timed_sweep(path: Path, out: Path, **options: Any) -> dict[str, Any]:
             "members": len(result["members"])}
 
 
-def multi_runner(model_name: str, hook: str, d_in: int, corpus: str, tokens: int, batch: int, members: int) -> dict[str, Any]:
+def multi_runner(
+    model_name: str, hook: str, d_in: int, corpus: str, tokens: int, batch: int, members: int
+) -> dict[str, Any]:
     """SAELens's MultiSAETrainingRunner: the same members in lock-step on one streamed model pass."""
     from sae_lens import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
     from sae_lens.config import LoggingConfig
@@ -91,7 +95,10 @@ def multi_runner(model_name: str, hook: str, d_in: int, corpus: str, tokens: int
 
     model = models.load_model(model_name)
     texts = data.load_corpus(corpus)
-    dataset = data.as_hf_dataset(data.tokenize_contexts(texts.train, model.tokenizer, 128, max_contexts=tokens // 127 + 8))
+    assert isinstance(texts, data.TextCorpus), f"{corpus}: the benchmark reads a local or embedded corpus"
+    dataset = data.as_hf_dataset(
+        data.tokenize_contexts(texts.train, model.tokenizer, 128, max_contexts=tokens // 127 + 8)
+    )
     alphas = [round(0.1 * i, 1) for i in range(members // 2)]
     saes = {f"{v}-{a}": BilinearTrainingSAEConfig(d_in=d_in, d_sae=2 * d_in, variant=v, lifted=True, alpha=a)
             for v in ("vanilla", "mixed") for a in alphas}
@@ -111,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny random Qwen3 instead of SmolLM2 (seconds, for tests)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (CPUs)")
-    parser.add_argument("--tokens", type=int, default=None, help="training tokens per member (default 20480; tiny 2560)")
+    parser.add_argument(
+        "--tokens", type=int, default=None, help="training tokens per member (default 20480; tiny 2560)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -135,10 +144,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if not store.exists():
                     shutil.copytree(out / sweep.STORE_DIR, store)
                 rows.append(row)
-                print(f"{members} members, {runner}: {row['seconds']:.1f} s, {row['model_passes']} model pass(es)", flush=True)
+                print(
+                    f"{members} members, {runner}: {row['seconds']:.1f} s, {row['model_passes']} model pass(es)",
+                    flush=True,
+                )
         multi = multi_runner(model, hook, d_in, corpus, tokens, batch, 4)
         rows.append(multi)
-        print(f"4 members, SAELens MultiSAETrainingRunner: {multi['seconds']:.1f} s (model pass streamed, lock-step)", flush=True)
+        print(
+            f"4 members, SAELens MultiSAETrainingRunner: {multi['seconds']:.1f} s (model pass streamed, lock-step)",
+            flush=True,
+        )
         by = {(r["members"], r["runner"]): r["seconds"] for r in rows}
         result = {
             "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

@@ -11,7 +11,8 @@ Two parts:
    error (both backwards) against an independent naive implementation, for vanilla/ordered/mixed/combined,
    lifted and unlifted. The ordered naive loss materialises every prefix ``X̂_{≤k}``.
 2. **Scaling** (float32, vanilla, F = expansion·d): forward+backward time of the naive
-   loss and of the kernel loss (the package's fused backward, and plain autograd) as d grows, relative loss and gradient differences, and the naive loss's estimated memory;
+   loss and of the kernel loss (the package's fused backward, and plain autograd) as d grows,
+   relative loss and gradient differences, and the naive loss's estimated memory;
    the naive loss is skipped (not run) once that estimate exceeds ``--memory-cap-gib``.
 
 Writes ``results.json``, ``table.md`` and ``scaling.png`` into ``--out``.
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -53,7 +54,7 @@ def naive_error(
     """Per-token ``||X − X̂||²/||ũ||⁴`` with X and the atoms materialised (ordered: mean over prefixes)."""
     u = x / x.norm(dim=-1, keepdim=True)
     L, R = W_left, W_right
-    if b_left is not None:
+    if b_left is not None and b_right is not None:  # lifted (both biases, or neither)
         u = torch.cat([torch.ones_like(u[:, :1]), u], dim=-1)
         L = torch.cat([b_left[:, None], W_left], dim=-1)
         R = torch.cat([b_right[:, None], W_right], dim=-1)
@@ -68,7 +69,9 @@ def naive_error(
     return (X[:, None, :] - prefixes).pow(2).sum(-1).mean(1) / norm4
 
 
-def kernel_error(x, W_left, W_right, b_left=None, b_right=None, W_down=None, ordered=False, backward="fused") -> torch.Tensor:
+def kernel_error(
+    x, W_left, W_right, b_left=None, b_right=None, W_down=None, ordered=False, backward: kernels.Backward = "fused"
+) -> torch.Tensor:
     """The package's kernel-trick error (``kernels.unit_tokens`` → latents → ``kernels.kernel_error``).
 
     ``backward``: ``"fused"`` (the package's default: hand-written backward of ``gᵀKg``) or
@@ -77,10 +80,12 @@ def kernel_error(x, W_left, W_right, b_left=None, b_right=None, W_down=None, ord
     tokens = kernels.unit_tokens(x)
     f = kernels.bilinear_latents(tokens.unit, W_left, W_right, b_left, b_right)
     g = f if W_down is None else kernels.mix(f, W_down)
-    return kernels.kernel_error(f, g, W_left, W_right, b_left, b_right, tokens.valid, ordered=ordered, backward=backward).error
+    return kernels.kernel_error(
+        f, g, W_left, W_right, b_left, b_right, tokens.valid, ordered=ordered, backward=backward
+    ).error
 
 
-def _kernel(backward: str) -> Callable:
+def _kernel(backward: kernels.Backward) -> Callable:
     return lambda *a, **k: kernel_error(*a, **k, backward=backward)
 
 
@@ -164,7 +169,9 @@ def scaling_row(d: int, F: int, B: int, cap_bytes: int, repeats: int, seed: int)
     row["kernel_seconds"] = common.best_time(step(_kernel("fused")), repeats)
     row["kernel_flops"] = 8 * B * F * d + 12 * F * F * d + 6 * B * F * F
     if row["naive_bytes_estimate"] > cap_bytes:
-        row.update(naive_seconds=None, naive_skipped="memory estimate above cap", loss_rel_diff=None, grad_rel_diff=None)
+        row.update(
+            naive_seconds=None, naive_skipped="memory estimate above cap", loss_rel_diff=None, grad_rel_diff=None
+        )
         return row
     row["naive_seconds"] = common.best_time(step(naive_error), max(1, repeats - 1))
     naive_loss, naive_grads = _loss_and_grads(naive_error, x, params, False)
@@ -195,7 +202,9 @@ def plot(rows: list[dict], path: Path) -> None:
     skipped = [r for r in rows if r["naive_seconds"] is None]
     if skipped:
         top = max(r["naive_seconds"] for r in measured) if measured else 1.0
-        ax.scatter([r["d"] for r in skipped], [top] * len(skipped), marker="x", color="C1", label="naive skipped (memory cap)")
+        ax.scatter(
+            [r["d"] for r in skipped], [top] * len(skipped), marker="x", color="C1", label="naive skipped (memory cap)"
+        )
     ax.set_xlabel("d (F = expansion·d)")
     ax.set_ylabel("forward+backward seconds (best of repeats)")
     ax.set_title("time per step, float32, 1 thread")
@@ -210,9 +219,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
+    p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256, 384, 512, 768, 1024])
-    p.add_argument("--expansion", type=int, default=2, help="F = expansion·d (the paper uses 16; naive memory grows with F)")
+    p.add_argument(
+        "--expansion", type=int, default=2, help="F = expansion·d (the paper uses 16; naive memory grows with F)"
+    )
     p.add_argument("--batch", type=int, default=256, help="tokens per batch")
     p.add_argument("--memory-cap-gib", type=float, default=4.0, help="skip the naive loss above this estimated memory")
     p.add_argument("--repeats", type=int, default=3)
@@ -236,21 +247,51 @@ def main(argv: list[str] | None = None) -> dict:
         "naive_bytes_estimate": naive_bytes(1024, 16 * 1024, 32 * 256),
         "atoms_bytes": 16 * 1024 * 1024 * 1024 * 4,
     }
-    table_agree = common.markdown_table(agree, ["variant", "lifted", "naive_loss", "fused_loss_rel_diff", "fused_grad_rel_diff",
-                                                "autograd_loss_rel_diff", "autograd_grad_rel_diff"], 3)
+    table_agree = common.markdown_table(
+        agree,
+        [
+            "variant",
+            "lifted",
+            "naive_loss",
+            "fused_loss_rel_diff",
+            "fused_grad_rel_diff",
+            "autograd_loss_rel_diff",
+            "autograd_grad_rel_diff",
+        ],
+        3,
+    )
     for r in rows:
         r["naive_gib"] = r["naive_bytes_estimate"] / 2**30
         r["fused_ms"] = r["kernel_seconds"] * 1e3
         r["autograd_ms"] = r["autograd_seconds"] * 1e3
         r["naive_ms"] = None if r["naive_seconds"] is None else r["naive_seconds"] * 1e3
     table_scale = common.markdown_table(
-        rows, ["d", "F", "B", "naive_ms", "autograd_ms", "fused_ms", "speedup", "naive_gib", "loss_rel_diff", "grad_rel_diff", "kernel_fp32_vs_fp64", "naive_fp32_vs_fp64"], 3
+        rows,
+        [
+            "d",
+            "F",
+            "B",
+            "naive_ms",
+            "autograd_ms",
+            "fused_ms",
+            "speedup",
+            "naive_gib",
+            "loss_rel_diff",
+            "grad_rel_diff",
+            "kernel_fp32_vs_fp64",
+            "naive_fp32_vs_fp64",
+        ],
+        3,
     )
     out = args.out
     result = {
         "command": "python experiments/kernel_trick.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "agreement": agree,
         "scaling": rows,
         "paper_size_estimate": paper,
@@ -258,7 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     common.write_json(out / "results.json", result)
     (out / "table.md").write_text(
-        "## Agreement (float64)\n\n" + table_agree + "\n\n## Scaling (float32, vanilla, unlifted)\n\n" + table_scale + "\n"
+        "## Agreement (float64)\n\n"
+        + table_agree
+        + "\n\n## Scaling (float32, vanilla, unlifted)\n\n"
+        + table_scale
+        + "\n"
     )
     plot(rows, out / "scaling.png")
     print(table_agree)

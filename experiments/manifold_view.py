@@ -68,8 +68,14 @@ def correlations(values: torch.Tensor, properties: dict[str, torch.Tensor]) -> d
 def listing(top: analysis.TopActivations, order: torch.Tensor, n: int) -> list[dict[str, Any]]:
     rows = []
     for i in order[:n].tolist():
-        rows.append({"token": top.tokens[i] if top.tokens else None, "context": top.contexts[i] if top.contexts else None,
-                     "activation": float(top.values[i]), "coordinates": [round(float(c), 4) for c in top.coordinates[i]]})
+        rows.append(
+            {
+                "token": top.tokens[i] if top.tokens else None,
+                "context": top.contexts[i] if top.contexts else None,
+                "activation": float(top.values[i]),
+                "coordinates": [round(float(c), 4) for c in top.coordinates[i]],
+            }
+        )
     return rows
 
 
@@ -79,7 +85,7 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
 
     fig = Figure(figsize=(11, 5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
-    for a, (i, j) in zip((ax, ax2), ((0, 1), (0, 2))):
+    for a, (i, j) in zip((ax, ax2), ((0, 1), (0, 2)), strict=False):
         xyz = top.coordinates.numpy()
         values = top.values.numpy()
         a.scatter(xyz[:, i], xyz[:, j], c=values, cmap="RdBu_r", norm=plots._norm(values), s=6)
@@ -101,10 +107,12 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
+    p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--variant", default="mixed", choices=["mixed", "combined"])
     p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--lifted", action="store_true", help="use the lifted SAE of the sweep (default: unlifted, as the paper)")
+    p.add_argument(
+        "--lifted", action="store_true", help="use the lifted SAE of the sweep (default: unlifted, as the paper)"
+    )
     p.add_argument("--view-contexts", type=int, default=64, help="held-out contexts whose tokens are shown")
     p.add_argument("--n", type=int, default=400, help="tokens in the 3D view (half top, half bottom)")
     common.add_training_arguments(p)
@@ -114,8 +122,14 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     if args.tiny:
         train_spec = common.TINY_SPEC
         args.d_sae, args.steps, args.batch_size, args.view_contexts, args.n = 64, 20, 128, 4, 60
-    view_spec = common.ActivationSpec(hook=train_spec.hook, train_contexts=1, eval_contexts=args.view_contexts,
-                                      context_size=train_spec.context_size, corpus=train_spec.corpus, model=train_spec.model)
+    view_spec = common.ActivationSpec(
+        hook=train_spec.hook,
+        train_contexts=1,
+        eval_contexts=args.view_contexts,
+        context_size=train_spec.context_size,
+        corpus=train_spec.corpus,
+        model=train_spec.model,
+    )
     started = time.time()
     if model is None:
         needs = [s for s in (train_spec, view_spec) if not (args.cache / s.filename).is_file()]
@@ -123,8 +137,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     train_acts = common.model_activations(train_spec, args.cache, model=model)
     view = common.model_activations(view_spec, args.cache, model=model)
     folder = args.cache / "sweep" / Path(train_acts["cache_file"]).stem
-    run = common.RunSpec(variant=args.variant, alpha=args.alpha, lifted=args.lifted, d_sae=args.d_sae, steps=args.steps,
-                         batch_size=args.batch_size, lr=common.learning_rate(args.variant, args.lr, args.lr_mixed), seed=args.seed)
+    run = common.run_spec(args, args.variant, args.alpha, args.lifted, args.seed)
     sae, seconds, cached = common.cached_bilinear(train_acts["train"], run, folder)
     acts, tokens, contexts = view["heldout"], view["tokens"], view["contexts"]
     positions = torch.arange(view_spec.context_size - view["skip"]).repeat(view["eval_tokens"].shape[0]) + view["skip"]
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     # The most important bottleneck row: largest mean h_k² (its share of <X, X̂>).
     f = analysis.latent_activations(sae, acts)
     down = analysis.factors(sae).down
+    assert down is not None, "the manifold view needs a mixed or combined SAE (a bottleneck)"
     h = f @ down.T.to(f)
     share = h.pow(2).mean(0)
     row = int(share.argmax())
@@ -189,7 +203,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         "row_shares_top10": sorted((float(s) for s in share / share.sum()), reverse=True)[:10],
         "stats": stats.__dict__,
         "eigenvalues_top16": [float(v) for v in kept[:16]],
-        "eigenvectors_top_dims": [analysis.top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)],
+        "eigenvectors_top_dims": [
+            analysis.top_dims(eig.eigenvectors[:, i].double(), analysis.is_lifted(sae), 8) for i in range(3)
+        ],
         "axes": top.axis_labels,
         "probes": probes,
         "eigenvectors_vs_mean_token": shared,
@@ -210,7 +226,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     print(f"row {row}: share {result['row_share_of_cross_term']:.3f}, stats {stats}")
     print("top:", [r["token"] for r in result["top_tokens"][:20]])
     print("bottom:", [r["token"] for r in result["bottom_tokens"][:20]])
-    print("probes:", {k: {n: (round(v, 2) if v is not None else None) for n, v in d.items()} for k, d in probes.items()})
+    print(
+        "probes:", {k: {n: (round(v, 2) if v is not None else None) for n, v in d.items()} for k, d in probes.items()}
+    )
     print(f"wrote {out} in {result['seconds']:.0f}s")
     return result
 

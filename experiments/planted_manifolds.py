@@ -72,6 +72,10 @@ MANIFOLDS = (
     Manifold("paraboloid", dim=2, probability=0.15, radius=1.0, offset=0.5, curvature=1.0, scale=2.0),
 )
 LABELS = ("circle", "offset circle", "sphere S²", "paraboloid")
+MANIFOLD_COLUMNS = (
+    "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered"
+)
+"""The per-manifold scores of the results table."""
 
 
 def make_generator(d: int = 48, n_linear: int = 32, linear_probability: float = 0.08, noise: float = 0.02,
@@ -140,7 +144,7 @@ class BilinearView:
     def __init__(self, sae: Any, activity_threshold: float | None = None):
         self.sae = sae
         self.left, self.right, self.down, self.lifted = analysis.factors(sae, dtype=torch.float64)
-        cfg = getattr(sae, "cfg", None)
+        cfg: Any = getattr(sae, "cfg", None)
         self.threshold = activity_threshold or float(getattr(cfg, "activity_threshold", 0.1))
         self.topk = int(cfg.k) if getattr(cfg, "sparsity", "hoyer") == "topk" else None
         off = int(self.lifted)
@@ -161,7 +165,7 @@ class BilinearView:
 
     def linear_part(self) -> Tensor:
         """``[F, d]`` rows ``½(b_l r + b_r l)`` (zero when unlifted): the decoder of û."""
-        if not self.lifted:
+        if self.bl is None or self.br is None:  # unlifted
             return torch.zeros_like(self.l)
         return kernels.lifted_decoder(self.l, self.r, self.bl, self.br)
 
@@ -187,8 +191,8 @@ class BilinearView:
 
     def in_share(self, basis: Tensor) -> Tensor:
         """Share of ``||Q̃_j||²_F`` (constant entry excluded) inside the lifted subspace ``[1] ⊕ span(basis)``."""
-        def frob(l: Tensor, r: Tensor) -> Tensor:  # ||½(l rᵀ + r lᵀ)||²_F
-            return 0.5 * (l.pow(2).sum(-1) * r.pow(2).sum(-1) + (l * r).sum(-1).pow(2))
+        def frob(left: Tensor, right: Tensor) -> Tensor:  # ||½(l rᵀ + r lᵀ)||²_F
+            return 0.5 * (left.pow(2).sum(-1) * right.pow(2).sum(-1) + (left * right).sum(-1).pow(2))
 
         lb, rb = self.l @ basis, self.r @ basis
         q = self.linear_part()
@@ -211,9 +215,9 @@ def oracle_bilinear(gen: PlantedManifolds) -> SimpleNamespace:
     d = gen.d
     rows_l, rows_r, bias_l, bias_r = [], [], [], []
 
-    def add(l: Tensor, r: Tensor, b_l: float, b_r: float) -> None:
-        rows_l.append(l)
-        rows_r.append(r)
+    def add(left: Tensor, right: Tensor, b_l: float, b_r: float) -> None:
+        rows_l.append(left)
+        rows_r.append(right)
         bias_l.append(b_l)
         bias_r.append(b_r)
 
@@ -329,7 +333,9 @@ def manifold_metrics(view: Any, f: Tensor, active: Tensor, batch: PlantedBatch, 
     member = on.double().unsqueeze(-1)
     member_scores, _, _ = greedy_readout(f[fit], member[fit], f[test], member[test], k_max=4)
     k_geo = min(8, len(chosen))
-    angles = readout_geometry(view, chosen[:k_geo], coefficients[k_geo - 1] if k_geo else torch.zeros(0), coordinate_basis(gen, index))
+    angles = readout_geometry(
+        view, chosen[:k_geo], coefficients[k_geo - 1] if k_geo else torch.zeros(0), coordinate_basis(gen, index)
+    )
     share = view.in_share(basis)
     fire = active[on].double().mean(0) if n_on else torch.zeros(f.shape[1], dtype=torch.float64)
     tiling = (share > TILING_SHARE) & (fire >= TILING_FIRE)
@@ -396,7 +402,9 @@ def chance_mcc(n_true: int, n_latents: int, d: int, seed: int = 0) -> float:
     from sae_lens.synthetic import mean_correlation_coefficient
 
     g = torch.Generator().manual_seed(seed)
-    return float(mean_correlation_coefficient(torch.randn(n_true, d, generator=g), torch.randn(n_latents, d, generator=g)))
+    return float(
+        mean_correlation_coefficient(torch.randn(n_true, d, generator=g), torch.randn(n_latents, d, generator=g))
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -442,7 +450,7 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
     kind, *rest = spec.split(":")
     d = budget.d
     if kind in ("bilinear", "bilinear-topk") or spec == "init:bilinear":
-        variant = rest[0] if kind != "init" else "vanilla"
+        variant = kernels.check_variant(rest[0] if kind != "init" else "vanilla")
         alpha = float(rest[1]) if kind == "bilinear" else 0.0
         topk = {"sparsity": "topk", "k": int(rest[1])} if kind == "bilinear-topk" else {}
         bottleneck = max(1, d // 2) if variant in ("mixed", "combined") else None
@@ -526,7 +534,12 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
     ax2.set_title("reconstruction vs Hoyer density", fontsize=9)
     width = 0.8 / max(1, len(trained))
     for i, r in enumerate(trained):
-        ax3.bar([m + i * width for m in range(len(LABELS))], [mm["tiling"] for mm in r["manifolds"]], width=width, color=colour[r["spec"]])
+        ax3.bar(
+            [m + i * width for m in range(len(LABELS))],
+            [mm["tiling"] for mm in r["manifolds"]],
+            width=width,
+            color=colour[r["spec"]],
+        )
     ax3.set_xticks([m + 0.4 - width / 2 for m in range(len(LABELS))], LABELS, fontsize=8)
     ax3.set_ylabel("latents tiling the manifold")
     ax3.set_title("latents mostly inside the subspace, firing on it", fontsize=9)
@@ -542,7 +555,7 @@ def plot_circle(views: list[tuple[str, Any, dict]], batch: PlantedBatch, path: P
     order = theta.argsort()
     fig = Figure(figsize=(4 * len(views), 3.2), layout="constrained")
     axes = fig.subplots(1, len(views), squeeze=False)[0]
-    for ax, (label, view, row) in zip(axes, views):
+    for ax, (label, view, row) in zip(axes, views, strict=False):
         f = view.latents(batch.activations[on])
         m = row["manifolds"][index]
         picks = sorted(set(m["chosen"][:4]) | set(m["tiling_latents"]))[:12]
@@ -560,21 +573,38 @@ def plot_circle(views: list[tuple[str, Any, dict]], batch: PlantedBatch, path: P
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
+    p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--d", type=int, default=48)
     p.add_argument("--n-linear", type=int, default=32)
     p.add_argument("--linear-probability", type=float, default=0.08)
     p.add_argument("--noise", type=float, default=0.02)
-    p.add_argument("--latents", type=int, default=96, help="bilinear (vanilla) latents; the others match its parameters")
+    p.add_argument(
+        "--latents", type=int, default=96, help="bilinear (vanilla) latents; the others match its parameters"
+    )
     p.add_argument("--train-tokens", type=int, default=65536)
     p.add_argument("--test-tokens", type=int, default=16384)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--saes", nargs="+", default=[
-        "bilinear:vanilla:0.1", "bilinear:vanilla:0.3", "bilinear:mixed:0.1", "bilinear-topk:vanilla:4",
-        "bilinear-topk:vanilla:8", "topk:2", "topk:4", "topk:8", "standard:0.03", "init:bilinear", "init:topk"],
-        help="SAEs to train: bilinear:VARIANT:ALPHA (Hoyer), bilinear-topk:VARIANT:K, topk:K, standard:L1, init:bilinear|topk")
+    p.add_argument(
+        "--saes",
+        nargs="+",
+        default=[
+            "bilinear:vanilla:0.1",
+            "bilinear:vanilla:0.3",
+            "bilinear:mixed:0.1",
+            "bilinear-topk:vanilla:4",
+            "bilinear-topk:vanilla:8",
+            "topk:2",
+            "topk:4",
+            "topk:8",
+            "standard:0.03",
+            "init:bilinear",
+            "init:topk",
+        ],
+        help="SAEs to train: bilinear:VARIANT:ALPHA (Hoyer), bilinear-topk:VARIANT:K, topk:K, standard:L1, "
+        "init:bilinear|topk",
+    )
     args = p.parse_args(argv)
     common.setup(args.seed)
     if args.tiny:
@@ -589,39 +619,69 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, circle_views = [], []
     oracle_view = BilinearView(oracle_bilinear(gen))
-    rows.append({"spec": "oracle", "label": "oracle bilinear (ground truth)", "seconds": 0.0, **sae_metrics(oracle_view, test, gen, args.seed)})
+    rows.append(
+        {
+            "spec": "oracle",
+            "label": "oracle bilinear (ground truth)",
+            "seconds": 0.0,
+            **sae_metrics(oracle_view, test, gen, args.seed),
+        }
+    )
     for spec in args.saes:
         sae, view = build_saes(spec, budget, args.steps, args.seed)
-        seconds = 0.0 if spec.startswith("init") else train(sae, train_x, args.steps, args.batch_size, args.lr, args.seed)
+        seconds = (
+            0.0 if spec.startswith("init") else train(sae, train_x, args.steps, args.batch_size, args.lr, args.seed)
+        )
         sae.eval()
         view = type(view)(sae)  # a view copies the factors it reads: take them after training
         row = {"spec": spec, "label": label_of(spec), "seconds": seconds, **sae_metrics(view, test, gen, args.seed)}
         rows.append(row)
         if spec in ("bilinear:vanilla:0.1", "topk:4", "standard:0.03", "topk:2"):
             circle_views.append((row["label"], view, row))
-        print(f"{row['label']}: {seconds:.0f}s, L0 {row['l0']:.2f}, FVU {row.get('fvu', float('nan')):.3f}, MCC {row.get('mcc', float('nan')):.3f}, "
-              + ", ".join(f"{LABELS[m['manifold']]} R²@2 {m['coord_r2@2']:.2f} tiling {m['tiling']}" for m in row["manifolds"]), flush=True)
+        print(
+            f"{row['label']}: {seconds:.0f}s, L0 {row['l0']:.2f}, FVU {row.get('fvu', float('nan')):.3f}, "
+            f"MCC {row.get('mcc', float('nan')):.3f}, "
+            + ", ".join(
+                f"{LABELS[m['manifold']]} R²@2 {m['coord_r2@2']:.2f} tiling {m['tiling']}" for m in row["manifolds"]
+            ),
+            flush=True,
+        )
 
     summary_cols = ["label", "n_params", "d_sae", "l0", "hoyer_density", "fvu", "xx_error", "mcc", "dead_fraction"]
     table = "## SAEs (held-out tokens)\n\n" + common.markdown_table(rows, summary_cols)
     per_manifold = []
     for r in rows:
         for m in r["manifolds"]:
-            per_manifold.append({"label": r["label"], "manifold": LABELS[m["manifold"]], **{k: m[k] for k in (
-                "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered")}})
+            per_manifold.append(
+                {
+                    "label": r["label"],
+                    "manifold": LABELS[m["manifold"]],
+                    **{k: m[k] for k in MANIFOLD_COLUMNS},
+                }
+            )
     per_manifold.sort(key=lambda r: (LABELS.index(r["manifold"]), 0))
-    table += "\n\n## Per planted manifold\n\n" + common.markdown_table(per_manifold, [
-        "manifold", "label", "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered"])
+    table += "\n\n## Per planted manifold\n\n" + common.markdown_table(
+        per_manifold,
+        ["manifold", "label", *MANIFOLD_COLUMNS],
+    )
     chance = chance_mcc(args.n_linear, budget.linear_latents(), args.d, args.seed) if args.n_linear else None
     table += f"\n\nMCC of random directions (chance): {chance:.3f}\n" if chance is not None else "\n"
     out = args.out
     result = {
         "command": "python experiments/planted_manifolds.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "manifolds": [{"label": LABELS[i], **m.__dict__, "ambient_dim": m.ambient_dim} for i, m in enumerate(gen.manifolds)],
-        "budget": {"params": budget.params, "linear_latents": budget.linear_latents(), "bilinear_latents": args.latents},
-        "criteria": {"recovered": f"coord_r2@4 >= {RECOVERED_R2} and angle_max <= {RECOVERED_ANGLE}",
-                     "tiling": f"share > {TILING_SHARE} and active on >= {TILING_FIRE:.0%} of the manifold's tokens"},
+        "manifolds": [
+            {"label": LABELS[i], **m.__dict__, "ambient_dim": m.ambient_dim} for i, m in enumerate(gen.manifolds)
+        ],
+        "budget": {
+            "params": budget.params,
+            "linear_latents": budget.linear_latents(),
+            "bilinear_latents": args.latents,
+        },
+        "criteria": {
+            "recovered": f"coord_r2@4 >= {RECOVERED_R2} and angle_max <= {RECOVERED_ANGLE}",
+            "tiling": f"share > {TILING_SHARE} and active on >= {TILING_FIRE:.0%} of the manifold's tokens",
+        },
         "mcc_chance": chance,
         "saes": rows,
         "seconds": time.time() - started,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,10 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
         xs = [r["hoyer_density"] for r in pts]
         ys = [r["reconstruction_error"] for r in pts]
         ax.plot(xs, ys, "o-", color=f"C{i}", label=variant)
-        for r, x, y in zip(pts, xs, ys):
-            ax.annotate(f"α={r['alpha']:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=f"C{i}")
+        for r, x, y in zip(pts, xs, ys, strict=False):
+            ax.annotate(
+                f"α={r['alpha']:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=f"C{i}"
+            )
     ax.set_xlabel("Hoyer density (held-out tokens; 1 = dense)")
     ax.set_ylabel("reconstruction error ||X − X̂||² / ||X||²")
     ax.set_xlim(0, 1)
@@ -73,7 +76,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     common.save_figure(fig, path, dpi=110)
 
 
-def plot_lifted(rows: list[dict], path: Path, title: str, baselines: list[dict] = ()) -> None:
+def plot_lifted(rows: list[dict], path: Path, title: str, baselines: Sequence[dict] = ()) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -83,11 +86,18 @@ def plot_lifted(rows: list[dict], path: Path, title: str, baselines: list[dict] 
         xs = [r["hoyer_density"] for r in pts]
         ax.plot(xs, [r["ce_loss_recovered"] for r in pts], "o-", color=f"C{i}", label=f"{variant} (lifted)")
         ax2.plot(xs, [r["reconstruction_error"] for r in pts], "o-", color=f"C{i}", label=f"{variant} (lifted)")
-        for r, x in zip(pts, xs):
-            ax.annotate(f"α={r['alpha']:g}", (x, r["ce_loss_recovered"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for r, x in zip(pts, xs, strict=False):
+            ax.annotate(
+                f"α={r['alpha']:g}", (x, r["ce_loss_recovered"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
     for j, base in enumerate(baselines):
-        ax.axhline(base["ce_loss_recovered"], color=f"C{j + 5}", ls="--", lw=0.9,
-                   label=f"{base['variant']} (d_sae {base['d_sae']}, same parameters; density {base['hoyer_density']:.2f})")
+        ax.axhline(
+            base["ce_loss_recovered"],
+            color=f"C{j + 5}",
+            ls="--",
+            lw=0.9,
+            label=f"{base['variant']} (d_sae {base['d_sae']}, same parameters; density {base['hoyer_density']:.2f})",
+        )
     ax.set_xlabel("Hoyer density")
     ax.set_ylabel("CE loss recovered (spliced)")
     ax.set_title("splicing the lifted SAE into the model", fontsize=9)
@@ -123,7 +133,11 @@ def shape_summary(rows: list[dict]) -> dict[str, Any]:
             "runs_in_density_band": len(band),
             "error_in_band": [r["reconstruction_error"] for r in band],
             "paper_target_met": any(r["reconstruction_error"] < PAPER["error_below"] for r in band),
-            "error_spread_in_band": (max(r["reconstruction_error"] for r in band) - min(r["reconstruction_error"] for r in band)) if band else None,
+            "error_spread_in_band": (
+                max(r["reconstruction_error"] for r in band) - min(r["reconstruction_error"] for r in band)
+            )
+            if band
+            else None,
         }
     return out
 
@@ -139,13 +153,28 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
     d_sae = max(1, round((n_params - d_in) / (2 * d_in + 1)))  # W_enc, W_dec, b_enc, b_dec
     path = folder / f"topk-k{k}-f{d_sae}-s{args.steps}-b{args.batch_size}-lr{args.lr_mixed:g}-seed{args.seed}"
     if (path / "cfg.json").is_file() and (path / "experiment.json").is_file():
-        return load_any_from_disk(path, device="cpu"), float(json.loads((path / "experiment.json").read_text())["seconds"]), True
+        return (
+            load_any_from_disk(path, device="cpu"),
+            float(json.loads((path / "experiment.json").read_text())["seconds"]),
+            True,
+        )
     torch.manual_seed(args.seed)
     # SAELens's usual normalisation for raw residuals (norms in the hundreds), folded when saved.
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=min(k, d_sae), normalize_activations="expected_average_only_in"))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=min(k, d_sae), normalize_activations="expected_average_only_in")
+    )
     started = time.time()
-    train_on_activations(sae, activations, TrainingSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr_mixed,
-                                                            seed=args.seed, dead_feature_window=max(10, args.steps // 2)))
+    train_on_activations(
+        sae,
+        activations,
+        TrainingSettings(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr_mixed,
+            seed=args.seed,
+            dead_feature_window=max(10, args.steps // 2),
+        ),
+    )
     seconds = time.time() - started
     sae.save_inference_model(path)
     common.write_json(path / "experiment.json", {"k": k, "d_sae": d_sae, "seconds": seconds})
@@ -153,7 +182,7 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
+    p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
     p.add_argument("--lifted-variants", nargs="*", default=["mixed"], choices=VARIANTS,
@@ -184,15 +213,16 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         model = common.load_model(spec.model)
     acts = common.model_activations(spec, args.cache, model=model)
     how = "cached" if acts["seconds"] == 0 else "collected in {:.0f}s".format(acts["seconds"])
-    print(f"activations: train {tuple(acts['train'].shape)}, held-out {tuple(acts['heldout'].shape)} ({how})", flush=True)
+    print(
+        f"activations: train {tuple(acts['train'].shape)}, held-out {tuple(acts['heldout'].shape)} ({how})", flush=True
+    )
     folder = args.cache / "sweep" / Path(acts["cache_file"]).stem
 
     rows, lifted_rows = [], []
     runs = [(v, a, False) for v in args.variants for a in args.alphas]
     runs += [(v, a, True) for v in args.lifted_variants for a in args.alphas]
     for variant, alpha, lifted in runs:
-        run = common.RunSpec(variant=variant, alpha=alpha, lifted=lifted, d_sae=args.d_sae, steps=args.steps,
-                             batch_size=args.batch_size, lr=common.learning_rate(variant, args.lr, args.lr_mixed), seed=args.seed)
+        run = common.run_spec(args, variant, alpha, lifted, args.seed)
         sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
                                "train_seconds": seconds, "cached": cached}
@@ -209,7 +239,10 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
             rows.append(row)
         extra = f", CE recovered {row['ce_loss_recovered']:.3f}" if lifted else ""
         how = "cached" if cached else f"{seconds:.0f}s"
-        print(f"{run.name}: error {row['reconstruction_error']:.4f}, density {row['hoyer_density']:.3f}{extra} ({how})", flush=True)
+        print(
+            f"{run.name}: error {row['reconstruction_error']:.4f}, density {row['hoyer_density']:.3f}{extra} ({how})",
+            flush=True,
+        )
 
     baseline_rows = []
     if lifted_rows:
@@ -219,22 +252,52 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
             bos = acts.get("bos")
             metrics = evaluate_splice(model, sae, acts["eval_tokens"], hook_name=spec.hook,
                                       ignore_tokens=[bos] if bos is not None else None, progress=False).to_dict()
-            row = {"variant": f"SAELens TopK k={k}", "alpha": None, "d_sae": sae.cfg.d_sae, "n_params": sum(p.numel() for p in sae.parameters()),
-                   "train_seconds": seconds, "cached": cached, "hoyer_density": metrics["hoyer_density"],
-                   "reconstruction_error": None, "ce_loss_recovered": metrics["ce_loss_recovered"],
-                   **{f"splice_{key}": value for key, value in metrics.items()}}
+            row = {
+                "variant": f"SAELens TopK k={k}",
+                "alpha": None,
+                "d_sae": sae.cfg.d_sae,
+                "n_params": sum(p.numel() for p in sae.parameters()),
+                "train_seconds": seconds,
+                "cached": cached,
+                "hoyer_density": metrics["hoyer_density"],
+                "reconstruction_error": None,
+                "ce_loss_recovered": metrics["ce_loss_recovered"],
+                **{f"splice_{key}": value for key, value in metrics.items()},
+            }
             baseline_rows.append(row)
-            print(f"TopK k={k} baseline (d_sae {sae.cfg.d_sae}): CE recovered {row['ce_loss_recovered']:.3f}", flush=True)
+            print(
+                f"TopK k={k} baseline (d_sae {sae.cfg.d_sae}): CE recovered {row['ce_loss_recovered']:.3f}", flush=True
+            )
 
     out = args.out
     title = (f"{spec.model} {spec.hook}: d_sae={args.d_sae}, {args.steps} steps × {args.batch_size} tokens, "
              f"{acts['train'].shape[0]} training / {acts['heldout'].shape[0]} held-out tokens")
-    columns = ["variant", "alpha", "hoyer_density", "reconstruction_error", "reconstruction_error_median", "tokens_below_0.1", "dead_fraction"]
+    columns = [
+        "variant",
+        "alpha",
+        "hoyer_density",
+        "reconstruction_error",
+        "reconstruction_error_median",
+        "tokens_below_0.1",
+        "dead_fraction",
+    ]
     table = "## Unlifted (x⊗x error, the paper's setting)\n\n" + common.markdown_table(rows, columns)
     if lifted_rows:
-        lifted_columns = ["variant", "alpha", "hoyer_density", "reconstruction_error", "ce_loss_recovered",
-                          "splice_kl", "splice_explained_variance", "splice_ce_clean", "splice_ce_spliced", "splice_ce_zero_ablated"]
-        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + common.markdown_table(lifted_rows + baseline_rows, lifted_columns)
+        lifted_columns = [
+            "variant",
+            "alpha",
+            "hoyer_density",
+            "reconstruction_error",
+            "ce_loss_recovered",
+            "splice_kl",
+            "splice_explained_variance",
+            "splice_ce_clean",
+            "splice_ce_spliced",
+            "splice_ce_zero_ablated",
+        ]
+        table += "\n\n## Lifted (ũ⊗ũ error / 4; spliced into the model)\n\n" + common.markdown_table(
+            lifted_rows + baseline_rows, lifted_columns
+        )
     result = {
         "command": "python experiments/sparsity_sweep.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sae_bilinear import experiment_utils as common
+from sae_bilinear import kernels
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.similarity import compare
 
@@ -39,7 +40,11 @@ KEYS = ("operator_similarity", "operator_similarity_unsymmetrised", "matched_sim
 def _init(run: common.RunSpec, d_in: int) -> Any:
     """The untrained SAE of ``run`` (same seed, same init as training starts from)."""
     torch.manual_seed(run.seed)
-    return BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=d_in, d_sae=run.d_sae, variant=run.variant, lifted=run.lifted, alpha=run.alpha))
+    return BilinearTrainingSAE(
+        BilinearTrainingSAEConfig(
+            d_in=d_in, d_sae=run.d_sae, variant=kernels.check_variant(run.variant), lifted=run.lifted, alpha=run.alpha
+        )
+    )
 
 
 def _scores(a: Any, b: Any) -> dict[str, float]:
@@ -47,12 +52,14 @@ def _scores(a: Any, b: Any) -> dict[str, float]:
     return {k: result[k] for k in KEYS}
 
 
-def plot(variants: list[str], alphas: list[float], across: dict, seed_rows: list[dict], refs: list[dict], path: Path) -> None:
+def plot(
+    variants: list[str], alphas: list[float], across: dict, seed_rows: list[dict], refs: list[dict], path: Path
+) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(variants) + 4.5, 4), layout="constrained")
     axes = fig.subplots(1, len(variants) + 1, squeeze=False)[0]
-    for ax, variant in zip(axes, variants):
+    for ax, variant in zip(axes, variants, strict=False):
         n = len(alphas)
         matrix = torch.full((n, n), float("nan"))
         for (i, j), value in across[variant].items():
@@ -72,7 +79,10 @@ def plot(variants: list[str], alphas: list[float], across: dict, seed_rows: list
         ax.set_title(f"{variant}: similarity across α (seed 0)", fontsize=9)
     fig.colorbar(image, ax=axes[: len(variants)].tolist(), shrink=0.8)
     ax = axes[-1]
-    bars = [(f"{r['variant']} α={r['alpha']:g}\nseeds {r['seed_a']}/{r['seed_b']}", r["operator_similarity"], "C0") for r in seed_rows]
+    bars = [
+        (f"{r['variant']} α={r['alpha']:g}\nseeds {r['seed_a']}/{r['seed_b']}", r["operator_similarity"], "C0")
+        for r in seed_rows
+    ]
     bars += [(r["label"], r["operator_similarity"], "0.6") for r in refs]
     ax.barh(range(len(bars)), [b[1] for b in bars], color=[b[2] for b in bars])
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
@@ -85,10 +95,14 @@ def plot(variants: list[str], alphas: list[float], across: dict, seed_rows: list
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], NAME, HERE)
+    p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--variants", nargs="+", default=["vanilla", "mixed"])
-    p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.6, 1.0], help="α grid of the across-α comparison")
-    p.add_argument("--seed-alphas", type=float, nargs="+", default=[0.1, 0.6], help="α values trained with a second seed")
+    p.add_argument(
+        "--alphas", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.6, 1.0], help="α grid of the across-α comparison"
+    )
+    p.add_argument(
+        "--seed-alphas", type=float, nargs="+", default=[0.1, 0.6], help="α values trained with a second seed"
+    )
     p.add_argument("--other-seeds", type=int, nargs="+", default=[1])
     common.add_training_arguments(p)
     args = p.parse_args(argv)
@@ -104,8 +118,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     d_in = acts["train"].shape[-1]
 
     def get(variant: str, alpha: float, seed: int) -> Any:
-        run = common.RunSpec(variant=variant, alpha=alpha, lifted=False, d_sae=args.d_sae, steps=args.steps,
-                             batch_size=args.batch_size, lr=common.learning_rate(variant, args.lr, args.lr_mixed), seed=seed)
+        run = common.run_spec(args, variant, alpha, False, seed)
         sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
         how = "cached" if cached else f"trained in {seconds:.0f}s"
         print(f"{run.name}: {how}", flush=True)
@@ -117,10 +130,19 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         for alpha in args.seed_alphas:
             for other in args.other_seeds:
                 b, _ = get(variant, alpha, other)
-                row = {"variant": variant, "alpha": alpha, "seed_a": args.seed, "seed_b": other, **_scores(saes[alpha][0], b)}
+                row = {
+                    "variant": variant,
+                    "alpha": alpha,
+                    "seed_a": args.seed,
+                    "seed_b": other,
+                    **_scores(saes[alpha][0], b),
+                }
                 for side, sae in (("a", saes[alpha][0]), ("b", b)):  # held-out error and density of both
                     metrics = common.heldout_metrics(sae, acts["heldout"])
-                    row[f"error_{side}"], row[f"density_{side}"] = metrics["reconstruction_error"], metrics["hoyer_density"]
+                    row[f"error_{side}"], row[f"density_{side}"] = (
+                        metrics["reconstruction_error"],
+                        metrics["hoyer_density"],
+                    )
                 seed_rows.append(row)
                 print(f"{variant} α={alpha:g} seeds {args.seed}/{other}: {row['operator_similarity']:.4f}", flush=True)
         across[variant] = {}
@@ -136,12 +158,19 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         init_a = _init(run, d_in)
         init_b = _init(common.RunSpec(**{**run.__dict__, "seed": args.other_seeds[0]}), d_in)
         refs.append({"variant": variant, "label": f"{variant}: two random inits", **_scores(init_a, init_b)})
-        refs.append({"variant": variant, "label": f"{variant} α={alpha:g}: trained vs its init", **_scores(sae, init_a)})
+        refs.append(
+            {"variant": variant, "label": f"{variant} α={alpha:g}: trained vs its init", **_scores(sae, init_a)}
+        )
 
     out = args.out
     cols = ["variant", "alpha", "seed_a", "seed_b", *KEYS, "error_a", "error_b", "density_a", "density_b"]
     table = "## Seeds at equal α\n\n" + common.markdown_table(seed_rows, cols)
-    table += "\n\n## Across α (seed " + str(args.seed) + ")\n\n" + common.markdown_table(across_rows, ["variant", "alpha_a", "alpha_b", *KEYS])
+    table += (
+        "\n\n## Across α (seed "
+        + str(args.seed)
+        + ")\n\n"
+        + common.markdown_table(across_rows, ["variant", "alpha_a", "alpha_b", *KEYS])
+    )
     table += "\n\n## References\n\n" + common.markdown_table(refs, ["label", *KEYS])
     result = {
         "command": "python experiments/stability.py" + (" --tiny" if args.tiny else ""),

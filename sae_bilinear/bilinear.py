@@ -116,7 +116,9 @@ class BilinearTrainingSAE(BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig])
         sae_in = step_input.sae_in
         valid = kernels.unit_tokens(sae_in.reshape(-1, sae_in.shape[-1])).valid
         alpha = step_input.coefficients.get("alpha", self.cfg.alpha)
-        return {"density_penalty": self._density_penalty(feature_acts.reshape(-1, feature_acts.shape[-1]), valid, alpha)}
+        return {
+            "density_penalty": self._density_penalty(feature_acts.reshape(-1, feature_acts.shape[-1]), valid, alpha)
+        }
 
     def _density_penalty(
         self, latents: Tensor, valid: Tensor, alpha: float, support: tuple[Tensor, Tensor] | None = None
@@ -127,7 +129,9 @@ class BilinearTrainingSAE(BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig])
         if support is None:
             return alpha * kernels.density(latents, valid, ordered=ordered)
         indices, values = support
-        return alpha * kernels.weighted_density(kernels.sparse_hoyer_density(values, indices, self.cfg.d_sae, valid), ordered)
+        return alpha * kernels.weighted_density(
+            kernels.sparse_hoyer_density(values, indices, self.cfg.d_sae, valid), ordered
+        )
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -142,7 +146,12 @@ class BilinearTrainingSAE(BilinearMixin, TrainingSAE[BilinearTrainingSAEConfig])
             flat_indices = indices.reshape(-1, indices.shape[-1])
             support = (flat_indices, sparse.reshape(-1, sparse.shape[-1]).gather(-1, flat_indices))
         objective = self._kernel_error(
-            dense, sparse, tokens.valid, ordered=ordered, indices=indices, values=None if support is None else support[1]
+            dense,
+            sparse,
+            tokens.valid,
+            ordered=ordered,
+            indices=indices,
+            values=None if support is None else support[1],
         )
         error = kernels.masked_mean(objective.error, tokens.valid)
         alpha = step_input.coefficients.get("alpha", self.cfg.alpha)

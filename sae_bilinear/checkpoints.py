@@ -95,7 +95,9 @@ def read_marker(folder: str | Path) -> dict[str, Any]:
         if not isinstance(marker.get(key) if isinstance(marker, dict) else None, kind):
             raise DataFileError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
     if marker["format"] > MARKER_FORMAT:
-        raise DataFileError(f"{path} has format {marker['format']}; this sae-bilinear reads {MARKER_FORMAT}: upgrade it")
+        raise DataFileError(
+            f"{path} has format {marker['format']}; this sae-bilinear reads {MARKER_FORMAT}: upgrade it"
+        )
     return marker
 
 

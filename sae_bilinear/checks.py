@@ -34,7 +34,7 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from jaxtyping import Int
@@ -252,7 +252,7 @@ def check_hook(model: Any, hook_name: str) -> None:
 def check_model_hook(model: Any, hook_name: str) -> None:
     """:func:`check_hook`, and refuse a HookedSAETransformer with an SAE already attached at
     ``hook_name`` (its "clean" pass would already be spliced)."""
-    attached = getattr(model, "acts_to_saes", None)  # a property of HookedSAETransformer
+    attached: Any = getattr(model, "acts_to_saes", None)  # a property of HookedSAETransformer
     if callable(attached):
         attached = attached()
     if attached and hook_name in attached:
@@ -337,8 +337,8 @@ def check_tokens(model: Any, tokens: Tensor, min_length: int = 2) -> Int[Tensor,
 # ----------------------------------------------------------------------------------------------
 
 
-def is_bilinear(sae: Any) -> bool:
-    """True for :class:`BilinearSAE` and :class:`BilinearTrainingSAE`."""
+def is_bilinear(sae: Any) -> TypeGuard[BilinearSAE | BilinearTrainingSAE]:
+    """True for :class:`BilinearSAE` and :class:`BilinearTrainingSAE` (and type checkers then know it)."""
     return isinstance(sae, (BilinearSAE, BilinearTrainingSAE))
 
 
@@ -412,7 +412,12 @@ def check_latent(sae: SAE[Any], latent: int) -> int:
     """Return ``latent`` as an int; refuse a non-integer (:class:`ConfigTypeError`) or one
     outside ``0 <= latent < d_sae`` (:class:`IndexRangeError`)."""
     d_sae = sae.cfg.d_sae
-    if isinstance(latent, Tensor) and latent.numel() == 1 and not latent.is_floating_point() and latent.dtype != torch.bool:
+    if (
+        isinstance(latent, Tensor)
+        and latent.numel() == 1
+        and not latent.is_floating_point()
+        and latent.dtype != torch.bool
+    ):
         latent = int(latent)
     if not isinstance(latent, numbers.Integral) or isinstance(latent, bool):
         raise ConfigTypeError(f"a latent index must be an int, got {latent!r}")
@@ -426,11 +431,14 @@ def check_latent(sae: SAE[Any], latent: int) -> int:
 
 def check_latents(sae: SAE[Any], latents: int | Sequence[int] | Tensor) -> list[int]:
     """Validate one or several latent indices (see :func:`check_latent`); at least one."""
+    items: list[Any]
     if isinstance(latents, Tensor):
-        latents = [latents] if latents.ndim == 0 else list(latents.reshape(-1))
-    elif isinstance(latents, (numbers.Integral, str)):
-        latents = [latents]  # type: ignore[list-item]
-    checked = [check_latent(sae, j) for j in latents]
+        items = [latents] if latents.ndim == 0 else list(latents.reshape(-1))
+    elif isinstance(latents, (int, numbers.Integral, str)):
+        items = [latents]  # check_latent refuses a str by name
+    else:
+        items = list(latents)
+    checked = [check_latent(sae, j) for j in items]
     if not checked:
         raise ConfigError("no latents given: pass at least one latent index")
     return checked

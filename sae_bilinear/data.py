@@ -195,7 +195,9 @@ def _split_corpus(name: str, documents: list[str], heldout_every: int) -> TextCo
     return TextCorpus(
         name=name,
         train=Documents(train, f"the training split of {name} ({len(train)} of its {n} document(s))"),
-        heldout=Documents(heldout, f"the held-out split of {name} (every {_ordinal(heldout_every)} of its {n} document(s))"),
+        heldout=Documents(
+            heldout, f"the held-out split of {name} (every {_ordinal(heldout_every)} of its {n} document(s))"
+        ),
     )
 
 

@@ -33,8 +33,9 @@ What is reused from SAELens and what is not:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -157,7 +158,7 @@ def _check_something_to_score(tokens: Tensor, ignore_tokens: list[int]) -> None:
         )
 
 
-def activation_mean(activations: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
+def activation_mean(activations: Float[Tensor, "n ..."]) -> Float[Tensor, ...]:
     """The mean ``[*shape]`` of activations ``[n, *shape]`` (e.g. the training activations of
     the main job, ``[n_tokens, d_in]``), accumulated in float64 and returned in their dtype.
 
@@ -297,7 +298,9 @@ def evaluate_splice(
         raise ConfigError(f"model_kwargs must be a mapping of keyword arguments, got {type(model_kwargs).__name__}")
     if activation_scaler is not None:
         if not isinstance(activation_scaler, ActivationScaler):
-            raise ConfigError(f"activation_scaler must be a SAELens ActivationScaler, got {type(activation_scaler).__name__}")
+            raise ConfigError(
+                f"activation_scaler must be a SAELens ActivationScaler, got {type(activation_scaler).__name__}"
+            )
         if activation_scaler.scaling_factor is not None:
             check_finite_float("activation_scaler.scaling_factor", activation_scaler.scaling_factor, lo=0, lo_open=True)
     if not isinstance(mean_source, str) or not mean_source:

@@ -54,16 +54,20 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def parser(description: str, name: str, folder: Path) -> argparse.ArgumentParser:
+def parser(docstring: str | None, name: str, folder: Path) -> argparse.ArgumentParser:
     """An argument parser with the flags every script shares: --out, --tiny, --seed, --cache.
 
+    ``docstring`` is the script's ``__doc__``: its first paragraph describes the script.
     ``folder`` is the script's own folder: results default to ``folder/results/name``, the
     cache to ``folder/cache``, wherever the script is run from."""
+    description = (docstring or "").split("\n\n")[0]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=folder / "results" / name, help="folder for the JSON and PNG results")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke setting (tests); numbers are meaningless")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation")
-    p.add_argument("--cache", type=Path, default=folder / "cache", help="folder for cached activations and trained SAEs")
+    p.add_argument(
+        "--cache", type=Path, default=folder / "cache", help="folder for cached activations and trained SAEs"
+    )
     return p
 
 
@@ -139,7 +143,9 @@ class ActivationSpec:
 TINY_MODEL = "tiny-qwen3"
 """A 2-layer, d=32 Qwen3 with random weights and the real tokenizer: the --tiny settings' model."""
 
-TINY_SPEC = ActivationSpec(hook="blocks.1.hook_resid_pre", train_contexts=24, eval_contexts=2, context_size=32, model=TINY_MODEL)
+TINY_SPEC = ActivationSpec(
+    hook="blocks.1.hook_resid_pre", train_contexts=24, eval_contexts=2, context_size=32, model=TINY_MODEL
+)
 
 
 def load_model(name: str = "smollm2-135m") -> Any:
@@ -224,7 +230,10 @@ class RunSpec:
     @property
     def name(self) -> str:
         lift = "lifted" if self.lifted else "unlifted"
-        return f"{self.variant}-{lift}-a{round(self.alpha * 100):03d}-f{self.d_sae}-s{self.steps}-b{self.batch_size}-lr{self.lr:g}-seed{self.seed}"
+        return (
+            f"{self.variant}-{lift}-a{round(self.alpha * 100):03d}-f{self.d_sae}-s{self.steps}-b{self.batch_size}"
+            f"-lr{self.lr:g}-seed{self.seed}"
+        )
 
 
 LR = 1e-2
@@ -248,6 +257,20 @@ def add_training_arguments(p: argparse.ArgumentParser, steps: int = 100) -> None
     p.add_argument("--lr-mixed", type=float, default=LR_MIXED, help="Adam learning rate, mixed and combined")
 
 
+def run_spec(args: argparse.Namespace, variant: str, alpha: float, lifted: bool, seed: int) -> RunSpec:
+    """The :class:`RunSpec` of one run from the options of :func:`add_training_arguments`."""
+    return RunSpec(
+        variant=variant,
+        alpha=alpha,
+        lifted=lifted,
+        d_sae=args.d_sae,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=learning_rate(variant, args.lr, args.lr_mixed),
+        seed=seed,
+    )
+
+
 def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = False) -> tuple[Any, float]:
     """Train one bilinear SAE with SAELens's trainer on cached activations; ``(sae, seconds)``.
 
@@ -257,14 +280,18 @@ def train_bilinear(activations: torch.Tensor, run: RunSpec, progress: bool = Fal
     cfg = BilinearTrainingSAEConfig(
         d_in=activations.shape[-1],
         d_sae=run.d_sae,
-        variant=run.variant,
+        variant=kernels.check_variant(run.variant),
         lifted=run.lifted,
         alpha=run.alpha,
         alpha_warm_up_steps=default_alpha_warm_up_steps(run.steps),
     )
     sae = BilinearTrainingSAE(cfg)
     settings = TrainingSettings(
-        steps=run.steps, batch_size=run.batch_size, lr=run.lr, seed=run.seed, dead_feature_window=max(10, run.steps // 2)
+        steps=run.steps,
+        batch_size=run.batch_size,
+        lr=run.lr,
+        seed=run.seed,
+        dead_feature_window=max(10, run.steps // 2),
     )
     started = time.time()
     sink = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())

@@ -29,7 +29,8 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_bilinear import interventions as iv, toy
+from sae_bilinear import interventions as iv
+from sae_bilinear import toy
 from sae_bilinear.checks import check_can_splice, check_tokens, is_bilinear
 from sae_bilinear.errors import ConfigError, DataFileError, OutputExistsError, UserError
 from sae_bilinear.hook_figures import ablate_figure, steer_figure, walk_figure
@@ -111,17 +112,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def text_tokens(model: Model, text: str, n_seqs: int, context: int) -> Int[Tensor, "n context"]:
     """Up to ``n_seqs`` consecutive contexts of ``text``, each starting with BOS when the model
     expects it (fewer when the text is short)."""
-    if getattr(model, "tokenizer", None) is None:
+    tokenizer: Any = getattr(model, "tokenizer", None)
+    if tokenizer is None:
         raise ConfigError(f"the model {model.cfg.model_name!r} has no tokenizer, so it cannot read text")
-    ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    bos_id = model.tokenizer.bos_token_id
-    bos = bool(model.cfg.default_prepend_bos) and bos_id is not None
-    body = context - 1 if bos else context
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    bos_id: int | None = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    body = context - 1 if bos_id is not None else context
     n = min(n_seqs, len(ids) // body)
     if n == 0:
         raise ConfigError(f"the text has {len(ids)} tokens, fewer than one context of {body}: give a longer --text")
     rows = ids[: n * body].reshape(n, body)
-    if bos:
+    if bos_id is not None:
         rows = torch.cat([torch.full((n, 1), bos_id, dtype=rows.dtype), rows], dim=1)
     return rows
 
@@ -159,9 +160,10 @@ def token_str(model: Model, token: int) -> str:
 
 def tokens_str(model: Model, tokens: Sequence[int] | Tensor) -> str:
     """Tokens as text; ``<id> <id> …`` for a model without a tokenizer (the toy)."""
-    if getattr(model, "tokenizer", None) is None:
+    tokenizer: Any = getattr(model, "tokenizer", None)
+    if tokenizer is None:
         return " ".join(f"<{int(t)}>" for t in tokens)
-    return model.tokenizer.decode([int(t) for t in tokens])
+    return tokenizer.decode([int(t) for t in tokens])
 
 
 def _top(model: Model, scores: Tensor, k: int, largest: bool = True) -> list[list[Any]]:
@@ -210,6 +212,7 @@ def _clean_statistics(model: Model, sae: SAE[Any], hook: str, batches: list[Tens
     sums = {key: torch.zeros(d_sae, dtype=torch.float64) for key in ("f", "abs", "contribution", "active")}
     loss_total, n_losses, n_positions = 0.0, 0, 0
     for batch in batches:
+        loss: Any
         loss, cache = model.run_with_cache(batch, names_filter=hook, return_type="loss", loss_per_token=True)
         loss_total += float(loss.double().sum())
         n_losses += loss.numel()
@@ -340,7 +343,7 @@ def steer(
         with iv.interventions(model, [(hook, steering), (hook, record)]):
             logits = model(prompt)[0, -1]
             latent_after = float(sae.encode(seen[0].unsqueeze(0).to(sae.device))[0, latent])
-            generated = prompt
+            generated: Any = prompt  # model.generate's return type is a union over return_type
             if max_new:
                 generated = model.generate(
                     prompt,

@@ -387,7 +387,7 @@ def top_tokens(logits: Tensor, k: int = 10, largest: bool = True) -> list[tuple[
     """``k`` (token id, value) pairs of a 1-D logit vector, largest (or smallest) first."""
     k = min(check_int("k", k, lo=1), logits.shape[-1])
     result = logits.detach().float().topk(k, largest=largest)
-    return [(int(i), float(v)) for v, i in zip(result.values, result.indices)]
+    return [(int(i), float(v)) for v, i in zip(result.values, result.indices, strict=False)]
 
 
 def unembedding_effect(model: Any, sae: SAE[Any], latent: int) -> Tensor | None:

@@ -18,7 +18,7 @@ raises an error that names the offending dimension.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import torch
 from beartype import beartype
@@ -36,11 +36,12 @@ BACKWARDS: tuple[str, ...] = ("fused", "autograd")
 typechecked = jaxtyped(typechecker=beartype)
 
 
-def check_variant(variant: str) -> None:
-    """Raise a :class:`~sae_bilinear.errors.ConfigError` naming the valid variants when
-    ``variant`` is not one of them."""
+def check_variant(variant: object) -> Variant:
+    """``variant`` itself, typed as a :data:`Variant`; a :class:`~sae_bilinear.errors.ConfigError`
+    naming the valid variants when it is not one of them."""
     if not isinstance(variant, str) or variant not in VARIANTS:
         raise ConfigError(f"variant: unknown bilinear variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return cast(Variant, variant)
 
 
 def is_mixed(variant: str) -> bool:

@@ -23,9 +23,9 @@ from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, DataFileError
 from sae_bilinear.hub import load_any_from_disk
-from sae_bilinear.kernels import VARIANTS
+from sae_bilinear.kernels import VARIANTS, Variant
 from sae_bilinear.latent_pages import analyze_latent
-from sae_bilinear.muon import check_ns_dtype
+from sae_bilinear.muon import NSDtype, check_ns_dtype
 from sae_bilinear.outputs import check_output_folder, prepare_output_folder, publish_folder, write_text_atomic
 from sae_bilinear.train import OPTIMIZERS, TrainingSettings, collect_activations, train_on_activations
 from sae_bilinear.values import check_bool, check_choice, check_finite_float, check_int, check_str
@@ -63,7 +63,7 @@ class MainJobConfig:
     """Held-out contexts for the splice evaluation."""
     expansion: int = 2
     """d_sae = expansion × d_model (the paper uses 16 on a GPU)."""
-    variant: str = "mixed"
+    variant: Variant = "mixed"
     """vanilla | ordered | mixed | combined."""
     alpha: float = 0.1
     """Hoyer density weight (>= 0); warmed up over the first quarter of the steps."""
@@ -75,7 +75,7 @@ class MainJobConfig:
     """Peak learning rate (see benchmarks/results/optimizer_comparison_smollm2-135m.json)."""
     optimizer: str = "adam"
     """``adam`` (SAELens's) or ``muon``."""
-    ns_dtype: str = "auto"
+    ns_dtype: NSDtype = "auto"
     """Muon's Newton–Schulz arithmetic: float32 | bfloat16 | auto (the faster on the device)."""
     baseline: str = "topk"
     """Linear SAELens baseline trained on the same activations: topk | standard | none."""
@@ -104,7 +104,15 @@ class MainJobConfig:
         for name in ("model", "hook_name", "corpus"):
             check_str(name, getattr(self, name))
         check_bool("atlas", self.atlas)
-        for name in ("context_size", "train_contexts", "eval_contexts", "expansion", "steps", "batch_size", "baseline_k"):
+        for name in (
+            "context_size",
+            "train_contexts",
+            "eval_contexts",
+            "expansion",
+            "steps",
+            "batch_size",
+            "baseline_k",
+        ):
             check_int(name, getattr(self, name), 1)
         for name in ("n_latents", "seed", "checkpoints"):
             check_int(name, getattr(self, name), 0)
@@ -139,9 +147,13 @@ def _baseline_sae(config: MainJobConfig, d_in: int, bilinear_params: int) -> Any
     norm = "expected_average_only_in"
     if config.baseline == "topk":
         k = min(config.baseline_k, d_sae)
-        return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=norm, device=config.device))
+        return TopKTrainingSAE(
+            TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=norm, device=config.device)
+        )
     return StandardTrainingSAE(
-        StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=1.0, normalize_activations=norm, device=config.device)
+        StandardTrainingSAEConfig(
+            d_in=d_in, d_sae=d_sae, l1_coefficient=1.0, normalize_activations=norm, device=config.device
+        )
     )
 
 
@@ -214,7 +226,9 @@ def run_main_job(
 
     corpus = data.load_corpus(config.corpus)
     if not isinstance(corpus, data.TextCorpus):
-        raise ConfigError(f"corpus: the main job reads local text; {config.corpus!r} is a Hub dataset (use `train --config`)")
+        raise ConfigError(
+            f"corpus: the main job reads local text; {config.corpus!r} is a Hub dataset (use `train --config`)"
+        )
     if model is None:
         _log(f"loading {config.model}")
         model = models.load_model(config.model, device=config.device, dtype=config.dtype)
@@ -228,7 +242,10 @@ def run_main_job(
     )
     train_tokens = tokenize(corpus.train, config.train_contexts)
     eval_tokens = tokenize(corpus.heldout, config.eval_contexts)
-    _log(f"{corpus.name}: {train_tokens.shape[0]} training and {eval_tokens.shape[0]} held-out contexts of {config.context_size}")
+    _log(
+        f"{corpus.name}: {train_tokens.shape[0]} training and {eval_tokens.shape[0]} held-out contexts "
+        f"of {config.context_size}"
+    )
 
     skip = 1 if prepend_bos else 0  # BOS activations are norm outliers, not text
     activations = collect_activations(model, train_tokens, config.hook_name, skip_first=skip)
@@ -273,9 +290,15 @@ def run_main_job(
     inference = _load_sae(stage / "sae", config.device)
     # BOS positions are excluded, as SAELens's evals do: their activations are norm outliers.
     ignore = [model.tokenizer.bos_token_id] if prepend_bos and model.tokenizer.bos_token_id is not None else None
-    results["bilinear"] = evaluate.evaluate_splice(
-        model, inference, eval_tokens, hook_name=config.hook_name, ignore_tokens=ignore, mean_activation=mean_activation,
-    ).to_dict()
+    splice = evaluate.evaluate_splice(
+        model,
+        inference,
+        eval_tokens,
+        hook_name=config.hook_name,
+        ignore_tokens=ignore,
+        mean_activation=mean_activation,
+    )
+    results["bilinear"] = splice.to_dict()
 
     baseline_seconds = None
     if config.baseline != "none":
@@ -311,7 +334,7 @@ def run_main_job(
         "model": config.model,
         "hook": config.hook_name,
         "tokens": int(activations.shape[0]),
-        "eval_tokens": int(results["bilinear"]["n_tokens"]),
+        "eval_tokens": splice.n_tokens,
         "mean_ablation_source": mean_source,
         "training_seconds": bilinear_seconds,
         "seconds": None,  # filled below
@@ -346,7 +369,9 @@ def _load_sae(folder: Path, device: str) -> Any:
 
 
 @torch.no_grad()
-def token_activations(model: Any, tokens: torch.Tensor, hook_name: str, skip: int) -> tuple[torch.Tensor, list[str], list[str]]:
+def token_activations(
+    model: Any, tokens: torch.Tensor, hook_name: str, skip: int
+) -> tuple[torch.Tensor, list[str], list[str]]:
     """Held-out activations with, per token, its string and a short context ending at it."""
     acts = collect_activations(model, tokens, hook_name, skip_first=skip, progress=False)
     tokenizer = model.tokenizer

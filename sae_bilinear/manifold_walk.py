@@ -46,7 +46,9 @@ def latent_eigenvectors(sae: SAE[Any], latent: int) -> LatentEigen:
     latent is the linear term, which moves with u but has no direction of its own in u-space).
     """
     if not is_bilinear(sae):
-        raise ConfigTypeError(f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}")
+        raise ConfigTypeError(
+            f"eigenvectors of a latent's quadratic form need a bilinear SAE, got {type(sae).__name__}"
+        )
     latent = check_latent(sae, latent)
     spectrum = rank2_spectrum(sae.W_left[latent].detach(), sae.W_right[latent].detach())
     return LatentEigen(values=spectrum.eigenvalues, vectors=spectrum.eigenvectors.T)
@@ -67,7 +69,9 @@ class WalkHook(SAEHook):
         self.direction = check_finite_tensor("direction", direction.detach(), shape=(sae.cfg.d_in,))
         t = finite_amount("t", t)
         if isinstance(t, Tensor) and t.ndim > 1:
-            raise ConfigError(f"t must be a number or a 1-D tensor of one step per batch row, got shape {tuple(t.shape)}")
+            raise ConfigError(
+                f"t must be a number or a 1-D tensor of one step per batch row, got shape {tuple(t.shape)}"
+            )
         self.t = t
 
     def transform(self, x: Tensor) -> Tensor:
@@ -95,7 +99,9 @@ def walk_hook(
     by ``t · ||x||``. ``t`` may be a tensor ``[batch]``: one step per batch row (a whole walk in one
     forward pass)."""
     if isinstance(eigen, bool) or eigen not in (0, 1):
-        raise ConfigError(f"a bilinear latent has two eigenvectors with non-zero eigenvalue: eigen must be 0 or 1, got {eigen!r}")
+        raise ConfigError(
+            f"a bilinear latent has two eigenvectors with non-zero eigenvalue: eigen must be 0 or 1, got {eigen!r}"
+        )
     return WalkHook(sae, latent_eigenvectors(sae, latent).vectors[eigen], t, hook_name, positions)
 
 
@@ -195,11 +201,13 @@ def walk_manifold(
     lens = _is_residual_hook(hook) and x.shape[-1] == model.cfg.d_model and hasattr(model, "unembed")
 
     batch = tokens.expand(steps.numel(), -1)
+    # Training SAEs give the latents before TopK/JumpReLU (what the walk records); others encode.
+    encode_with_hidden_pre: Any = getattr(sae, "encode_with_hidden_pre", None)
     values, logits, lens_logits = [], [], []
     for k in eigen:
         vector = decomposition.vectors[k].to(device=x.device, dtype=x.dtype)
         moved = x + steps.to(x.device, x.dtype).unsqueeze(-1) * norm.to(x.dtype) * vector  # [n_steps, d]
-        dense = sae.encode_with_hidden_pre(moved)[1] if hasattr(sae, "encode_with_hidden_pre") else sae.encode(moved)
+        dense = encode_with_hidden_pre(moved)[1] if encode_with_hidden_pre is not None else sae.encode(moved)
         values.append(dense[:, latent].float().cpu())
         fn = WalkHook(sae, decomposition.vectors[k], steps, hook, positions=[position])
         out = model.run_with_hooks(batch, fwd_hooks=[(hook, fn)])

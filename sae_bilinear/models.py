@@ -41,9 +41,10 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -215,7 +216,7 @@ def _clean_hf_config(hf_model: PreTrainedModel) -> Any:
     if not getattr(config, "architectures", None):
         config.architectures = [type(hf_model).__name__]
     if hasattr(config, "quantization_config"):
-        del config.quantization_config
+        delattr(config, "quantization_config")
     return config
 
 
@@ -434,8 +435,9 @@ def _gguf_to_hf_folder(gguf_file: Path, destination: Path) -> None:
     # The weights are dequantised fp32 now; drop what still says "gguf".
     hf_model.config.architectures = ["LlamaForCausalLM"]
     if hasattr(hf_model.config, "quantization_config"):
-        del hf_model.config.quantization_config
-    hf_model.hf_quantizer = None
+        delattr(hf_model.config, "quantization_config")
+    # torch annotates Module attributes as Tensor | Module; transformers keeps a plain attribute here.
+    hf_model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
     hf_model.config._name_or_path = SMOLLM2_MODEL_NAME
     hf_model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)

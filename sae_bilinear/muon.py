@@ -86,12 +86,12 @@ def _time_matmul(size: int, dtype: torch.dtype, device: torch.device, repeats: i
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    a @ a  # warm-up: kernel selection, lazy initialisation
+    _ = a @ a  # warm-up: kernel selection, lazy initialisation
     sync()
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ a
+        _ = a @ a
         sync()
         best = min(best, time.perf_counter() - start)
     return best
@@ -201,22 +201,22 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, group)
+                    self._update(p, p.grad, group)
         return loss
 
-    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
-        if p.grad.is_sparse or torch.is_complex(p):
+    def _update(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        if grad.is_sparse or torch.is_complex(p):
             raise RuntimeError("Muon supports dense real matrices only")
         if group["ns_dtype"] == "auto":
             # Resolved once and stored: state_dict then records the arithmetic actually used.
             group["ns_dtype"] = resolve_ns_dtype("auto", p.device)
         state = self.state[p]
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
         buffer = state["momentum_buffer"]
         momentum = group["momentum"]
-        buffer.lerp_(p.grad, 1 - momentum)
-        direction = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+        buffer.lerp_(grad, 1 - momentum)
+        direction = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
         update = orthogonalize(
             direction, group["ns_steps"], group["ns_coefficients"], _TORCH_DTYPES[group["ns_dtype"]], group["eps"]
         )

@@ -100,7 +100,7 @@ def qwen3_tiny_hf(
     n_kv_heads: int = 2,
     d_mlp: int = 128,
     seed: int = 0,
-    tokenizer: Any | None = None,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any]:
     """A small random ``Qwen3ForCausalLM`` with Qwen3's real vocabulary, and its tokenizer.
 
@@ -127,7 +127,8 @@ def qwen3_tiny_hf(
         num_key_value_heads=n_kv_heads,
         head_dim=d_model // n_heads,
         max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
+        # transformers 4.x has the field; 5.x takes it as a legacy keyword into rope_parameters.
+        rope_theta=1_000_000.0,  # pyright: ignore[reportCallIssue]
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,

@@ -102,7 +102,9 @@ def finite_amount(name: str, value: Any) -> float | Tensor:
     if isinstance(value, Tensor):
         return check_finite_tensor(name, value)
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return check_finite_tensor(name, torch.as_tensor([check_finite_float(f"{name}[{i}]", v) for i, v in enumerate(value)]))
+        return check_finite_tensor(
+            name, torch.as_tensor([check_finite_float(f"{name}[{i}]", v) for i, v in enumerate(value)])
+        )
     return check_finite_float(name, value)
 
 

@@ -84,7 +84,8 @@ class SweepResult(dict[str, Any]):
 
 def _require_ray() -> Any:
     try:
-        import ray
+        # Optional (the 'sweep' extra): type-checked where it is installed, absent elsewhere.
+        import ray  # pyright: ignore[reportMissingImports]
     except ImportError as error:
         raise errors.MissingDependencyError(
             f"sweeps on Ray need the 'sweep' extra: {RAY_PIP}; or pass --local to run the members one after another"
@@ -139,7 +140,10 @@ def collect_group(group: Group, root: Path, device: str, log: Callable[[str], No
         )
         folder = activation_store.store_folder(root, store_settings)
         if not folder.is_dir():
-            log(f"group {group.key}: collecting {part} activations of {settings['hook_name']} ({tokens.shape[0]} contexts)")
+            log(
+                f"group {group.key}: collecting {part} activations of {settings['hook_name']} "
+                f"({tokens.shape[0]} contexts)"
+            )
             activation_store.collect(root, model, tokens, store_settings)
             ran = True
         folders.append(folder)
@@ -198,7 +202,9 @@ class Progress:
         if row["status"] == "done":
             self.done.add(name)
             what = "skipped (already finished)" if row.get("skipped") else f"done in {row.get('seconds', 0):.0f} s"
-            numbers = ", ".join(f"{k} {row[k]:.3g}" for k in ("error", "hoyer_density", "l0") if isinstance(row.get(k), float))
+            numbers = ", ".join(
+                f"{k} {row[k]:.3g}" for k in ("error", "hoyer_density", "l0") if isinstance(row.get(k), float)
+            )
             self.line(f"{name}: {what}" + (f" — {numbers}" if numbers else ""))
         else:
             self.failed.add(name)
@@ -210,12 +216,16 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 
 
-def _member_args(member: Member, plan_out: Path, stores: dict[str, tuple[Path, Path]], options: SweepOptions) -> tuple[Any, ...]:
+def _member_args(
+    member: Member, plan_out: Path, stores: dict[str, tuple[Path, Path]], options: SweepOptions
+) -> tuple[Any, ...]:
     train, heldout = stores[member.group]
     return (member.name, member.config, str(plan_out), str(train), str(heldout), options.n_checkpoints, options.threads)
 
 
-def _run_local(members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress) -> list[dict[str, Any]]:
+def _run_local(
+    members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress
+) -> list[dict[str, Any]]:
     rows = []
     for member in members:
         progress.line(f"{member.name}: training (local)")
@@ -225,7 +235,9 @@ def _run_local(members: list[Member], stores: dict[str, tuple[Path, Path]], opti
     return rows
 
 
-def _run_ray(members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress) -> list[dict[str, Any]]:
+def _run_ray(
+    members: list[Member], stores: dict[str, tuple[Path, Path]], options: SweepOptions, progress: Progress
+) -> list[dict[str, Any]]:
     ray = _require_ray()
     started_here = not ray.is_initialized()
     if started_here:

@@ -211,7 +211,9 @@ def _read_metrics(out: Path, name: str) -> dict[str, Any]:
     return json.loads((final_folder(out, name) / METRICS_FILE).read_text())
 
 
-def _train(name: str, config: dict[str, Any], out: Path, train_store: Path, heldout_store: Path, n_checkpoints: int) -> dict[str, Any]:
+def _train(
+    name: str, config: dict[str, Any], out: Path, train_store: Path, heldout_store: Path, n_checkpoints: int
+) -> dict[str, Any]:
     started = time.time()
     config = copy.deepcopy(config)
     config["output_path"] = None  # the member decides where it writes

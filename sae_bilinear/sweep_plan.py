@@ -152,7 +152,9 @@ def plan_sweep(path: str | Path) -> SweepPlan:
         groups.setdefault(key, []).append(name)
         members.append(Member(name=name, config=config, group=key))
     plan = SweepPlan(source=path, members=members)
-    plan.groups = {key: Group(key=key, settings=settings_of[key], members=tuple(names)) for key, names in groups.items()}
+    plan.groups = {
+        key: Group(key=key, settings=settings_of[key], members=tuple(names)) for key, names in groups.items()
+    }
     return plan
 
 

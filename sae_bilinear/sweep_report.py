@@ -47,7 +47,11 @@ def _curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, An
     """Finished bilinear members by variant, sorted by α (one Pareto curve each)."""
     curves: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        if row.get("status") == "done" and isinstance(row.get("error"), float) and isinstance(row.get("hoyer_density"), float):
+        if (
+            row.get("status") == "done"
+            and isinstance(row.get("error"), float)
+            and isinstance(row.get("hoyer_density"), float)
+        ):
             curves.setdefault(str(row.get("variant")), []).append(row)
     return {k: sorted(v, key=lambda r: (r.get("alpha") is None, r.get("alpha") or 0.0)) for k, v in curves.items()}
 
@@ -83,7 +87,7 @@ def write_pareto_png(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         xs = [m["hoyer_density"] for m in members]
         ys = [m["error"] for m in members]
         ax.plot(xs, ys, marker="o", label=variant)
-        for m, x, y in zip(members, xs, ys):
+        for m, x, y in zip(members, xs, ys, strict=False):
             if m.get("alpha") is not None:
                 ax.annotate(f"α{m['alpha']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xlabel("Hoyer density (held-out)")

@@ -80,6 +80,7 @@ __all__ = [
     "BilinearTrainingRunner",
     "MuonWithAdamW",
     "OptimizerName",
+    "ResumableTrainer",
     "ShuffledBatches",
     "TrainingSettings",
     "check_train_config",
@@ -170,7 +171,8 @@ def use_optimizer(
         return
     cfg = trainer.cfg
     lr = cfg.lr if lr is None else lr
-    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr, ns_dtype=ns_dtype)
+    # SAELens annotates the attribute as Adam; the trainer only calls the Optimizer interface.
+    trainer.optimizer = MuonWithAdamW(trainer.sae.parameters(), lr=lr, ns_dtype=ns_dtype)  # pyright: ignore[reportAttributeAccessIssue]
     assert cfg.lr_end is not None
     trainer.lr_scheduler = get_lr_scheduler(
         cfg.lr_scheduler_name,
@@ -202,10 +204,11 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
         super().__init__(cfg, *args, **kwargs)
         if isinstance(self.sae, BilinearTrainingSAE):
             # SAELens's evaluator reads W_enc/W_dec and decodes unlifted SAEs, which bilinear
-            # SAEs cannot do; ours gives its eval metrics at the activity threshold instead.
-            self.evaluator = BilinearEvaluator.from_runner(self)
+            # SAEs cannot do; ours gives its eval metrics at the activity threshold instead
+            # (SAELens annotates the attribute as its LLMSaeEvaluator; the trainer only calls it).
+            self.evaluator = BilinearEvaluator.from_runner(self)  # pyright: ignore[reportAttributeAccessIssue]
         self.optimizer_name = optimizer
-        self.ns_dtype = ns_dtype
+        self.ns_dtype: NSDtype = ns_dtype
         self.trainer: SAETrainer[Any, Any] | None = None
         """The trainer of the current ``run()`` (set once training starts)."""
         self.resumed_from_steps: int | None = None
@@ -241,7 +244,11 @@ class BilinearTrainingRunner(LanguageModelSAETrainingRunner):
         super().save_checkpoint(checkpoint_path)
         # SAELens's interruption handler calls this alone (no weights, no trainer state): such
         # a folder is not a checkpoint one can resume from, so it gets no marker.
-        if checkpoint_path is not None and self.trainer is not None and (checkpoint_path / TRAINER_STATE_FILENAME).exists():
+        if (
+            checkpoint_path is not None
+            and self.trainer is not None
+            and (checkpoint_path / TRAINER_STATE_FILENAME).exists()
+        ):
             write_marker(Path(checkpoint_path), self.trainer, self.optimizer_name)
 
     @override
@@ -300,7 +307,8 @@ class ShuffledBatches(Iterator[Tensor]):
             raise ValueError(f"cached activations must be [n_tokens, d_in], got shape {tuple(activations.shape)}")
         if activations.shape[0] < batch_size:
             raise ValueError(
-                f"only {activations.shape[0]} cached tokens for a batch of {batch_size}: collect more or use a smaller batch"
+                f"only {activations.shape[0]} cached tokens for a batch of {batch_size}: "
+                "collect more or use a smaller batch"
             )
         self.activations = activations
         self.batch_size = batch_size
@@ -349,7 +357,7 @@ class ShuffledBatches(Iterator[Tensor]):
         self._position = position
 
 
-class _BilinearTrainer(SAETrainer[Any, Any]):
+class ResumableTrainer(SAETrainer[Any, Any]):
     """SAELens's trainer with: the progress bar moving every 10 steps instead of 100; checkpoints
     that resume exactly (data position and a completion marker, only the latest kept); and a
     final checkpoint when training ends, taken before SAELens folds the activation scaler into
@@ -442,7 +450,7 @@ class TrainingSettings:
 
 def train_on_activations(
     sae: TrainingSAE[Any], activations: Float[Tensor, "n_tokens d_in"], settings: TrainingSettings | None = None
-) -> SAETrainer[Any, Any]:
+) -> ResumableTrainer:
     """Train ``sae`` with SAELens's ``SAETrainer`` on cached activations; return the trainer.
 
     Works for any SAELens training SAE (bilinear or a linear baseline), so both see the
@@ -470,7 +478,7 @@ def train_on_activations(
         checkpoint_path=settings.checkpoint_path,
     )
     batches = ShuffledBatches(activations, settings.batch_size, settings.seed)
-    trainer = _BilinearTrainer(cfg=cfg, sae=sae, data_provider=batches, optimizer_name=settings.optimizer)
+    trainer = ResumableTrainer(cfg=cfg, sae=sae, data_provider=batches, optimizer_name=settings.optimizer)
     use_optimizer(trainer, settings.optimizer, settings.lr, settings.ns_dtype)
     checkpoint = latest_checkpoint(settings.checkpoint_path) if settings.resume else None
     if checkpoint is not None:
@@ -514,11 +522,17 @@ def train_from_config(
         return load_any_from_disk(cfg.output_path, device=cfg.device)
     if resume:
         latest = latest_checkpoint(cfg.checkpoint_path)
-        _log(f"resuming from {latest}" if latest else f"no checkpoint under {cfg.checkpoint_path} yet: starting at step 0")
+        _log(
+            f"resuming from {latest}"
+            if latest
+            else f"no checkpoint under {cfg.checkpoint_path} yet: starting at step 0"
+        )
         if latest is not None:
             cfg.resume_from_checkpoint = str(latest)
     model = override_model
-    if model is None and (cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()):
+    if model is None and (
+        cfg.model_name.lower() in models.EMBEDDED_MODEL_ALIASES or Path(cfg.model_name).expanduser().is_dir()
+    ):
         model = models.load_model(cfg.model_name, device=cfg.llm_device or cfg.device, dtype=cfg.dtype)
     if model is not None:
         check_hook(model, cfg.hook_name)

@@ -40,7 +40,8 @@ def check_optimizer(optimizer: object, field: str = "optimizer") -> None:
     """A :class:`ConfigError` naming ``field`` unless ``optimizer`` is one of :data:`OPTIMIZERS`."""
     if optimizer not in OPTIMIZERS:
         raise ConfigError(
-            f"unknown {field} {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}{did_you_mean(optimizer, OPTIMIZERS)}"
+            f"unknown {field} {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
+            f"{did_you_mean(optimizer, OPTIMIZERS)}"
         )
 
 
@@ -96,9 +97,9 @@ def expand_config(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     runs = []
     for values in itertools.product(*(raw["sweep"][key] for key in keys)):
         config = copy.deepcopy(base)
-        for key, value in zip(keys, values):
+        for key, value in zip(keys, values, strict=False):
             set_dotted(config, key, value)
-        name = "-".join(_short_value(key, value) for key, value in zip(keys, values))
+        name = "-".join(_short_value(key, value) for key, value in zip(keys, values, strict=False))
         config["output_path"] = str(Path(raw.get("output_root", "runs/sweep")) / name)
         runs.append((name, config))
     return runs

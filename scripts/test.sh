@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (CPU torch first, so no CUDA build is pulled), then run them.
-# Fails when pytest collects no tests (its exit code 5).
+# Install what the tests need (CPU torch first, so no CUDA build is pulled), check lint (ruff) and
+# types (pyright), then run the tests. Fails when pytest collects no tests (its exit code 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -18,6 +18,10 @@ if [ "${CI:-}" = "true" ]; then
 else
   bash scripts/install_browser.sh || echo "browser check unavailable: its test will be skipped" >&2
 fi
+# Lint and types first (configured in pyproject.toml); each fails the script on any finding.
+# pyright's PyPI wrapper fetches its node package from npm on its first run.
+"$PYTHON" -m ruff check .
+"$PYTHON" -m pyright
 set +e
 "$PYTHON" -m pytest "$@"
 status=$?

@@ -159,12 +159,27 @@ def tiny_runner(optimizer: str, out: Path, resume: bool) -> train.BilinearTraini
     ))
     tokens = torch.randint(1, 64, (400, 16), generator=torch.Generator().manual_seed(0))
     cfg = LanguageModelSAERunnerConfig(
-        sae=BilinearTrainingSAEConfig(d_in=D_IN, d_sae=32, variant="mixed", lifted=True, alpha=0.1, alpha_warm_up_steps=12),
-        model_name="tiny", hook_name="blocks.1.hook_resid_pre", dataset_path="", context_size=16,
-        training_tokens=BATCH * STEPS, train_batch_size_tokens=BATCH, n_batches_in_buffer=8,
-        store_batch_size_prompts=4, lr=LR[optimizer], lr_decay_steps=STEPS // 2,
-        logger=LoggingConfig(log_to_wandb=False), output_path=str(out / "sae"), n_checkpoints=3,
-        device="cpu", verbose=False, prepend_bos=False, n_batches_for_norm_estimate=2, dead_feature_window=5,
+        sae=BilinearTrainingSAEConfig(
+            d_in=D_IN, d_sae=32, variant="mixed", lifted=True, alpha=0.1, alpha_warm_up_steps=12
+        ),
+        model_name="tiny",
+        hook_name="blocks.1.hook_resid_pre",
+        dataset_path="",
+        context_size=16,
+        training_tokens=BATCH * STEPS,
+        train_batch_size_tokens=BATCH,
+        n_batches_in_buffer=8,
+        store_batch_size_prompts=4,
+        lr=LR[optimizer],
+        lr_decay_steps=STEPS // 2,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(out / "sae"),
+        n_checkpoints=3,
+        device="cpu",
+        verbose=False,
+        prepend_bos=False,
+        n_batches_for_norm_estimate=2,
+        dead_feature_window=5,
     )
     cfg.checkpoint_path = str(out / "checkpoints")  # no random suffix: the resume must find it
     if resume:

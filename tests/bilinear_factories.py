@@ -13,7 +13,9 @@ from sae_bilinear import BilinearSAE, BilinearSAEConfig
 
 def make_sae(d=6, F=12, variant="vanilla", lifted=False, bottleneck=None, seed=0, dtype="float64") -> BilinearSAE:
     torch.manual_seed(seed)
-    sae = BilinearSAE(BilinearSAEConfig(d_in=d, d_sae=F, variant=variant, lifted=lifted, bottleneck=bottleneck, dtype=dtype))
+    sae = BilinearSAE(
+        BilinearSAEConfig(d_in=d, d_sae=F, variant=variant, lifted=lifted, bottleneck=bottleneck, dtype=dtype)
+    )
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn_like(p))

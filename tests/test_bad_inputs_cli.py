@@ -59,7 +59,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     return {"root": str(root), **{name: str(root / name) for name in ("bil", "lin", "trunc", "badcfg", "bae", "taken")}}
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
     try:
         code = cli.main(argv)
     except SystemExit as exit_:
@@ -164,7 +164,9 @@ def test_push_offline(files, capsys, monkeypatch, block_network):
     with block_network():
         code, err = run_cli(["push", files["bil"], "someone/some-repo"], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("sae-bilinear push: error: ") and "push to someone/some-repo" in err and "HF_HUB_OFFLINE" in err
+    assert (
+        err.startswith("sae-bilinear push: error: ") and "push to someone/some-repo" in err and "HF_HUB_OFFLINE" in err
+    )
 
 
 class _ClosedPipe(io.StringIO):

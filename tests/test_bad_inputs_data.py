@@ -116,7 +116,11 @@ def test_too_short_counts_the_separators_and_bos():
 def test_documents_compare_as_lists_and_carry_a_description():
     docs = Documents(["x", "y"], "the held-out split of z")
     assert docs == ["x", "y"] and docs.description == "the held-out split of z"
-    assert load_corpus("kjv").heldout.description.startswith("the held-out split of kjv (every 10th of its 1189")
+    kjv = load_corpus("kjv")
+    assert isinstance(kjv, TextCorpus)
+    assert isinstance(kjv.heldout, Documents) and kjv.heldout.description.startswith(
+        "the held-out split of kjv (every 10th of its 1189"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,17 +130,53 @@ def test_documents_compare_as_lists_and_carry_a_description():
 ARGUMENT_CASES = {
     "heldout_every 1": (lambda p: load_corpus(p, heldout_every=1), ConfigError, ["heldout_every", "at least 2"]),
     "heldout_every True": (lambda p: load_corpus(p, heldout_every=True), ConfigTypeError, ["heldout_every", "True"]),
-    "heldout_every 2.5": (lambda p: data.split_documents(["a"], heldout_every=2.5), ConfigTypeError, ["heldout_every", "2.5"]),
+    "heldout_every 2.5": (
+        lambda p: data.split_documents(["a"], heldout_every=2.5),
+        ConfigTypeError,
+        ["heldout_every", "2.5"],
+    ),
     "corpus a number": (lambda p: load_corpus(3), ConfigError, ["corpus", "3"]),
     "text_field empty": (lambda p: data.read_jsonl_file(p, text_field=""), ConfigError, ["text_field"]),
-    "allow_remote_code str": (lambda p: load_corpus("org/set", allow_remote_code="no"), ConfigTypeError, ["allow_remote_code"]),
-    "context_size True": (lambda p: tokenize_contexts(["a"], word_tokenizer(), True), ConfigTypeError, ["context_size", "True"]),
-    "context_size 2.0": (lambda p: tokenize_contexts(["a"], word_tokenizer(), 2.0), ConfigTypeError, ["context_size", "2.0"]),
-    "context_size 0": (lambda p: tokenize_contexts(["a"], word_tokenizer(), 0), ConfigError, ["context_size", "positive"]),
-    "max_contexts 0": (lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, max_contexts=0), ConfigError, ["max_contexts"]),
-    "prepend_bos str": (lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, prepend_bos="no"), ConfigTypeError, ["prepend_bos"]),
-    "bos_token_id -1": (lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, bos_token_id=-1), ConfigError, ["bos_token_id"]),
-    "empty contexts": (lambda p: data.as_hf_dataset(data.torch.zeros(0, 4, dtype=data.torch.long)), ConfigError, ["empty"]),
+    "allow_remote_code str": (
+        lambda p: load_corpus("org/set", allow_remote_code="no"),
+        ConfigTypeError,
+        ["allow_remote_code"],
+    ),
+    "context_size True": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), True),
+        ConfigTypeError,
+        ["context_size", "True"],
+    ),
+    "context_size 2.0": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), 2.0),
+        ConfigTypeError,
+        ["context_size", "2.0"],
+    ),
+    "context_size 0": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), 0),
+        ConfigError,
+        ["context_size", "positive"],
+    ),
+    "max_contexts 0": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, max_contexts=0),
+        ConfigError,
+        ["max_contexts"],
+    ),
+    "prepend_bos str": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, prepend_bos="no"),
+        ConfigTypeError,
+        ["prepend_bos"],
+    ),
+    "bos_token_id -1": (
+        lambda p: tokenize_contexts(["a"], word_tokenizer(), 1, bos_token_id=-1),
+        ConfigError,
+        ["bos_token_id"],
+    ),
+    "empty contexts": (
+        lambda p: data.as_hf_dataset(data.torch.zeros(0, 4, dtype=data.torch.long)),
+        ConfigError,
+        ["empty"],
+    ),
 }
 
 
@@ -149,8 +189,10 @@ def test_bad_arguments(tmp_path, case):
 
 
 def test_hub_datasets_run_no_code_unless_allowed():
-    assert load_corpus("org/set").trust_remote_code is False
-    assert load_corpus("org/set", allow_remote_code=True).trust_remote_code is True
+    refused, allowed = load_corpus("org/set"), load_corpus("org/set", allow_remote_code=True)
+    assert isinstance(refused, DatasetPath) and isinstance(allowed, DatasetPath)
+    assert refused.trust_remote_code is False
+    assert allowed.trust_remote_code is True
 
 
 def test_missing_kjv_package_is_a_missing_dependency(monkeypatch):

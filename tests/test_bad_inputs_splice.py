@@ -76,7 +76,9 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     words = ["<|endoftext|>", "<unk>", "a", "b", "c"]
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>"
+    )
 
 
 def hooks_left(model) -> int:
@@ -95,8 +97,16 @@ def nan_sae() -> BilinearSAE:
 # ------------------------------------------------------------------------------------------
 
 SPLICE_CASES = {
-    "every token ignored": (dict(ignore_tokens=list(range(D_VOCAB))), ConfigError, ["ignore_tokens", "nothing to score"]),
-    "only last positions kept": (dict(ignore_tokens="ALL_BUT_LAST"), ConfigError, ["ignore_tokens", "nothing to score"]),
+    "every token ignored": (
+        dict(ignore_tokens=list(range(D_VOCAB))),
+        ConfigError,
+        ["ignore_tokens", "nothing to score"],
+    ),
+    "only last positions kept": (
+        dict(ignore_tokens="ALL_BUT_LAST"),
+        ConfigError,
+        ["ignore_tokens", "nothing to score"],
+    ),
     "ignore_tokens a string": (dict(ignore_tokens="bos"), ConfigError, ["ignore_tokens", "'bos'"]),
     "negative ignored id": (dict(ignore_tokens=[-1]), ConfigError, ["ignore_tokens[0]", "-1"]),
     "float ignored id": (dict(ignore_tokens=[1.5]), ConfigTypeError, ["ignore_tokens[0]", "1.5"]),
@@ -107,9 +117,21 @@ SPLICE_CASES = {
     "model_kwargs a list": (dict(model_kwargs=[1]), ConfigError, ["model_kwargs", "list"]),
     "scaler not a scaler": (dict(activation_scaler=2.0), ConfigError, ["activation_scaler", "float"]),
     "NaN scaling factor": (dict(activation_scaler=ActivationScaler(math.nan)), ConfigError, ["scaling_factor", "nan"]),
-    "mean wrong shape": (dict(mean_activation=torch.zeros(D_MODEL + 1)), ConfigError, ["mean_activation", "(17,)", "(16,)"]),
-    "mean with NaN": (dict(mean_activation=torch.full((D_MODEL,), math.nan)), ConfigError, ["mean_activation", "NaN/inf"]),
-    "mean of ints": (dict(mean_activation=torch.zeros(D_MODEL, dtype=torch.long)), ConfigTypeError, ["mean_activation", "floating-point"]),
+    "mean wrong shape": (
+        dict(mean_activation=torch.zeros(D_MODEL + 1)),
+        ConfigError,
+        ["mean_activation", "(17,)", "(16,)"],
+    ),
+    "mean with NaN": (
+        dict(mean_activation=torch.full((D_MODEL,), math.nan)),
+        ConfigError,
+        ["mean_activation", "NaN/inf"],
+    ),
+    "mean of ints": (
+        dict(mean_activation=torch.zeros(D_MODEL, dtype=torch.long)),
+        ConfigTypeError,
+        ["mean_activation", "floating-point"],
+    ),
     "mean a list": (dict(mean_activation=[0.0] * D_MODEL), ConfigTypeError, ["mean_activation", "torch.Tensor"]),
     "empty mean_source": (dict(mean_source=""), ConfigError, ["mean_source"]),
     "hook_name not a str": (dict(hook_name=3), ConfigTypeError, ["hook_name", "3"]),
@@ -130,7 +152,9 @@ def test_evaluate_splice_bad_arguments(model, sae, tokens, no_work, case):
 
 
 def test_evaluate_splice_refuses_an_sae_with_nan_weights(model, tokens, no_work):
-    assert_refused(lambda: evaluate_splice(model, nan_sae(), tokens, progress=False), ConfigError, ["W_left", "1 NaN/inf"])
+    assert_refused(
+        lambda: evaluate_splice(model, nan_sae(), tokens, progress=False), ConfigError, ["W_left", "1 NaN/inf"]
+    )
 
 
 def test_a_model_that_overflows_is_an_error_naming_the_metric(tokens):
@@ -164,7 +188,9 @@ def test_mean_ablation_uses_a_given_training_mean_and_says_so(model, sae, tokens
     training = torch.randn(200, D_MODEL, generator=torch.Generator().manual_seed(3)) * 2 + 1
     mean = activation_mean(training)
     torch.testing.assert_close(mean, training.double().mean(0).float())
-    given = evaluate_splice(model, sae, tokens, mean_activation=mean, mean_source="training activations", progress=False)
+    given = evaluate_splice(
+        model, sae, tokens, mean_activation=mean, mean_source="training activations", progress=False
+    )
     own = evaluate_splice(model, sae, tokens, progress=False)
     assert given.mean_ablation_source == "training activations"
     assert own.mean_ablation_source == "evaluated tokens"
@@ -192,7 +218,9 @@ def test_activation_mean_bad_input(bad, error, words):
 
 def test_mean_ablated_loss_refuses_a_non_finite_mean(model, tokens):
     assert_refused(
-        lambda: mean_ablated_loss(model, tokens, HOOK, torch.full((D_MODEL,), math.inf)), ConfigError, ["mean_activation"]
+        lambda: mean_ablated_loss(model, tokens, HOOK, torch.full((D_MODEL,), math.inf)),
+        ConfigError,
+        ["mean_activation"],
     )
 
 
@@ -215,14 +243,20 @@ EDIT_CASES = {
     "walk t 2-D": (lambda s: iv.walk_hook(s, 0, torch.zeros(2, 2)), ConfigError, ["t", "1-D"]),
     "walk eigen True": (lambda s: iv.walk_hook(s, 0, 0.1, eigen=True), ConfigError, ["eigen", "True"]),
     "set values nan": (lambda s: iv.set_latents([0], [math.nan]), ConfigError, ["values[0]", "nan"]),
-    "set values tensor inf": (lambda s: iv.set_latents([0], torch.tensor([math.inf])), ConfigError, ["values", "NaN/inf"]),
+    "set values tensor inf": (
+        lambda s: iv.set_latents([0], torch.tensor([math.inf])),
+        ConfigError,
+        ["values", "NaN/inf"],
+    ),
     "add inf": (lambda s: iv.add_to_latents([0], math.inf), ConfigError, ["amount", "inf"]),
     "scale_latents nan": (lambda s: iv.scale_latents([0], math.nan), ConfigError, ["factor", "nan"]),
     "edit latent float": (lambda s: iv.zero_latents([1.0]), ConfigTypeError, ["latents[0]", "1.0"]),
     "edit latent negative": (lambda s: iv.zero_latents([-1]), ConfigError, ["latents[0]", "-1"]),
     "edit no latents": (lambda s: iv.zero_latents([]), ConfigError, ["no latents"]),
     "ablate means nan": (
-        lambda s: iv.ablate_hook(s, 0, mode="mean", means=torch.full((D_SAE,), math.nan)), ConfigError, ["means", "NaN/inf"]
+        lambda s: iv.ablate_hook(s, 0, mode="mean", means=torch.full((D_SAE,), math.nan)),
+        ConfigError,
+        ["means", "NaN/inf"],
     ),
     "ablate means list": (lambda s: iv.ablate_hook(s, 0, mode="mean", means=[0.0] * D_SAE), ConfigError, ["means="]),
     "latent str": (lambda s: iv.clamp_hook(s, "abc", 1.0), ConfigTypeError, ["latent", "'abc'"]),
@@ -275,8 +309,8 @@ def test_a_finite_edit_still_runs(model, sae, tokens):
 def test_latent_edit_hook_refuses_an_edit_that_overflows():
     hook = iv.latent_edit_hook(iv.scale_latents([0], 1e30), d_sae=4)
     with pytest.raises(NonFiniteResultError, match="latent edit"):
-        hook(torch.full((2, 4), 1e10))
-    torch.testing.assert_close(hook(torch.ones(2, 4))[:, 0], torch.full((2,), 1e30))
+        hook(torch.full((2, 4), 1e10), None)
+    torch.testing.assert_close(hook(torch.ones(2, 4), None)[:, 0], torch.full((2,), 1e30))
 
 
 @pytest.mark.parametrize(
@@ -398,7 +432,9 @@ def test_unknown_official_name_is_a_config_error():
 def test_qwen3_without_remote_code_refuses_loader_options_it_cannot_honour(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert_refused(
-        lambda: models.load_model("Qwen/Qwen3-0.6B-Base", n_devices=2), ConfigError, ["n_devices", "allow_remote_code=True"]
+        lambda: models.load_model("Qwen/Qwen3-0.6B-Base", n_devices=2),
+        ConfigError,
+        ["n_devices", "allow_remote_code=True"],
     )
 
 

@@ -54,13 +54,21 @@ BAD_VALUES = [
     (lambda: check_bool("lifted", "false"), ConfigTypeError, ["lifted", "'false'", "bool"]),
     (lambda: check_bool("lifted", 0), ConfigTypeError, ["lifted", "0"]),
     (lambda: check_bool("lifted", None), ConfigTypeError, ["lifted", "None"]),
-    (lambda: check_choice("variant", "vanila", ("vanilla", "mixed")), ConfigError, ["variant", "'vanila'", "did you mean 'vanilla'"]),
+    (
+        lambda: check_choice("variant", "vanila", ("vanilla", "mixed")),
+        ConfigError,
+        ["variant", "'vanila'", "did you mean 'vanilla'"],
+    ),
     (lambda: check_choice("mode", ["zero"], {"zero", "mean"}), ConfigError, ["mode", "['zero']"]),
     (lambda: check_finite_tensor("means", torch.tensor([1.0, math.nan])), ConfigError, ["means", "1 NaN/inf"]),
     (lambda: check_finite_tensor("means", torch.tensor([1, 2])), ConfigTypeError, ["means", "floating-point", "int64"]),
     (lambda: check_finite_tensor("means", [1.0]), ConfigTypeError, ["means", "torch.Tensor", "list"]),
     (lambda: check_finite_tensor("means", torch.zeros(3), shape=(4,)), ConfigError, ["means", "(4,)", "(3,)"]),
-    (lambda: check_finite_result("metric 'kl'", math.nan, "look at x"), NonFiniteResultError, ["metric 'kl'", "nan", "look at x"]),
+    (
+        lambda: check_finite_result("metric 'kl'", math.nan, "look at x"),
+        NonFiniteResultError,
+        ["metric 'kl'", "nan", "look at x"],
+    ),
     (lambda: check_finite_result("x̂", torch.tensor([math.inf])), NonFiniteResultError, ["x̂", "non-finite"]),
 ]
 
@@ -91,7 +99,9 @@ def test_type_errors_stay_type_errors_and_index_errors_index_errors():
     # Old callers catch TypeError / IndexError; the new classes are both those and UserErrors.
     assert issubclass(ConfigTypeError, TypeError) and issubclass(ConfigTypeError, ConfigError)
     assert issubclass(IndexRangeError, IndexError) and issubclass(IndexRangeError, ConfigError)
-    assert issubclass(checks.MissingFileError, FileNotFoundError) and issubclass(checks.MissingFileError, errors.DataFileError)
+    assert issubclass(checks.MissingFileError, FileNotFoundError) and issubclass(
+        checks.MissingFileError, errors.DataFileError
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,7 +190,11 @@ def test_a_missing_optional_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name, *a, **k: None)
     with pytest.raises(errors.MissingDependencyError) as info:
         checks.require_package("some_pkg", "pip install some-pkg", "The frobnicator")
-    assert "The frobnicator" in str(info.value) and "'some_pkg'" in str(info.value) and "pip install some-pkg" in str(info.value)
+    assert (
+        "The frobnicator" in str(info.value)
+        and "'some_pkg'" in str(info.value)
+        and "pip install some-pkg" in str(info.value)
+    )
     assert isinstance(info.value, ImportError)
 
 

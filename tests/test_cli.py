@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, cli, kernels, models, train
-from sae_bilinear.cli import options, parser, releases, run, runtime, sources
+from sae_bilinear.cli import options, parser, run, runtime, sources
 from sae_bilinear.cli import train as train_command
 from sae_bilinear.cli.user_errors import is_user_error
 from sae_bilinear.errors import ConfigError, OutputExistsError

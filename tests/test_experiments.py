@@ -92,16 +92,24 @@ def test_naive_loss_matches_explicit_prefixes():
     u = x / x.norm(dim=-1, keepdim=True)
     f = (u @ L.T) * (u @ R.T)
     X = torch.einsum("bi,bj->bij", u, u)
-    expected = torch.stack([
-        ((X - torch.einsum("bf,fi,fj->bij", f[:, : k + 1], L[: k + 1], R[: k + 1])) ** 2).sum((-1, -2)) for k in range(6)
-    ]).mean(0)
+    expected = torch.stack(
+        [
+            ((X - torch.einsum("bf,fi,fj->bij", f[:, : k + 1], L[: k + 1], R[: k + 1])) ** 2).sum((-1, -2))
+            for k in range(6)
+        ]
+    ).mean(0)
     torch.testing.assert_close(kernel_trick.naive_error(x, L, R, ordered=True), expected)
 
 
 def test_sparsity_sweep_tiny(tmp_path, shared_cache, tiny_model):
     out = tmp_path / "sweep"
     result = sparsity_sweep.main(["--tiny", "--out", str(out), "--cache", str(shared_cache)], model=tiny_model)
-    assert {(r["variant"], r["alpha"]) for r in result["unlifted"]} == {("vanilla", 0.0), ("vanilla", 0.5), ("mixed", 0.0), ("mixed", 0.5)}
+    assert {(r["variant"], r["alpha"]) for r in result["unlifted"]} == {
+        ("vanilla", 0.0),
+        ("vanilla", 0.5),
+        ("mixed", 0.0),
+        ("mixed", 0.5),
+    }
     for row in result["unlifted"] + result["lifted"]:
         assert 0 <= row["hoyer_density"] <= 1 and row["reconstruction_error"] >= 0
     lifted = result["lifted"]
@@ -109,10 +117,14 @@ def test_sparsity_sweep_tiny(tmp_path, shared_cache, tiny_model):
     assert (out / "pareto.png").is_file() and (out / "lifted.png").is_file()
     # Activations were collected once and cached; a second run loads everything.
     assert len(list(shared_cache.glob("*.pt"))) == 1
-    again = sparsity_sweep.main(["--tiny", "--out", str(tmp_path / "again"), "--cache", str(shared_cache)], model=tiny_model)
+    again = sparsity_sweep.main(
+        ["--tiny", "--out", str(tmp_path / "again"), "--cache", str(shared_cache)], model=tiny_model
+    )
     assert all(r["cached"] for r in again["unlifted"] + again["lifted"])
     assert again["activations"]["collect_seconds"] == 0
-    assert [r["reconstruction_error"] for r in again["unlifted"]] == [r["reconstruction_error"] for r in result["unlifted"]]
+    assert [r["reconstruction_error"] for r in again["unlifted"]] == [
+        r["reconstruction_error"] for r in result["unlifted"]
+    ]
 
 
 def test_manifold_view_tiny(tmp_path, shared_cache, tiny_model):

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
-
-from sae_bilinear import BilinearSAE, BilinearSAEConfig, BilinearTrainingSAE, BilinearTrainingSAEConfig, kernels
-from sae_bilinear import kernel_autograd
 from test_kernels import make_weights, naive_error
+
+from sae_bilinear import (
+    BilinearSAE,
+    BilinearSAEConfig,
+    BilinearTrainingSAE,
+    BilinearTrainingSAEConfig,
+    kernel_autograd,
+    kernels,
+)
 
 torch.set_num_threads(1)
 
@@ -57,9 +64,11 @@ def test_fused_matches_naive_float64(variant, lifted, tile_size):
     params = [w.clone().requires_grad_() for w in weights if w is not None]
     xg = x.clone().requires_grad_()
 
-    def rebuild(ps):
+    def rebuild(ps) -> tuple[Any, Any, Any, Any, Any]:
+        """W_left, W_right, b_left, b_right, W_down: the present ones from ``ps``, the rest None."""
         it = iter(ps)
-        return [next(it) if w is not None else None for w in weights]
+        W_left, W_right, b_left, b_right, W_down = (next(it) if w is not None else None for w in weights)
+        return W_left, W_right, b_left, b_right, W_down
 
     def fused():
         W_left, W_right, b_left, b_right, W_down = rebuild(params)
@@ -81,7 +90,7 @@ def test_fused_matches_naive_float64(variant, lifted, tile_size):
     (expected * torch.linspace(0.5, 1.5, 5, dtype=torch.float64)[valid]).sum().backward()
     torch.testing.assert_close(got[valid], expected.detach(), rtol=1e-10, atol=1e-12)
     assert got[2].item() == 0.0
-    for mine, ref in zip(got_grads[1:], params_ref):
+    for mine, ref in zip(got_grads[1:], params_ref, strict=False):
         torch.testing.assert_close(mine, ref.grad, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(got_grads[0][valid], x_valid.grad, rtol=1e-9, atol=1e-11)
     assert got_grads[0][2].abs().sum() == 0
@@ -100,7 +109,7 @@ def test_fused_equals_autograd_path(lifted, ordered, tile_size, memory_budget):
     expected, expected_grads = grads_of(run("autograd"), params)
     got, got_grads = grads_of(run("fused", tile_size=tile_size, memory_budget=memory_budget), params)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    for a, b in zip(got_grads, expected_grads):
+    for a, b in zip(got_grads, expected_grads, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
@@ -158,7 +167,7 @@ def test_fused_float32_is_close_to_float64():
     got, got_grads = grads_of(run(f32), f32)
     assert got.dtype == torch.float32
     assert ((got.double() - ref).abs().max() / ref.abs().max()).item() < 1e-6
-    for a, b in zip(got_grads, ref_grads):
+    for a, b in zip(got_grads, ref_grads, strict=False):
         assert ((a.double() - b).abs().max() / b.abs().max()).item() < 1e-5
 
 
@@ -170,7 +179,8 @@ def test_fused_backward_ignores_autocast_and_bf16_weights_get_grads():
         assert out.dtype == torch.float32
         out.sum().backward()
     assert L.grad.dtype == torch.bfloat16 and torch.isfinite(L.grad.float()).all()
-    ref = kernels.kernel_error(*(t.detach().float() for t in (f, g, L, R, bl, br)), valid, backward="autograd")
+    f32, g32, L32, R32, bl32, br32 = (t.detach().float() for t in (f, g, L, R, bl, br))
+    ref = kernels.kernel_error(f32, g32, L32, R32, bl32, br32, valid, backward="autograd")
     torch.testing.assert_close(out.detach(), ref.error, rtol=1e-5, atol=1e-5)
 
 
@@ -218,7 +228,7 @@ def test_sparse_equals_dense_on_scattered_coefficients(lifted, ordered, k):
     got, got_grads = grads_of(sparse, params)
     expected, expected_grads = grads_of(dense, params)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    for a, b in zip(got_grads, expected_grads):
+    for a, b in zip(got_grads, expected_grads, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
@@ -376,11 +386,17 @@ def test_sparse_hoyer_density_equals_dense(ordered):
     dense = torch.zeros_like(f).scatter(-1, indices, values)
     params = [f]
     got, got_grads = grads_of(
-        lambda: kernels.sparse_hoyer_density(f.gather(-1, indices), indices, 12, valid).unsqueeze(0) * (2.0 if ordered else 1.0), params
+        lambda: (
+            kernels.sparse_hoyer_density(f.gather(-1, indices), indices, 12, valid).unsqueeze(0)
+            * (2.0 if ordered else 1.0)
+        ),
+        params,
     )
     expected, expected_grads = grads_of(
-        lambda: kernels.hoyer_density(torch.zeros_like(f).scatter(-1, indices, f.gather(-1, indices)), valid).unsqueeze(0)
-        * (2.0 if ordered else 1.0),
+        lambda: (
+            kernels.hoyer_density(torch.zeros_like(f).scatter(-1, indices, f.gather(-1, indices)), valid).unsqueeze(0)
+            * (2.0 if ordered else 1.0)
+        ),
         params,
     )
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
@@ -405,12 +421,12 @@ def test_saved_blocks_are_released_after_backward_and_retain_graph_still_works(k
     else:
         idx = kernels.topk_indices(f.detach(), 3)
         out = kernels.sparse_kernel_error(f, g.gather(-1, idx), idx, L, R, bl, br, valid, True)
-    node = out.quadratic.grad_fn
+    node: Any = out.quadratic.grad_fn  # the autograd Function's ctx: what it saved is an attribute
     out.error.sum().backward(retain_graph=True)
     first = [p.grad.clone() for p in (f, g, L, R, bl, br)]
     assert (node.grams if kind == "dense" else node.blocks) is None
     for p in (f, g, L, R, bl, br):
         p.grad = None
     out.error.sum().backward()  # recomputes what was released
-    for a, p in zip(first, (f, g, L, R, bl, br)):
+    for a, p in zip(first, (f, g, L, R, bl, br), strict=False):
         torch.testing.assert_close(p.grad, a, rtol=1e-12, atol=1e-12)

@@ -172,7 +172,9 @@ def test_linear_saes_work_with_the_same_hooks(toy, activations):
         j = int((f != 0).float().sum((0, 1)).argmax())
         spliced = iv.splice_hook(sae)(x)
         torch.testing.assert_close(spliced, sae.decode(f))
-        torch.testing.assert_close(spliced - iv.ablate_hook(sae, j, keep_error=False)(x), iv.latent_contribution(sae, x, j))
+        torch.testing.assert_close(
+            spliced - iv.ablate_hook(sae, j, keep_error=False)(x), iv.latent_contribution(sae, x, j)
+        )
         torch.testing.assert_close(iv.steer_hook(sae, j, 2.0)(x) - x, (2.0 * sae.W_dec[j]).expand_as(x))
     with pytest.raises(TypeError, match="bilinear"):
         iv.walk_hook(sae, j, 0.5)
@@ -335,7 +337,12 @@ def test_latent_edit_builders_change_only_their_latents():
     torch.testing.assert_close(iv.set_latents([3], 9.0)(f)[:, 3], torch.tensor([9.0, 9.0]))
     torch.testing.assert_close(iv.scale_latents([5], 2.0)(f)[:, 5], f[:, 5] * 2)
     torch.testing.assert_close(iv.add_to_latents([0], 0.5)(f)[:, 0], f[:, 0] + 0.5)
-    for edit in (iv.zero_latents([1]), iv.set_latents([1], 3.0), iv.scale_latents([1], 2.0), iv.add_to_latents([1], 1.0)):
+    for edit in (
+        iv.zero_latents([1]),
+        iv.set_latents([1], 3.0),
+        iv.scale_latents([1], 2.0),
+        iv.add_to_latents([1], 1.0),
+    ):
         out = edit(f)
         untouched = [c for c in range(6) if c != 1]
         torch.testing.assert_close(out[:, untouched], f[:, untouched])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from sae_lens import SAE
 
 from sae_bilinear import cli, data, evaluate, models
@@ -66,8 +65,10 @@ def test_main_job_end_to_end(tmp_path, smollm2_model, corpus_file):
     # The written SAE reloads and reproduces the reported x̂ metrics on the same held-out tokens.
     loaded = SAE.load_from_disk(out / "sae")
     assert loaded.cfg.metadata.hook_name == hook
+    corpus = data.load_corpus(str(corpus_file))
+    assert isinstance(corpus, data.TextCorpus)
     eval_tokens = data.tokenize_contexts(
-        data.load_corpus(str(corpus_file)).heldout, smollm2_model.tokenizer, config.context_size,
+        corpus.heldout, smollm2_model.tokenizer, config.context_size,
         prepend_bos=True, max_contexts=config.eval_contexts,
     )
     again = evaluate.evaluate_splice(

@@ -59,7 +59,7 @@ def test_bf16_muon_takes_the_same_steps_as_torch_muon():
 
 def test_fp32_muon_differs_from_bf16_but_only_slightly():
     weights = [torch.nn.Parameter(_matrix(24, 16)) for _ in range(2)]
-    for weight, dtype in zip(weights, ("float32", "bfloat16")):
+    for weight, dtype in zip(weights, ("float32", "bfloat16"), strict=False):
         weight.grad = _matrix(24, 16, seed=3)
         Muon([weight], lr=0.1, ns_dtype=dtype).step()
     difference = (weights[0] - weights[1]).norm() / (weights[0] - _matrix(24, 16)).norm()

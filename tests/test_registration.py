@@ -142,7 +142,9 @@ def test_sae_lens_first_then_sae_bilinear_registers_at_once():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", ["sae_bilinear.bilinear_core", "sae_bilinear.bilinear_config", "sae_bilinear.bilinear"])
+@pytest.mark.parametrize(
+    "first", ["sae_bilinear.bilinear_core", "sae_bilinear.bilinear_config", "sae_bilinear.bilinear"]
+)
 def test_sae_lens_pulled_in_by_a_half_imported_module_of_ours_still_registers(site_dir, first):
     out = python(
         f"""

@@ -17,7 +17,13 @@ METRICS = {
     "hoyer_density": 0.5, "reconstruction_error": 0.3,
 }
 HISTORY = [
-    {"step": s, "reconstruction_error": 1.0 / (s + 1), "explained_variance": 0.1 * s, "hoyer_density": 0.5, "alpha": 0.1}
+    {
+        "step": s,
+        "reconstruction_error": 1.0 / (s + 1),
+        "explained_variance": 0.1 * s,
+        "hoyer_density": 0.5,
+        "alpha": 0.1,
+    }
     for s in range(3)
 ]
 

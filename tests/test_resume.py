@@ -88,7 +88,7 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, optimizer):
     # History rows keep their step numbers and values; the weights are bitwise those of the reference.
     assert [row["step"] for row in sae.history] == [row["step"] for row in reference_sae.history]
     assert sae.history == reference_sae.history
-    for (name, p), q in zip(sae.named_parameters(), reference_sae.parameters()):
+    for (name, p), q in zip(sae.named_parameters(), reference_sae.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
 
@@ -117,7 +117,7 @@ def test_only_the_latest_checkpoint_is_kept_and_a_finished_run_resumes_without_t
     with child.recording(tmp_path / "again.jsonl") as rows:
         again = child.run_activations("muon", out, resume=True)
     assert [row.get("event") for row in rows] == ["resumed"]  # no training step
-    for p, q in zip(first.parameters(), again.parameters()):
+    for p, q in zip(first.parameters(), again.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
@@ -138,7 +138,10 @@ def test_half_written_checkpoint_is_not_resumed_from(tmp_path):
         (lambda c: (c / "sae_weights.safetensors").write_bytes(b"\x00" * 10), "sae_weights.safetensors"),
         (lambda c: (c / "trainer_state.pt").write_bytes(b"not a torch file"), "trainer_state.pt"),
         (lambda c: (c / MARKER_FILENAME).write_text("{"), MARKER_FILENAME),
-        (lambda c: (c / train.ShuffledBatches.STATE_FILENAME).write_bytes(b"junk"), train.ShuffledBatches.STATE_FILENAME),
+        (
+            lambda c: (c / train.ShuffledBatches.STATE_FILENAME).write_bytes(b"junk"),
+            train.ShuffledBatches.STATE_FILENAME,
+        ),
     ],
 )
 def test_damaged_checkpoint_files_are_named(tmp_path, damage, message):
@@ -174,7 +177,13 @@ def _child_command(mode: str, optimizer: str, out: Path, log: Path, flag: str) -
 
 
 def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
 
 
 @pytest.mark.slow
@@ -196,7 +205,10 @@ def test_sigkill_after_first_checkpoint_then_resume(tmp_path, mode, optimizer):
     assert process.wait(timeout=60) == -signal.SIGKILL
     resumed_log = tmp_path / "resumed.jsonl"
     done = subprocess.run(
-        _child_command(mode, optimizer, out, resumed_log, "--resume"), env=_child_env(), capture_output=True, timeout=600,
+        _child_command(mode, optimizer, out, resumed_log, "--resume"),
+        env=_child_env(),
+        capture_output=True,
+        timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]

@@ -48,7 +48,9 @@ def runner(tiny_model, token_dataset, steps: int = 12, log_to_wandb: bool = Fals
 
 
 def everything() -> EvalConfig:
-    return get_eval_everything_config(batch_size_prompts=4, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=2)
+    return get_eval_everything_config(
+        batch_size_prompts=4, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=2
+    )
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -83,7 +85,9 @@ def test_lifted_reconstruction_metrics_are_sae_lens_own(tiny_model, token_datase
     run = runner(tiny_model, token_dataset, lifted=True)
     tokens = torch.randint(1, 64, (4, 16), generator=torch.Generator().manual_seed(1))
     view = saelens_evals.ThresholdedView(run.sae)
-    ours = sae_lens_evals.get_recons_loss(view, tiny_model, ActivationScaler(), tokens, compute_kl=True, compute_ce_loss=True)
+    ours = sae_lens_evals.get_recons_loss(
+        view, tiny_model, ActivationScaler(), tokens, compute_kl=True, compute_ce_loss=True
+    )
     theirs = sae_lens_evals.get_recons_loss(
         run.sae, tiny_model, ActivationScaler(), tokens, compute_kl=True, compute_ce_loss=True
     )
@@ -117,9 +121,9 @@ def test_default_config_trains_with_wandb_logging_on(tiny_model, token_dataset, 
     run = runner(tiny_model, token_dataset, steps=12, log_to_wandb=True)
     evaluator = BilinearEvaluator.from_runner(run)
     logged = []
-    run.evaluator = lambda *args: logged.append(evaluator(*args)) or logged[-1]
+    run.evaluator = lambda *args: logged.append(evaluator(*args)) or logged[-1]  # pyright: ignore[reportAttributeAccessIssue]
     sae = run.run()
-    assert not sae.cfg.lifted
+    assert isinstance(sae.cfg, BilinearTrainingSAEConfig) and not sae.cfg.lifted
     assert len(logged) == 3  # steps 4, 8, 12: (n + 1) % (2 · 2) == 0
     assert all(0 < metrics["sparsity"]["l0"] < D_SAE for metrics in logged)
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # wandb ran, offline

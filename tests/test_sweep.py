@@ -29,7 +29,9 @@ def tiny_folder(tmp_path_factory) -> Path:
     hf.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     generator = torch.Generator().manual_seed(0)
-    docs = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (60,), generator=generator)) + "." for _ in range(300)]
+    docs = [
+        " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (60,), generator=generator)) + "." for _ in range(300)
+    ]
     (root / "corpus.txt").write_text("\n\n".join(docs))
     return root
 
@@ -129,7 +131,10 @@ def test_killed_driver_rerun_finishes_the_rest_without_retraining(tiny_folder, t
     path = write_sweep(tiny_folder, tokens=12800)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    code = f"from pathlib import Path; from sae_bilinear import sweep; sweep.run_sweep({str(path)!r}, sweep.SweepOptions(out=Path({str(out)!r}), local=True, n_checkpoints=8))"
+    code = (
+        "from pathlib import Path; from sae_bilinear import sweep; "
+        f"sweep.run_sweep({str(path)!r}, sweep.SweepOptions(out=Path({str(out)!r}), local=True, n_checkpoints=8))"
+    )
     driver = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

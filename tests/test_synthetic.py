@@ -66,7 +66,9 @@ def test_ground_truth_reconstructs_the_clean_tokens():
                 torch.testing.assert_close(local[:, 2], torch.full_like(theta, manifold.offset))
             assert coords[:, 1:].isnan().all()
         elif manifold.kind == "sphere":
-            torch.testing.assert_close(local.norm(dim=-1), torch.full((len(local),), manifold.radius, dtype=torch.float64))
+            torch.testing.assert_close(
+                local.norm(dim=-1), torch.full((len(local),), manifold.radius, dtype=torch.float64)
+            )
             torch.testing.assert_close(local, manifold.radius * coords, atol=1e-5, rtol=1e-5)
         else:
             t = coords[:, :2]
@@ -80,7 +82,12 @@ def test_ground_truth_reconstructs_the_clean_tokens():
 
 
 def test_shares_and_noise():
-    gen = PlantedManifolds(d=12, manifolds=[Manifold("circle", probability=0.3), Manifold("sphere", dim=1, probability=0.5)], noise=0.1, seed=2)
+    gen = PlantedManifolds(
+        d=12,
+        manifolds=[Manifold("circle", probability=0.3), Manifold("sphere", dim=1, probability=0.5)],
+        noise=0.1,
+        seed=2,
+    )
     batch = gen.sample(20000)
     shares = torch.bincount(batch.manifold + 1, minlength=3).double() / 20000
     torch.testing.assert_close(shares, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), atol=0.015, rtol=0)

@@ -115,7 +115,9 @@ def test_muon_wrapper_steps_matrices_and_biases():
 def test_train_on_cached_activations_bilinear_and_linear_baseline():
     generator = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(16, 4, generator=generator))[0]
-    activations = (torch.randn(4096, 4, generator=generator) @ basis.T) * 10 + 0.01 * torch.randn(4096, 16, generator=generator)
+    activations = (torch.randn(4096, 4, generator=generator) @ basis.T) * 10 + 0.01 * torch.randn(
+        4096, 16, generator=generator
+    )
     settings = TrainingSettings(steps=150, batch_size=256, lr=3e-3)
     sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=16, d_sae=64, lifted=True, alpha=0.0))
     before = sae.reconstruction_error(activations[:512]).mean().item()
@@ -125,7 +127,9 @@ def test_train_on_cached_activations_bilinear_and_linear_baseline():
     assert trainer.n_training_steps == 150
     baseline = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=16, d_sae=64, k=4))
     train_on_activations(baseline, activations, settings)
-    explained = 1 - (baseline(activations) - activations).pow(2).sum() / (activations - activations.mean(0)).pow(2).sum()
+    explained = (
+        1 - (baseline(activations) - activations).pow(2).sum() / (activations - activations.mean(0)).pow(2).sum()
+    )
     assert explained > 0.5
 
 
@@ -138,7 +142,9 @@ def test_cached_batches_cover_every_token_each_epoch():
         ShuffledBatches(activations, batch_size=100)
     with pytest.raises(ValueError, match="expects d_in"):
         train_on_activations(
-            BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=4, d_sae=8)), activations, TrainingSettings(steps=1, batch_size=4)
+            BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=4, d_sae=8)),
+            activations,
+            TrainingSettings(steps=1, batch_size=4),
         )
 
 

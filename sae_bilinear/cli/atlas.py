@@ -20,7 +20,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = run.config_defaults()
-    parser.add_argument("sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)")
+    parser.add_argument(
+        "sae_dir", metavar="SAE_DIR", type=paths.sae_folder, help="bilinear SAE folder (SAELens layout)"
+    )
     parser.add_argument("--out", type=paths.output_folder, default=None, help="site folder (default: SAE_DIR/atlas)")
     parser.add_argument("--examples", type=options.positive_int, default=100,
                         help="tokens kept at each end of every latent (the 3D view shows both ends)")

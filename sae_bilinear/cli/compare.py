@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from sae_bilinear.similarity import compare
     from sae_bilinear.cli import runtime
+    from sae_bilinear.similarity import compare
 
     runtime.check_device(args.device)
     sae_a = runtime.load_sae(args.sae_a, args.device, command=NAME, bilinear_only=True)

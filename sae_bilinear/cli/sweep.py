@@ -28,11 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
     parser.add_argument("--local", action="store_true", help="no Ray: run the members one after another here")
     parser.add_argument("--num-cpus", type=options.real(0.0), default=1.0, help="CPUs each member asks for")
-    parser.add_argument("--num-gpus", type=options.real(0.0), default=0.0, help="GPUs each member asks for (0.25: four share one)")
-    parser.add_argument("--memory-gb", type=options.real(0.0, strict=True), default=None, help="host memory each member asks for (GiB)")
+    parser.add_argument(
+        "--num-gpus", type=options.real(0.0), default=0.0, help="GPUs each member asks for (0.25: four share one)"
+    )
+    parser.add_argument(
+        "--memory-gb", type=options.real(0.0, strict=True), default=None, help="host memory each member asks for (GiB)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the language model's activation pass")
-    parser.add_argument("--member-threads", type=options.positive_int, default=1, help="torch threads inside each member")
-    parser.add_argument("--checkpoints", type=options.integer(0), default=4, help="checkpoints per member (what a kill can lose)")
+    parser.add_argument(
+        "--member-threads", type=options.positive_int, default=1, help="torch threads inside each member"
+    )
+    parser.add_argument(
+        "--checkpoints", type=options.integer(0), default=4, help="checkpoints per member (what a kill can lose)"
+    )
     parser.add_argument("--only", nargs="+", default=(), metavar="NAME", help="run only these members")
 
 

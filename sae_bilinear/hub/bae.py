@@ -267,7 +267,7 @@ def _expected_bae_shapes(
     if len(left_shape) != 2 or 0 in left_shape:
         raise WeightFileError(label, f"tensor {names['W_left']!r} has shape {list(left_shape)}, expected [F, d]")
     d_sae, d_in = left_shape
-    expected = {names["W_left"]: (d_sae, d_in), names["W_right"]: (d_sae, d_in)}
+    expected: dict[str, tuple[int, ...]] = {names["W_left"]: (d_sae, d_in), names["W_right"]: (d_sae, d_in)}
     if "b_left" in names:
         expected[names["b_left"]] = (d_sae,)
         expected[names["b_right"]] = (d_sae,)

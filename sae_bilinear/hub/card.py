@@ -259,7 +259,7 @@ def model_card(
             f"{repo_id}/{README_FILENAME}: its front matter is not valid YAML ({' '.join(str(error).split())}); "
             "fix it or push with update_card=False"
         ) from error
-    data = card.data
+    data: Any = card.data  # a ModelCardData: its fields are set by name
     data.library_name = LIBRARY_NAME
     tags = list(getattr(data, "tags", None) or [])
     data.tags = tags + [tag for tag in CARD_TAGS if tag not in tags]

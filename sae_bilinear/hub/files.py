@@ -363,7 +363,7 @@ def load_from_disk(path: str | os.PathLike[str], device: str = "cpu", dtype: str
     """``SAE.load_from_disk`` with validation: a bad folder raises :class:`WeightFileError`."""
     if dtype is not None:
         check_dtype(dtype)
-    sae = SAE.load_from_disk(path, device=device, dtype=dtype, converter=bilinear_disk_loader)
+    sae = SAE.load_from_disk(Path(path), device=device, dtype=dtype, converter=bilinear_disk_loader)
     assert isinstance(sae, BilinearSAE)
     return sae
 
