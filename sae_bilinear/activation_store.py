@@ -34,7 +34,7 @@ import mmap
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,9 @@ def _mmap_safetensors(path: Path) -> dict[str, Tensor]:
             header = json.loads(handle.read(header_len))
             buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError, struct.error) as error:
-        raise DataFileError(f"{path} is not a readable safetensors shard ({error}); delete the store and collect again") from error
+        raise DataFileError(
+            f"{path} is not a readable safetensors shard ({error}); delete the store and collect again"
+        ) from error
     start = 8 + header_len
     tensors: dict[str, Tensor] = {}
     for key, entry in header.items():
@@ -200,15 +202,22 @@ def _mmap_safetensors(path: Path) -> dict[str, Tensor]:
             begin, end = (int(v) for v in entry["data_offsets"])
             shape = [int(v) for v in entry["shape"]]
         except (KeyError, TypeError, ValueError) as error:
-            raise DataFileError(f"{path}: bad header entry {key!r} ({error}); delete the store and collect again") from error
+            raise DataFileError(
+                f"{path}: bad header entry {key!r} ({error}); delete the store and collect again"
+            ) from error
         count = 1
         for n in shape:
             count *= n
         if end - begin != count * dtype.itemsize or start + end > size:
             raise DataFileError(
-                f"{path}: tensor {key!r} does not fit the file (truncated or damaged); delete the store and collect again"
+                f"{path}: tensor {key!r} does not fit the file (truncated or damaged); "
+                "delete the store and collect again"
             )
-        flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
+        flat = (
+            torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin)
+            if count
+            else torch.empty(0, dtype=dtype)
+        )
         tensors[key] = flat.view(shape)
     return tensors
 
@@ -233,7 +242,14 @@ class ActivationStore:
     Open one with :func:`open_store` (by settings) or :meth:`ActivationStore.open` (by folder).
     """
 
-    def __init__(self, folder: Path, settings: StoreSettings, shards: list[Shard], d_in: int, shard_tensors: list[dict[str, Tensor]]):
+    def __init__(
+        self,
+        folder: Path,
+        settings: StoreSettings,
+        shards: list[Shard],
+        d_in: int,
+        shard_tensors: list[dict[str, Tensor]],
+    ):
         self.folder = folder
         self.settings = settings
         self.shards = shards
@@ -261,11 +277,18 @@ class ActivationStore:
             shards = [Shard(**entry) for entry in manifest["shards"]]
             d_in = int(manifest["d_in"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DataFileError(f"{manifest_path} is missing or invalid ({error}); delete {folder} and collect again") from error
+            raise DataFileError(
+                f"{manifest_path} is missing or invalid ({error}); delete {folder} and collect again"
+            ) from error
         if folder.name != settings.digest():
-            raise DataFileError(f"{manifest_path}: its settings hash to {settings.digest()}, not the folder name {folder.name}")
+            raise DataFileError(
+                f"{manifest_path}: its settings hash to {settings.digest()}, not the folder name {folder.name}"
+            )
         if sum(s.n_tokens for s in shards) != settings.n_tokens:
-            raise DataFileError(f"{manifest_path}: the shards hold {sum(s.n_tokens for s in shards)} tokens, the settings {settings.n_tokens}")
+            raise DataFileError(
+                f"{manifest_path}: the shards hold {sum(s.n_tokens for s in shards)} tokens, "
+                f"the settings {settings.n_tokens}"
+            )
         tensors = [_validated_shard(folder / s.file, s, d_in, settings.dtype, verify) for s in shards]
         return cls(folder, settings, shards, d_in, tensors)
 
@@ -296,14 +319,18 @@ class ActivationStore:
             out[rows] = self.shard(s)[index[rows] - self.offsets[s]].float()
         return out
 
-    def batches(self, batch_size: int, *, seed: int = 0, epochs: int | None = None) -> Iterator[Float[Tensor, "batch d_in"]]:
+    def batches(
+        self, batch_size: int, *, seed: int = 0, epochs: int | None = None
+    ) -> Iterator[Float[Tensor, "batch d_in"]]:
         """Shuffled ``[batch_size, d_in]`` float32 batches, a fresh permutation every epoch.
 
         ``epochs=None`` never ends (SAELens's trainer draws as many as it needs); a partial
         batch at the end of an epoch is dropped, so each batch has ``batch_size`` rows.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= self.n_tokens:
-            raise ConfigError(f"batch_size must be an int in [1, {self.n_tokens}] (the store's tokens), got {batch_size!r}")
+            raise ConfigError(
+                f"batch_size must be an int in [1, {self.n_tokens}] (the store's tokens), got {batch_size!r}"
+            )
         if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
             raise ConfigError(f"epochs must be a positive int or None, got {epochs!r}")
         generator = torch.Generator().manual_seed(seed)
@@ -321,16 +348,23 @@ def _validated_shard(path: Path, shard: Shard, d_in: int, dtype: str, verify: bo
         raise DataFileError(f"shard {path} is missing; delete {path.parent} and collect again")
     size = path.stat().st_size
     if size != shard.bytes:
-        raise DataFileError(f"shard {path} has {size} bytes, the manifest says {shard.bytes} (truncated or damaged); collect again")
+        raise DataFileError(
+            f"shard {path} has {size} bytes, the manifest says {shard.bytes} (truncated or damaged); collect again"
+        )
     if verify and _sha256(path) != shard.sha256:
         raise DataFileError(f"shard {path} fails its SHA-256 check (damaged); delete {path.parent} and collect again")
     tensors = _mmap_safetensors(path)
     acts, ids = tensors.get(ACTIVATIONS_KEY), tensors.get(TOKENS_KEY)
     if acts is None or ids is None:
         raise DataFileError(f"shard {path} lacks the {ACTIVATIONS_KEY!r} or {TOKENS_KEY!r} tensor; collect again")
-    if tuple(acts.shape) != (shard.n_tokens, d_in) or acts.dtype != DTYPES[dtype] or tuple(ids.shape) != (shard.n_tokens,):
+    if (
+        tuple(acts.shape) != (shard.n_tokens, d_in)
+        or acts.dtype != DTYPES[dtype]
+        or tuple(ids.shape) != (shard.n_tokens,)
+    ):
         raise DataFileError(
-            f"shard {path} holds activations {tuple(acts.shape)} {acts.dtype}, expected ({shard.n_tokens}, {d_in}) {dtype}; collect again"
+            f"shard {path} holds activations {tuple(acts.shape)} {acts.dtype}, "
+            f"expected ({shard.n_tokens}, {d_in}) {dtype}; collect again"
         )
     return tensors
 
@@ -347,7 +381,9 @@ def open_store(root: str | Path, settings: StoreSettings, *, verify: bool = Fals
         raise DataFileError(f"no activation store {folder}: collect it first (activation_store.collect)")
     store = ActivationStore.open(folder, verify=verify)
     if store.settings != settings:
-        raise DataFileError(f"{folder / MANIFEST}: its settings differ from the requested ones; delete it and collect again")
+        raise DataFileError(
+            f"{folder / MANIFEST}: its settings differ from the requested ones; delete it and collect again"
+        )
     return store
 
 
@@ -413,7 +449,9 @@ def write_store(
                 pass  # a damaged leftover is recomputed
         acts, ids = chunk(first, end)
         if acts.ndim != 2 or acts.shape[0] != expected or ids.shape != (expected,):
-            raise ValueError(f"chunk({first}, {end}) returned {tuple(acts.shape)}/{tuple(ids.shape)}, expected {expected} rows")
+            raise ValueError(
+                f"chunk({first}, {end}) returned {tuple(acts.shape)}/{tuple(ids.shape)}, expected {expected} rows"
+            )
         if d_in is not None and acts.shape[1] != d_in:
             raise ValueError(f"chunk({first}, {end}) has d={acts.shape[1]}, earlier chunks {d_in}")
         d_in = int(acts.shape[1])
@@ -421,7 +459,12 @@ def write_store(
         if progress is not None:
             progress(end, settings.n_contexts)
     assert d_in is not None
-    manifest = {"format_version": FORMAT_VERSION, "settings": asdict(settings), "d_in": d_in, "shards": [asdict(s) for s in shards]}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "settings": asdict(settings),
+        "d_in": d_in,
+        "shards": [asdict(s) for s in shards],
+    }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     try:
         os.rename(partial, folder)
@@ -450,7 +493,9 @@ def collect(
     the hook's block. Returns the opened store; an existing one is reused without running.
     """
     if tokens_fingerprint(tokens) != settings.tokens:
-        raise ConfigError("settings.tokens does not match the tokens passed: build the settings with settings_for(model, tokens, ...)")
+        raise ConfigError(
+            "settings.tokens does not match the tokens passed: build the settings with settings_for(model, tokens, ...)"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     hook = settings.hook
@@ -467,7 +512,9 @@ def collect(
         return torch.cat(parts), tokens[first:end, skip:].reshape(-1)
 
     report = (lambda done, total: print(f"collect {hook}: {done}/{total} contexts", flush=True)) if progress else None
-    return write_store(root, settings, chunk, contexts_per_shard=contexts_per_shard, overwrite=overwrite, progress=report)
+    return write_store(
+        root, settings, chunk, contexts_per_shard=contexts_per_shard, overwrite=overwrite, progress=report
+    )
 
 
 __all__ = [

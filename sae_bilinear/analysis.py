@@ -125,8 +125,8 @@ def _unit(sae: Any, activations: Tensor) -> kernels.UnitTokens:
     if callable(process):
         with torch.no_grad():
             x = process(x)
-    device = getattr(sae, "W_left").device  # not factors(): it copies every row (the atlas calls this per latent)
-    return kernels.unit_tokens(x.to(device, kernels.accumulation_dtype(x.dtype)))
+    device = sae.W_left.device  # not factors(): it copies every row (the atlas calls this per latent)
+    return kernels.unit_tokens(x.to(device, kernels.accumulation_dtype(x.dtype)))  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _flat(activations: Tensor) -> Tensor:
@@ -135,7 +135,9 @@ def _flat(activations: Tensor) -> Tensor:
     return activations.reshape(-1, activations.shape[-1])
 
 
-def token_latents(sae: Any, activations: Tensor, latents: int | Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+def token_latents(
+    sae: Any, activations: Tensor, latents: int | Sequence[int] | Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Dense latents ``f`` [N, n] of activations [..., d_in] in one batch, and the valid mask [N].
 
     Invalid tokens (zero or non-finite) get ``f = 0``. :func:`latent_activations` is the
@@ -207,7 +209,10 @@ class UsageSums:
         )
         self.threshold = float(getattr(getattr(sae, "cfg", None), "activity_threshold", 0.1))
         width = index.numel()
-        self.sums = {name: torch.zeros(width, dtype=left.dtype, device=left.device) for name in ("frequency", "energy", "mean_abs")}
+        self.sums = {
+            name: torch.zeros(width, dtype=left.dtype, device=left.device)
+            for name in ("frequency", "energy", "mean_abs")
+        }
         self.max_abs = torch.zeros(width, dtype=left.dtype, device=left.device)
         self.count = 0
 
@@ -247,7 +252,11 @@ def latent_usage(
     left, _, down, _ = factors(sae)
     d_sae = left.shape[0]
     topk = getattr(getattr(sae, "cfg", None), "sparsity", "hoyer") == "topk"
-    subset = None if latents is None else latent_indices(list(latents) if not isinstance(latents, Tensor) else latents, d_sae, left.device)[0]
+    subset = (
+        None
+        if latents is None
+        else latent_indices(list(latents) if not isinstance(latents, Tensor) else latents, d_sae, left.device)[0]
+    )
     local = subset is not None and down is None and not topk
     index = subset if local and subset is not None else torch.arange(d_sae, device=left.device)
     sums = UsageSums(sae, index, local=local)
@@ -458,7 +467,11 @@ def top_activations(
     else:
         assert v is not None
         values = composite_activations(sae, x, v, batch_size=batch_size)
-    valid = torch.cat([_unit(sae, x[s : s + batch_size]).valid for s in range(0, N, batch_size)]) if N else torch.zeros(0, dtype=torch.bool)
+    valid = (
+        torch.cat([_unit(sae, x[s : s + batch_size]).valid for s in range(0, N, batch_size)])
+        if N
+        else torch.zeros(0, dtype=torch.bool)
+    )
     values = torch.where(valid.to(values.device), values, torch.full_like(values, math.nan)).cpu()
     chosen = _select(values, n, sign)
     view = manifold_view(lifted_units(sae, x[chosen.to(x.device)]), eig)
@@ -469,16 +482,22 @@ def top_activations(
         axes=view.axes.float(),
         axis_eigenvalues=view.axis_eigenvalues.float(),
         axis_labels=view.axis_labels,
-        tokens=None if tokens is None else [tokens[i] for i in chosen.tolist()],
-        contexts=None if contexts is None else [contexts[i] for i in chosen.tolist()],
+        tokens=None if tokens is None else [tokens[i] for i in chosen.tolist()],  # pyright: ignore[reportArgumentType]
+        contexts=None if contexts is None else [contexts[i] for i in chosen.tolist()],  # pyright: ignore[reportArgumentType]
         latent=latent,
         weights=None if v is None else v.detach().cpu(),
         lifted=lifted,
     )
 
 
-
-_MOVED_TO_SIMILARITY = ("Matching", "compare", "cross_kernel", "matched_similarity", "operator_inner", "operator_similarity")
+_MOVED_TO_SIMILARITY = (
+    "Matching",
+    "compare",
+    "cross_kernel",
+    "matched_similarity",
+    "operator_inner",
+    "operator_similarity",
+)
 
 
 def __getattr__(name: str) -> Any:

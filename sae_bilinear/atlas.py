@@ -17,9 +17,9 @@ path relative, so a moved folder still works)::
     data/items/L/0/12.js    per latent (shards of 1000), loaded on demand
 
 The numbers come from :mod:`sae_bilinear.atlas_scores`; this module takes the inputs, writes
-the files and publishes the folder. Browsers refuse ``fetch`` on ``file://``, so each data file is a script that hands its JSON to
-a callback (``atlasItem({...})``). Per-item numbers are quantised (4 digits of the item's
-largest value) to keep 16k latents small.
+the files and publishes the folder. Browsers refuse ``fetch`` on ``file://``, so each data file
+is a script that hands its JSON to a callback (``atlasItem({...})``). Per-item numbers are
+quantised (4 digits of the item's largest value) to keep 16k latents small.
 
 The 2-D map is a PCA (torch SVD) of every form ``Q_j`` (and ``C_r``), seen through the
 data-free random sketch :func:`sae_bilinear.spectra.form_sketch` with unit rows, i.e. of
@@ -56,6 +56,8 @@ ASSETS = Path(__file__).with_name("atlas_assets")
 """atlas.js, atlas.css, index.html and latent.html, copied into every site."""
 SHARD = 1000
 """Item files per folder (``data/items/L/<id // SHARD>/<id>.js``)."""
+
+
 class AtlasResult(NamedTuple):
     """What :func:`build_atlas` wrote and measured."""
 
@@ -101,7 +103,9 @@ def _corpus_from_strings(strings: Sequence[str] | None, n: int, sequence_length:
     if strings is None:
         strings = [f"#{i}" for i in range(n)]
     if len(strings) != n:
-        raise ConfigError(f"token_strings has {len(strings)} entries but there are {n} activations: give one string per token")
+        raise ConfigError(
+            f"token_strings has {len(strings)} entries but there are {n} activations: give one string per token"
+        )
     positions: dict[str, int] = {}
     ids = [positions.setdefault(str(s), len(positions)) for s in strings]
     return Corpus(list(positions), torch.tensor(ids, dtype=torch.long), sequence_length)
@@ -128,7 +132,9 @@ def _inputs(
             raise ConfigError(f"tokens must be a non-empty [n_contexts, context] tensor, got shape {tuple(data.shape)}")
         hook = hook_name or getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "hook_name", None)
         if not hook:
-            raise ConfigError("the SAE's metadata names no hook point: pass hook_name=..., e.g. 'blocks.3.hook_resid_pre'")
+            raise ConfigError(
+                "the SAE's metadata names no hook point: pass hook_name=..., e.g. 'blocks.3.hook_resid_pre'"
+            )
         skip = _auto_skip(model, data) if skip_first is None else _check_int("skip_first", skip_first, 0)
         if skip >= data.shape[1]:
             raise ConfigError(f"skip_first={skip} leaves no token of contexts of length {data.shape[1]}")
@@ -143,9 +149,14 @@ def _inputs(
         length = sequence_length or (data.shape[-2] if data.ndim == 3 else acts.shape[0])
         corpus = _corpus_from_strings(token_strings, acts.shape[0], length)
     if acts.shape[-1] != d_in:
-        raise ConfigError(f"activations have d_in={acts.shape[-1]} but the SAE reads d_in={d_in}: the SAE belongs to another model or hook")
+        raise ConfigError(
+            f"activations have d_in={acts.shape[-1]} but the SAE reads d_in={d_in}: "
+            "the SAE belongs to another model or hook"
+        )
     if not torch.isfinite(acts).all():
-        raise ConfigError("activations contain NaN or inf: check the model's dtype (bf16/fp16 overflow) or the activation file")
+        raise ConfigError(
+            "activations contain NaN or inf: check the model's dtype (bf16/fp16 overflow) or the activation file"
+        )
     return acts.float().cpu(), corpus
 
 
@@ -180,17 +191,36 @@ def _figure_templates() -> dict[str, Any]:
         weights=None,
         lifted=False,
     )
-    figures = {"manifold": plots.manifold_figure(empty, height=560), "spectrum": plots.spectrum_figure(np.zeros(0), height=300)}
-    return {name: json.loads(pio.to_json(fig)) for name, fig in figures.items()}
+    figures = {
+        "manifold": plots.manifold_figure(empty, height=560),
+        "spectrum": plots.spectrum_figure(np.zeros(0), height=300),
+    }
+    return {name: json.loads(pio.to_json(fig)) for name, fig in figures.items()}  # pyright: ignore[reportArgumentType]
 
 
 COLUMNS: list[dict[str, str]] = [
     {"key": "item", "label": "item", "doc": "L = latent j; C = composite r (row r of W_down: C_r = Σ_j D_rj Q_j)"},
-    {"key": "frequency", "label": "frequency", "doc": "share of tokens where |f| reaches activity_threshold × the item's peak ||ũ||²·max|λ|"},
-    {"key": "density", "label": "Hoyer density", "doc": "(||f||₁/||f||₂ − 1)/(√N − 1) over the tokens: 1 = equally active everywhere, 0 = one token"},
-    {"key": "effective_rank", "label": "eff. rank", "doc": "(Σ|λ|)²/Σλ² of the form's eigenvalues (2: a balanced rank-2 latent)"},
+    {
+        "key": "frequency",
+        "label": "frequency",
+        "doc": "share of tokens where |f| reaches activity_threshold × the item's peak ||ũ||²·max|λ|",
+    },
+    {
+        "key": "density",
+        "label": "Hoyer density",
+        "doc": "(||f||₁/||f||₂ − 1)/(√N − 1) over the tokens: 1 = equally active everywhere, 0 = one token",
+    },
+    {
+        "key": "effective_rank",
+        "label": "eff. rank",
+        "doc": "(Σ|λ|)²/Σλ² of the form's eigenvalues (2: a balanced rank-2 latent)",
+    },
     {"key": "importance", "label": "importance Σλ²", "doc": "Σλ² = ||Q||²_F, the size of the form"},
-    {"key": "top3_share", "label": "top-3 share", "doc": "share of Σ|λ| in the 3 largest |λ|: how much the 3D view shows"},
+    {
+        "key": "top3_share",
+        "label": "top-3 share",
+        "doc": "share of Σ|λ| in the 3 largest |λ|: how much the 3D view shows",
+    },
     {"key": "support", "label": "support", "doc": "latents in the composite (|D_rj| ≥ 0.1·max); 1 for a latent"},
     {"key": "max_abs", "label": "max |f|", "doc": "largest |activation| on the tokens"},
     {"key": "top_tokens", "label": "top tokens", "doc": "the tokens of its highest activations"},
@@ -198,7 +228,9 @@ COLUMNS: list[dict[str, str]] = [
 ]
 
 
-def _meta(sae: Any, corpus: Corpus, counts: tuple[int, int, int, int], title: str | None, logits_note: str | None) -> dict[str, Any]:
+def _meta(
+    sae: Any, corpus: Corpus, counts: tuple[int, int, int, int], title: str | None, logits_note: str | None
+) -> dict[str, Any]:
     """``counts``: latents, composites, tokens, contexts listed per end."""
     n_latents, n_composites, n_tokens, n_listed = counts
     left, _, down, lifted = analysis.factors(sae)
@@ -250,9 +282,13 @@ def _staging(out: Path, overwrite: bool) -> Path:
             raise OutputExistsError(f"{out} exists and is not a folder: choose another --out")
         if any(out.iterdir()):
             if not overwrite:
-                raise OutputExistsError(f"{out} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
+                raise OutputExistsError(
+                    f"{out} exists and is not empty: pass overwrite=True (--overwrite) to replace it"
+                )
             if not (out / "atlas.json").is_file():
-                raise OutputExistsError(f"{out} is not an atlas (no atlas.json): refusing to replace it; choose another --out")
+                raise OutputExistsError(
+                    f"{out} is not an atlas (no atlas.json): refusing to replace it; choose another --out"
+                )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a site is for others to read
@@ -333,7 +369,9 @@ def build_atlas(
     if not isinstance(out_dir, (str, Path)) or not str(out_dir):
         raise ConfigError(f"out_dir must be a non-empty path, got {out_dir!r}")
     if n_listed > n_examples:
-        raise ConfigError(f"n_listed={n_listed} must not exceed n_examples={n_examples} (listed contexts come from the kept examples)")
+        raise ConfigError(
+            f"n_listed={n_listed} must not exceed n_examples={n_examples} (listed contexts come from the kept examples)"
+        )
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -347,11 +385,29 @@ def build_atlas(
     start = clock
     staging = _staging(out, overwrite)
     try:
-        acts, corpus = _inputs(sae, model, tokens_or_activations, hook_name, skip_first, token_strings, sequence_length, progress)
+        acts, corpus = _inputs(
+            sae, model, tokens_or_activations, hook_name, skip_first, token_strings, sequence_length, progress
+        )
         lap("activations")
-        result = _build(sae, model, acts, corpus, staging, n_examples, n_listed, n_neighbours, n_logits, batch_size, progress, title, lap)
+        result = _build(
+            sae,
+            model,
+            acts,
+            corpus,
+            staging,
+            n_examples,
+            n_listed,
+            n_neighbours,
+            n_logits,
+            batch_size,
+            progress,
+            title,
+            lap,
+        )
         seconds["total"] = time.perf_counter() - start
-        (staging / "atlas.json").write_text(json.dumps({"format": ATLAS_FORMAT, **result, "seconds": seconds}, indent=1))
+        (staging / "atlas.json").write_text(
+            json.dumps({"format": ATLAS_FORMAT, **result, "seconds": seconds}, indent=1)
+        )
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -389,8 +445,12 @@ def _build(
         forms["C"] = views.composite_forms(sae, progress)
     lap("spectra")
     lifted = 2.0 if analysis.is_lifted(sae) else 1.0
-    peak = torch.tensor([lifted * float(v.abs().max()) if v.numel() else 0.0 for v in forms["C"].eigenvalues]) if has_down else None
-    scores = dict(zip(("L", "C"), views.score(sae, acts, peak, n_examples, batch_size, progress)))
+    peak = (
+        torch.tensor([lifted * float(v.abs().max()) if v.numel() else 0.0 for v in forms["C"].eigenvalues])
+        if has_down
+        else None
+    )
+    scores = dict(zip(("L", "C"), views.score(sae, acts, peak, n_examples, batch_size, progress), strict=False))
     lap("scoring")
     neighbours = {code: similarity.nearest(sae, n_neighbours, composites=code == "C") for code in forms}
     lap("neighbours")
@@ -399,26 +459,47 @@ def _build(
     logits = {code: views.logit_effects(sae, model, code == "C", n_logits) for code in forms}
     lap("logits")
     kinds = [
-        views.Kind(code, scores[code], forms[code], views.form_statistics(forms[code]), xy_latents if code == "L" else xy_composites, neighbours[code], logits[code])
+        views.Kind(
+            code,
+            scores[code],  # pyright: ignore[reportArgumentType]
+            forms[code],
+            views.form_statistics(forms[code]),
+            xy_latents if code == "L" else xy_composites,  # pyright: ignore[reportArgumentType]
+            neighbours[code],
+            logits[code],
+        )
         for code in forms
-        if scores[code] is not None
+        if scores[code] is not None  # pyright: ignore[reportArgumentType]
     ]
     _copy_assets(site)
     n_latents = len(forms["L"].support)
     n_composites = len(forms["C"].support) if has_down else 0
     meta = _meta(sae, corpus, (n_latents, n_composites, acts.shape[0], n_listed), title, views.logits_note(sae, model))
     _write_js(site / "data" / "meta.js", "atlasMeta", meta)
-    _write_js(site / "data" / "corpus.js", "atlasCorpus", {"vocab": corpus.vocab, "ids": corpus.ids.tolist(), "sequence_length": corpus.sequence_length})
+    _write_js(
+        site / "data" / "corpus.js",
+        "atlasCorpus",
+        {"vocab": corpus.vocab, "ids": corpus.ids.tolist(), "sequence_length": corpus.sequence_length},
+    )
     rows = [row for kind in kinds for row in views.index_rows(kind, corpus, n_listed)]
-    _write_js(site / "data" / "index.js", "atlasIndex", {"columns": [c["key"] for c in COLUMNS] + ["x", "y"], "rows": rows})
+    _write_js(
+        site / "data" / "index.js", "atlasIndex", {"columns": [c["key"] for c in COLUMNS] + ["x", "y"], "rows": rows}
+    )
     total = sum(len(kind.forms.support) for kind in kinds)
     with tqdm(total=total, desc="atlas: writing pages", disable=not progress) as bar:
         for kind in kinds:
             for i in range(len(kind.forms.support)):
-                _write_js(site / item_path(kind.code, i), "atlasItem", views.item_record(sae, acts, kind, i, n_examples))
+                _write_js(
+                    site / item_path(kind.code, i), "atlasItem", views.item_record(sae, acts, kind, i, n_examples)
+                )
                 bar.update()
     lap("pages")
-    return {"n_latents": n_latents, "n_composites": n_composites, "n_tokens": acts.shape[0], "meta": {k: v for k, v in meta.items() if k not in ("templates", "columns")}}
+    return {
+        "n_latents": n_latents,
+        "n_composites": n_composites,
+        "n_tokens": acts.shape[0],
+        "meta": {k: v for k, v in meta.items() if k not in ("templates", "columns")},
+    }
 
 
 __all__ = ["ATLAS_FORMAT", "AtlasResult", "Corpus", "build_atlas", "item_path"]

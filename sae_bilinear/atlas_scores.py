@@ -61,7 +61,9 @@ class Extremes:
         self.high = (empty_v, empty_i)
         self.low = (empty_v, empty_i)
 
-    def _merge(self, best: tuple[Tensor, Tensor], values: Tensor, index: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
+    def _merge(
+        self, best: tuple[Tensor, Tensor], values: Tensor, index: Tensor, largest: bool
+    ) -> tuple[Tensor, Tensor]:
         all_v, all_i = torch.cat([best[0], values], 1), torch.cat([best[1], index], 1)
         top = all_v.topk(min(self.k, all_v.shape[1]), dim=1, largest=largest)
         return top.values, all_i.gather(1, top.indices)
@@ -100,7 +102,9 @@ def _hoyer(l1: Tensor, l2_squared: Tensor, n: int) -> Tensor:
     return torch.where(alive, (ratio - 1) / (n**0.5 - 1), torch.zeros_like(ratio)).clamp(0, 1)
 
 
-def score(sae: Any, acts: Tensor, composite_peak: Tensor | None, k: int, batch_size: int, progress: bool) -> tuple[Scores, Scores | None]:
+def score(
+    sae: Any, acts: Tensor, composite_peak: Tensor | None, k: int, batch_size: int, progress: bool
+) -> tuple[Scores, Scores | None]:
     """Score every latent (and composite) in one pass over ``acts``."""
     left, _, down, _ = analysis.factors(sae)
     F, device = left.shape[0], left.device
@@ -132,10 +136,12 @@ def score(sae: Any, acts: Tensor, composite_peak: Tensor | None, k: int, batch_s
             c_extremes.add(h, valid, start)
     n = acts.shape[0]
     used = usage.result()
-    latents = Scores(used["frequency"].cpu(), _hoyer(*sums, n).cpu(), used["max_abs"].cpu(), extremes)
+    latents = Scores(used["frequency"].cpu(), _hoyer(*sums, n).cpu(), used["max_abs"].cpu(), extremes)  # pyright: ignore[reportCallIssue]
     if down is None:
         return latents, None
-    composites = Scores((c_sums[2] / max(n_valid, 1)).cpu(), _hoyer(c_sums[0], c_sums[1], n).cpu(), c_max.cpu(), c_extremes)
+    composites = Scores(
+        (c_sums[2] / max(n_valid, 1)).cpu(), _hoyer(c_sums[0], c_sums[1], n).cpu(), c_max.cpu(), c_extremes
+    )
     return latents, composites
 
 
@@ -238,8 +244,11 @@ def logit_effects(sae: Any, model: Any, composites: bool, k: int) -> Logits | No
             effect = directions[start : start + 512].to(W_U.device, W_U.dtype) @ W_U
         for target, largest in ((out.promote, True), (out.suppress, False)):
             top = effect.float().topk(min(k, effect.shape[-1]), dim=-1, largest=largest)
-            for ids, values in zip(top.indices.tolist(), top.values.tolist()):
-                target.append([[texts.setdefault(i, token_text(tokenizer, i)), round(v, 4)] for i, v in zip(ids, values)])
+            for ids, values in zip(top.indices.tolist(), top.values.tolist(), strict=False):
+                target.append(
+                    [[texts.setdefault(i, token_text(tokenizer, i)), round(v, 4)]
+                     for i, v in zip(ids, values, strict=False)]
+                )
     return out
 
 
@@ -313,7 +322,7 @@ def _members(sae: Any, code: str, i: int) -> list[list[Any]]:
 
 def item_record(sae: Any, acts: Tensor, kind: Kind, i: int, n_examples: int) -> dict[str, Any]:
     high, high_v, low, low_v = kind.scores.extremes.item(i, n_examples)
-    values = dict(zip(low + high, low_v + high_v))  # the same position has the same value
+    values = dict(zip(low + high, low_v + high_v, strict=False))  # the same position has the same value
     positions = sorted(values, key=lambda p: -values[p])
     eigenvalues = kind.forms.eigenvalues[i]
     record: dict[str, Any] = {
@@ -329,7 +338,10 @@ def item_record(sae: Any, acts: Tensor, kind: Kind, i: int, n_examples: int) -> 
         "eigenvalues": [_round(float(v)) for v in eigenvalues[:64]],
         "n_high": len(high),
         "members": _members(sae, kind.code, i),
-        "neighbours": [[kind.code, int(j), _round(float(c))] for j, c in zip(kind.neighbours.indices[i], kind.neighbours.cosines[i])],
+        "neighbours": [
+            [kind.code, int(j), _round(float(c))]
+            for j, c in zip(kind.neighbours.indices[i], kind.neighbours.cosines[i], strict=False)
+        ],
         "promote": kind.logits.promote[i] if kind.logits else None,
         "suppress": kind.logits.suppress[i] if kind.logits else None,
     }

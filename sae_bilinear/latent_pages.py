@@ -115,8 +115,8 @@ def analyze_latent(
         "axes": top.axis_labels,
         "stats": asdict(stats),
         "usage": {name: float(value[0]) for name, value in usage.items()},
-        "top_tokens": listing(order[: n_listed]),
-        "bottom_tokens": listing(order.flip(0)[: n_listed]),
+        "top_tokens": listing(order[:n_listed]),
+        "bottom_tokens": listing(order.flip(0)[:n_listed]),
     }
 
     out = Path(out_dir)
@@ -125,15 +125,23 @@ def analyze_latent(
     title = f"latent {latent}" + (f" (cluster of {len(members)})" if mode == "cluster" else "")
     interactions = None
     if down is not None:
-        ids = members.tolist() if mode == "cluster" else analysis.cluster_weights(sae, latent, cluster_size).nonzero(as_tuple=True)[0].tolist()
+        ids = (
+            members.tolist()
+            if mode == "cluster"
+            else analysis.cluster_weights(sae, latent, cluster_size).nonzero(as_tuple=True)[0].tolist()
+        )
         interactions = (analysis.interaction_matrix(sae, ids).cpu(), [str(i) for i in ids])
-    figures = [plots.manifold_figure(top, title=f"{title}: manifold"), plots.spectrum_figure(values[kept], title=f"{title}: spectrum")]
+    figures = [
+        plots.manifold_figure(top, title=f"{title}: manifold"),
+        plots.spectrum_figure(values[kept], title=f"{title}: spectrum"),
+    ]
     if interactions is not None:
         figures.append(plots.interaction_figure(interactions[0], interactions[1], title=f"{title}: normalised DᵀD"))
     summary = (
         f"{report['variant']} bilinear SAE, d_in={report['d_in']}, d_sae={d_sae}, lifted={lifted}. "
         f"Effective rank {stats.effective_rank:.2f}, importance {stats.importance:.3g}, "
-        f"top-3 share {stats.captured:.2f}, Hoyer density {stats.density if stats.density is not None else float('nan'):.3f}, "
+        f"top-3 share {stats.captured:.2f}, "
+        f"Hoyer density {stats.density if stats.density is not None else float('nan'):.3f}, "
         f"active on {100 * report['usage']['frequency']:.2f}% of tokens."
     )
     files = {"html": str(plots.write_html(figures, stem.with_suffix(".html"), title=title, description=summary))}

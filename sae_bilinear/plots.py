@@ -48,7 +48,9 @@ def _clean(text: str) -> str:
     return text.replace("\r", "").replace("\n", "⏎").replace("\t", "⇥")
 
 
-def hover_text(token: str | None, context: str | None, value: float, index: int, width: int = 60, limit: int = 360) -> str:
+def hover_text(
+    token: str | None, context: str | None, value: float, index: int, width: int = 60, limit: int = 360
+) -> str:
     """Hover label: the token (bold), its context wrapped to ``width`` columns, the activation.
 
     Text is HTML-escaped (tokens such as ``<s>`` show literally) and newlines are drawn
@@ -79,7 +81,9 @@ def _aspect(xyz: np.ndarray) -> dict[str, float]:
     return dict(x=float(ratio[0]), y=float(ratio[1]), z=float(ratio[2]))
 
 
-def manifold_figure(top: TopActivations, *, title: str | None = None, marker_size: float = 3.0, height: int = 700) -> go.Figure:
+def manifold_figure(
+    top: TopActivations, *, title: str | None = None, marker_size: float = 3.0, height: int = 700
+) -> go.Figure:
     """Interactive 3D scatter of ``top.coordinates``; colour = activation (0 is white)."""
     xyz = _numpy(top.coordinates)
     values = _numpy(top.values)
@@ -133,7 +137,9 @@ def manifold_figure(top: TopActivations, *, title: str | None = None, marker_siz
     return fig
 
 
-def spectrum_figure(eigenvalues: Tensor | np.ndarray, *, title: str | None = None, limit: int = 64, height: int = 320) -> go.Figure:
+def spectrum_figure(
+    eigenvalues: Tensor | np.ndarray, *, title: str | None = None, limit: int = 64, height: int = 320
+) -> go.Figure:
     """Bar chart of the ``limit`` largest-``|λ|`` eigenvalues, signed (red > 0, blue < 0)."""
     values = _numpy(eigenvalues)
     values = values[np.argsort(-np.abs(values), kind="stable")][:limit]
@@ -217,7 +223,8 @@ PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>{title}</title>
 <style>
- body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; }}
+ body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
+        margin: 1.5em auto; max-width: 1100px; color: #222; }}
  h1 {{ font-size: 1.4em; margin-bottom: 0.2em; }}
  p.description {{ color: #555; margin-top: 0; }}
  .figure {{ margin: 1em 0 2em 0; }}
@@ -240,7 +247,11 @@ def html_page(divs: Sequence[str], *, title: str = "sae-bilinear", description: 
 
 
 def write_html(
-    figures: go.Figure | Sequence[go.Figure], path: str | Path, *, title: str = "sae-bilinear", description: str | None = None
+    figures: go.Figure | Sequence[go.Figure],
+    path: str | Path,
+    *,
+    title: str = "sae-bilinear",
+    description: str | None = None,
 ) -> Path:
     """Write plotly figures to one self-contained HTML page (plotly.js embedded once; works offline)."""
     if isinstance(figures, go.Figure):
@@ -272,17 +283,24 @@ def manifold_axes(ax: Axes, top: TopActivations, *, dims: int = 3, size: float =
     labels = list(top.axis_labels) + [""] * 3
     if dims == 3:
         artist = ax.scatter(
-            xyz[order, 0], xyz[order, 1], xyz[order, 2], c=values[order], cmap="RdBu_r", norm=_norm(values), s=size, depthshade=False
+            xyz[order, 0],
+            xyz[order, 1],
+            xyz[order, 2],
+            c=values[order],
+            cmap="RdBu_r",
+            norm=_norm(values),
+            s=size,  # pyright: ignore[reportCallIssue]
+            depthshade=False,
         )
         from matplotlib.ticker import MaxNLocator
 
-        ax.set_zlabel(labels[2], fontsize=7, labelpad=2)
+        ax.set_zlabel(labels[2], fontsize=7, labelpad=2)  # pyright: ignore[reportAttributeAccessIssue]
         # Equal units on all axes (a circle looks round), but never flatter than 1:8, so a
         # thin axis keeps readable ticks.
         spread = np.ptp(xyz, axis=0) if xyz.size else np.ones(3)
-        top = float(spread.max()) if np.isfinite(spread).all() and spread.max() > 0 else 1.0
-        ax.set_box_aspect(tuple(np.clip(spread / top, 0.125, 1.0)), zoom=0.85)
-        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        top = float(spread.max()) if np.isfinite(spread).all() and spread.max() > 0 else 1.0  # pyright: ignore[reportAssignmentType]
+        ax.set_box_aspect(tuple(np.clip(spread / top, 0.125, 1.0)), zoom=0.85)  # pyright: ignore[reportCallIssue, reportOperatorIssue]
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):  # pyright: ignore[reportAttributeAccessIssue]
             axis.set_major_locator(MaxNLocator(4))
     else:
         artist = ax.scatter(xyz[order, 0], xyz[order, 1], c=values[order], cmap="RdBu_r", norm=_norm(values), s=size)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -20,8 +21,17 @@ from sae_bilinear.errors import DataFileError
 
 CE_KEYS = ("ce_clean", "ce_spliced", "ce_mean_ablated", "ce_zero_ablated")
 TABLE_KEYS = (
-    "ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated", "ce_loss_recovered", "kl",
-    "explained_variance", "reconstruction_error", "hoyer_density", "l0", "dead_fraction",
+    "ce_clean",
+    "ce_spliced",
+    "ce_zero_ablated",
+    "ce_mean_ablated",
+    "ce_loss_recovered",
+    "kl",
+    "explained_variance",
+    "reconstruction_error",
+    "hoyer_density",
+    "l0",
+    "dead_fraction",
 )
 
 
@@ -39,7 +49,9 @@ def curves_figure(history: Sequence[dict[str, float]]) -> go.Figure:
         values = [row.get(key) for row in history]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=key, showlegend=False), row=1, col=col)
         fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_layout(height=340, margin=dict(t=80, b=40, l=40, r=20), title=dict(text="Training (SAELens trainer)", y=0.97))
+    fig.update_layout(
+        height=340, margin=dict(t=80, b=40, l=40, r=20), title=dict(text="Training (SAELens trainer)", y=0.97)
+    )
     return fig
 
 
@@ -51,20 +63,30 @@ def density_error_figure(history: Sequence[dict[str, float]], final: dict[str, A
             x=[row["hoyer_density"] for row in history],
             y=[row["reconstruction_error"] for row in history],
             mode="lines+markers",
-            marker=dict(color=[row["step"] for row in history], colorscale="Viridis", showscale=True,
-                        colorbar=dict(title="step")),
+            marker=dict(
+                color=[row["step"] for row in history],
+                colorscale="Viridis",
+                showscale=True,
+                colorbar=dict(title="step"),
+            ),
             name="training",
         )
     )
     fig.add_trace(
         go.Scatter(
-            x=[final["hoyer_density"]], y=[final["reconstruction_error"]], mode="markers",
-            marker=dict(symbol="star", size=16, color="crimson"), name="held-out (final)",
+            x=[final["hoyer_density"]],
+            y=[final["reconstruction_error"]],
+            mode="markers",
+            marker=dict(symbol="star", size=16, color="crimson"),
+            name="held-out (final)",
         )
     )
     fig.update_layout(
-        height=400, title=dict(text="Density vs reconstruction error", y=0.97), xaxis_title="Hoyer density (mean over latents)",
-        yaxis_title="||X − X̂||² / ||X||²", margin=dict(t=80, b=40, l=60, r=20),
+        height=400,
+        title=dict(text="Density vs reconstruction error", y=0.97),
+        xaxis_title="Hoyer density (mean over latents)",
+        yaxis_title="||X − X̂||² / ||X||²",
+        margin=dict(t=80, b=40, l=60, r=20),
         legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom", xanchor="left"),
     )
     return fig
@@ -79,7 +101,10 @@ def ce_figure(metrics: dict[str, Any]) -> go.Figure:
     if baseline:
         fig.add_trace(go.Bar(x=labels, y=[baseline[k] for k in CE_KEYS], name=f"{baseline['kind']} baseline"))
     fig.update_layout(
-        barmode="group", height=360, title="Next-token CE loss on held-out text (nats)", yaxis_title="CE loss",
+        barmode="group",
+        height=360,
+        title="Next-token CE loss on held-out text (nats)",
+        yaxis_title="CE loss",
         margin=dict(t=50, b=40, l=60, r=20),
     )
     return fig
@@ -95,14 +120,18 @@ def _format(value: Any) -> str:
 
 def metrics_table(metrics: dict[str, Any]) -> str:
     baseline = metrics.get("baseline")
-    head = "<tr><th>metric</th><th>bilinear</th>" + (f"<th>{html.escape(baseline['kind'])} baseline</th>" if baseline else "") + "</tr>"
+    head = (
+        "<tr><th>metric</th><th>bilinear</th>"
+        + (f"<th>{html.escape(baseline['kind'])} baseline</th>" if baseline else "")
+        + "</tr>"
+    )
     rows = [
         f"<tr><td>{key}</td><td>{_format(metrics.get(key))}</td>"
         + (f"<td>{_format(baseline.get(key))}</td>" if baseline else "")
         + "</tr>"
         for key in TABLE_KEYS
     ]
-    style = "border-collapse:collapse" 
+    style = "border-collapse:collapse"
     return f'<table style="{style}" border="1" cellpadding="4">{head}{"".join(rows)}</table>'
 
 
@@ -115,10 +144,15 @@ def atlas_link(out: Path, atlas_dir: str | Path) -> str:
     folder = Path(atlas_dir)
     summary_file = folder / "atlas.json"
     if not (folder / "index.html").is_file() or not summary_file.is_file():
-        raise DataFileError(f"{folder} is not an atlas (no index.html or atlas.json): build it first with sae_bilinear.atlas.build_atlas")
+        raise DataFileError(
+            f"{folder} is not an atlas (no index.html or atlas.json): "
+            "build it first with sae_bilinear.atlas.build_atlas"
+        )
     try:
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        counts = f"{int(summary['n_latents'])} latents" + (f" and {int(summary['n_composites'])} composites" if summary.get("n_composites") else "")
+        counts = f"{int(summary['n_latents'])} latents" + (
+            f" and {int(summary['n_composites'])} composites" if summary.get("n_composites") else ""
+        )
     except (ValueError, KeyError, TypeError) as error:
         raise DataFileError(f"{summary_file} is damaged ({error}): rebuild the atlas") from error
     target = Path(os.path.relpath(folder.resolve() / "index.html", out.resolve()))
@@ -145,7 +179,8 @@ def write_report(
     figures = [curves_figure(history), density_error_figure(history, metrics), ce_figure(metrics)]
     divs = [plots.figure_div(fig, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     links = "".join(
-        f'<li>latent {page["latent"]}: <a href="{html.escape(str(Path(page["html"]).relative_to(out)))}">3D manifold</a>'
+        f'<li>latent {page["latent"]}: '
+        f'<a href="{html.escape(str(Path(page["html"]).relative_to(out)))}">3D manifold</a>'
         f' · <a href="{html.escape(str(Path(page["png"]).relative_to(out)))}">PNG</a>'
         f' · <a href="{html.escape(str(Path(page["json"]).relative_to(out)))}">JSON</a></li>'
         for page in latent_pages
@@ -153,7 +188,8 @@ def write_report(
     )
     summary = (
         f"<p>{html.escape(str(metrics['model']))} at <code>{html.escape(str(metrics['hook']))}</code>, "
-        f"{metrics['tokens']} training tokens, {metrics['eval_tokens']} held-out tokens, {metrics['seconds']:.0f} s.</p>"
+        f"{metrics['tokens']} training tokens, {metrics['eval_tokens']} held-out tokens, "
+        f"{metrics['seconds']:.0f} s.</p>"
         + atlas
         + metrics_table(metrics)
         + (f"<h2>Most active latents</h2><ul>{links}</ul>" if links else "")
@@ -189,7 +225,12 @@ def _write_png(path: Path, metrics: dict[str, Any], history: Sequence[dict[str, 
     x = range(len(labels))
     axes[2].bar([i - 0.2 for i in x], [metrics[k] for k in CE_KEYS], width=0.4, label="bilinear")
     if metrics.get("baseline"):
-        axes[2].bar([i + 0.2 for i in x], [metrics["baseline"][k] for k in CE_KEYS], width=0.4, label=metrics["baseline"]["kind"])
+        axes[2].bar(
+            [i + 0.2 for i in x],
+            [metrics["baseline"][k] for k in CE_KEYS],
+            width=0.4,
+            label=metrics["baseline"]["kind"],
+        )
     axes[2].set_xticks(list(x), labels)
     axes[2].set_ylabel("CE loss (nats)")
     axes[2].legend()

@@ -113,7 +113,7 @@ def _kernel_pass(a: Factors, b: Factors, *, symmetric: bool, cosines: bool, bloc
                 acc[form] = part if form not in acc else acc[form] + part
             else:
                 projected = K @ down_b.T if down_b is not None else K
-                totals[form] += float(projected.to(torch.float64).pow(2).sum())
+                totals[form] += float(projected.to(torch.float64).pow(2).sum())  # pyright: ignore[reportArgumentType]
         K = kernels_by_form["symmetric" if symmetric else "plain"]
         kernel_sq += float(K.to(torch.float64).pow(2).sum())
         plain_kernel_sq += float(plain.to(torch.float64).pow(2).sum())
@@ -125,7 +125,7 @@ def _kernel_pass(a: Factors, b: Factors, *, symmetric: bool, cosines: bool, bloc
             out[block] = cos.clamp(max=1.0).float().cpu().numpy()
     for form, part in acc.items():
         projected = part @ down_b.T if down_b is not None else part
-        totals[form] += float(projected.to(torch.float64).pow(2).sum())
+        totals[form] += float(projected.to(torch.float64).pow(2).sum())  # pyright: ignore[reportArgumentType]
     return _Pass(totals["plain"], totals.get("symmetric"), kernel_sq, plain_kernel_sq, out)
 
 
@@ -174,7 +174,9 @@ def paper_similarity(sae_a: Any, sae_b: Any, *, block_size: int = 2048) -> float
     "> 98 % between runs".
     """
     a, b = factors(sae_a), factors(sae_b)
-    passes = [_kernel_pass(x, y, symmetric=False, cosines=False, block_size=block_size) for x, y in ((a, b), (a, a), (b, b))]
+    passes = [
+        _kernel_pass(x, y, symmetric=False, cosines=False, block_size=block_size) for x, y in ((a, b), (a, a), (b, b))
+    ]
     return _similarity(*(p.plain_kernel_sq for p in passes))
 
 
@@ -267,7 +269,6 @@ def compare(
     return result
 
 
-
 class Neighbours(NamedTuple):
     """Nearest forms of each latent (or composite) of one SAE, by the cosine of their operators."""
 
@@ -325,7 +326,9 @@ def nearest(sae: Any, k: int = 8, *, composites: bool = False, block_size: int =
         plain, swapped = _kernel_blocks(f, f, block, True)
         assert swapped is not None
         denominator = (norms[block].unsqueeze(-1) * norms.unsqueeze(0)).clamp(min=torch.finfo(norms.dtype).tiny)
-        top, value = _top_by_magnitude(0.5 * (plain + swapped) / denominator, torch.arange(block.start, block.stop, device=norms.device), k)
+        top, value = _top_by_magnitude(
+            0.5 * (plain + swapped) / denominator, torch.arange(block.start, block.stop, device=norms.device), k
+        )
         tops.append(top.cpu())
         values.append(value.float().cpu())
     return Neighbours(torch.cat(tops), torch.cat(values))

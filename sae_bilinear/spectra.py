@@ -410,7 +410,11 @@ def direction_weights(
             expected = ", ".join(f"{name}={size}" for name, size in sizes.items())
             raise ValueError(
                 f"direction has {w.shape[0]} entries: "
-                + ("ambiguous, pass space=" + " or ".join(repr(m) for m in matches) if matches else f"expected one of {expected}")
+                + (
+                    "ambiguous, pass space=" + " or ".join(repr(m) for m in matches)
+                    if matches
+                    else f"expected one of {expected}"
+                )
             )
         space = matches[0]  # type: ignore[assignment]
     if space not in sizes:
@@ -423,7 +427,9 @@ def direction_weights(
         assert down is not None
         return down.T @ w
     if not lifted:
-        raise ValueError("an activation-space direction can only be read through a lifted SAE (unlifted ones do not decode)")
+        raise ValueError(
+            "an activation-space direction can only be read through a lifted SAE (unlifted ones do not decode)"
+        )
     decoder = kernels.lifted_decoder(left[:, 1:], right[:, 1:], left[:, 0], right[:, 0])
     coefficients = decoder @ w
     return down.T @ (down @ coefficients) if down is not None else coefficients
@@ -434,7 +440,6 @@ def interaction_matrix(sae: Any, latents: Sequence[int] | Tensor) -> Tensor:
     index, _ = latent_indices(latents, factors(sae).left.shape[0], torch.device("cpu"))
     rows = mixing_overlap(sae, index.tolist())
     return rows[:, index.to(rows.device)]
-
 
 
 def top_dims(vector: Tensor, lifted: bool, k: int) -> dict[str, Any]:
@@ -458,7 +463,6 @@ def variant_name(sae: Any) -> str:
     if variant is None:
         variant = "mixed" if _param(sae, "W_down") is not None else "vanilla"
     return str(variant)
-
 
 
 def form_sketch(sae: Any, dims: int = 128, seed: int = 0) -> Tensor:

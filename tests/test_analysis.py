@@ -52,7 +52,9 @@ def test_closed_form_spectrum_matches_eigh(lifted):
     torch.testing.assert_close(spec.eigenvalues, exact[:, :2], atol=1e-10, rtol=1e-10)
     assert exact[:, 2:].abs().max() < 1e-10
     V, lam = spec.eigenvectors, spec.eigenvalues
-    torch.testing.assert_close(V.transpose(-1, -2) @ V, torch.eye(2, dtype=V.dtype).expand(12, 2, 2), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        V.transpose(-1, -2) @ V, torch.eye(2, dtype=V.dtype).expand(12, 2, 2), atol=1e-10, rtol=0
+    )
     torch.testing.assert_close(Q @ V, V * lam.unsqueeze(-2), atol=1e-10, rtol=0)
     # Q = Σ λ v vᵀ: the pair is the whole form.
     torch.testing.assert_close((V * lam.unsqueeze(-2)) @ V.transpose(-1, -2), Q, atol=1e-10, rtol=0)
@@ -120,7 +122,9 @@ def test_subspace_angles():
     assert analysis.subspace_angles(Q[:, :3], Q[:, :3] @ torch.randn(3, 3, dtype=torch.float64)).max() < 1e-5
     assert analysis.subspace_angles(Q[:, :2], Q[:, 2:5]).min() == pytest.approx(90.0)
     tilted = torch.stack([Q[:, 0], math.cos(0.3) * Q[:, 1] + math.sin(0.3) * Q[:, 7]], 1)
-    torch.testing.assert_close(analysis.subspace_angles(Q[:, :2], tilted), torch.tensor([0.0, math.degrees(0.3)], dtype=torch.float64))
+    torch.testing.assert_close(
+        analysis.subspace_angles(Q[:, :2], tilted), torch.tensor([0.0, math.degrees(0.3)], dtype=torch.float64)
+    )
 
 
 # ---------------------------------------------------------------------------- composites
@@ -173,7 +177,9 @@ def test_mixed_clusters_and_bottleneck_rows():
     # Bottleneck unit k reads h_k = (D f)_k = ũᵀ C_k ũ.
     x = torch.randn(25, 5, dtype=torch.float64)
     f = sae.encode(x)
-    torch.testing.assert_close(analysis.composite_activations(sae, x, analysis.bottleneck_weights(sae, 2)), (f @ D.T)[:, 2])
+    torch.testing.assert_close(
+        analysis.composite_activations(sae, x, analysis.bottleneck_weights(sae, 2)), (f @ D.T)[:, 2]
+    )
     direction = torch.randn(4, dtype=torch.float64)
     torch.testing.assert_close(analysis.direction_weights(sae, direction), D.T @ direction)
     with pytest.raises(ValueError, match="W_down"):
@@ -237,9 +243,15 @@ def test_top_activations_of_a_latent():
     assert top.axis_eigenvalues[2] == 0 and top.axis_labels[2].startswith("residual")
     torch.testing.assert_close(top.axis_eigenvalues[:2].abs(), torch.tensor([0.5, 0.5]))
     # f = Σ λ_k c_k² on the two eigen-axes; circle tokens sit on the unit circle.
-    torch.testing.assert_close((top.coordinates[:, :2].pow(2) * top.axis_eigenvalues[:2]).sum(-1), top.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        (top.coordinates[:, :2].pow(2) * top.axis_eigenvalues[:2]).sum(-1), top.values, atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(top.coordinates[:, :2].norm(dim=-1), torch.ones(40), atol=1e-4, rtol=0)
-    for sign, check in (("positive", lambda v: (v > 0).all()), ("negative", lambda v: (v < 0).all()), ("abs", lambda v: True)):
+    for sign, check in (
+        ("positive", lambda v: (v > 0).all()),
+        ("negative", lambda v: (v < 0).all()),
+        ("abs", lambda v: True),
+    ):
         assert check(analysis.top_activations(sae, x, 0, n=10, sign=sign).values)
     with pytest.raises(ValueError, match="contexts"):
         analysis.top_activations(sae, x, 0, contexts=["a"])
@@ -261,7 +273,7 @@ def test_choose_top_latents_by_frequency():
     sae, x, _ = planted_latent_sae()
     ones = torch.ones(8) / 8**0.5
     with torch.no_grad():  # latent 3 reads the ones direction; the others are blind to it
-        sae.W_left -= (sae.W_left @ ones).unsqueeze(-1) * ones
+        sae.W_left -= (sae.W_left @ ones).unsqueeze(-1) * ones  # pyright: ignore[reportAttributeAccessIssue]
         sae.W_left[3] = ones
         sae.W_right[3] = ones
     x = torch.ones(50, 8) + 0.01 * torch.randn(50, 8)
@@ -459,7 +471,9 @@ def test_manifold_view_of_a_rank2_form_adds_one_residual_axis():
     units = analysis.lifted_units(sae, x[:400])
     view = analysis.manifold_view(units, analysis.latent_spectrum(sae, 0))
     assert view.coordinates.shape == (400, 3) and view.axis_labels[2] == "residual PC0"
-    torch.testing.assert_close(view.axes.T @ view.axes, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)  # float32 eigenvectors
+    torch.testing.assert_close(
+        view.axes.T @ view.axes, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0
+    )  # float32 eigenvectors
     torch.testing.assert_close(view.coordinates, units @ view.axes)
 
 

@@ -29,7 +29,9 @@ def dequant(packed: dict) -> torch.Tensor:
 
 
 def tiny(variant="vanilla", lifted=True, F=24, d=10):
-    sae = make_sae(d=d, F=F, variant=variant, lifted=lifted, bottleneck=6 if variant == "mixed" else None, dtype="float32", seed=4)
+    sae = make_sae(
+        d=d, F=F, variant=variant, lifted=lifted, bottleneck=6 if variant == "mixed" else None, dtype="float32", seed=4
+    )
     torch.manual_seed(1)
     acts = torch.randn(12, 20, d)
     acts[0, 3] = 0  # an invalid (zero) token
@@ -81,7 +83,9 @@ def test_index_rows_agree_with_the_analysis_functions(tmp_path):
         assert row[col["max_abs"]] == pytest.approx(float(usage["max_abs"][j]), rel=1e-3)
         stats = analysis.composite_stats(sae, analysis.latent_weights(sae, j), x)
         assert row[col["density"]] == pytest.approx(stats.density, rel=1e-3)
-        assert row[col["effective_rank"]] == pytest.approx(float(analysis.effective_rank(spec.eigenvalues[j])), rel=1e-3)
+        assert row[col["effective_rank"]] == pytest.approx(
+            float(analysis.effective_rank(spec.eigenvalues[j])), rel=1e-3
+        )
         assert row[col["importance"]] == pytest.approx(float(analysis.importance(spec.eigenvalues[j])), rel=1e-3)
         assert row[col["support"]] == 1
         top = analysis.top_activations(sae, x, j, n=5, sign="positive")
@@ -99,9 +103,9 @@ def test_item_files_hold_the_manifold_contexts_and_neighbours(tmp_path):
         assert set(points["pos"]) == set(top.indices.tolist())
         values = dequant(points["v"])
         assert (values[:-1] >= values[1:] - 1e-9).all()  # highest first
-        expected = dict(zip(top.indices.tolist(), top.values.tolist()))
+        expected = dict(zip(top.indices.tolist(), top.values.tolist(), strict=False))
         scale = max(abs(v) for v in expected.values())
-        for p, v in zip(points["pos"], values.tolist()):
+        for p, v in zip(points["pos"], values.tolist(), strict=False):
             assert v == pytest.approx(expected[p], abs=scale / atlas.QUANT)
         # The 3D coordinates are the manifold view of analysis.top_activations (same axes).
         order = {p: i for i, p in enumerate(top.indices.tolist())}

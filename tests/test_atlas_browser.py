@@ -43,7 +43,9 @@ def _missing() -> str | None:
 )
 @pytest.mark.parametrize("variant", ["vanilla", "mixed"])
 def test_clicking_a_row_opens_its_latent_without_console_errors(tmp_path, variant):
-    sae = make_sae(d=12, F=30, variant=variant, lifted=True, bottleneck=5 if variant == "mixed" else None, dtype="float32", seed=7)
+    sae = make_sae(
+        d=12, F=30, variant=variant, lifted=True, bottleneck=5 if variant == "mixed" else None, dtype="float32", seed=7
+    )
     torch.manual_seed(0)
     acts = torch.randn(10, 24, 12)
     words = ["the", " river", " runs", "\n", " past", " <b>hills</b>", " &", " mills"]
@@ -52,8 +54,16 @@ def test_clicking_a_row_opens_its_latent_without_console_errors(tmp_path, varian
     atlas.build_atlas(sae, None, acts, site, token_strings=strings, n_examples=20, n_listed=8, progress=False)
     shots = tmp_path / "shots"
     shots.mkdir()
-    done = subprocess.run(
-        [NODE, str(BROWSER_DIR / "check_atlas.mjs"), str(site), "--screenshots", str(shots), "--chromium", str(CHROMIUM)],
+    done = subprocess.run(  # pyright: ignore[reportCallIssue]
+        [
+            NODE,
+            str(BROWSER_DIR / "check_atlas.mjs"),
+            str(site),
+            "--screenshots",
+            str(shots),
+            "--chromium",
+            str(CHROMIUM),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -63,7 +73,13 @@ def test_clicking_a_row_opens_its_latent_without_console_errors(tmp_path, varian
     assert lines, f"no output from the browser check; stderr:\n{done.stderr[-2000:]}"
     summary = json.loads(lines[-1])
     assert summary["problems"] == [] and done.returncode == 0, summary
-    for name in ("row opens its latent", "top contexts visible", "manifold and spectrum drawn", "search by token", "next link"):
+    for name in (
+        "row opens its latent",
+        "top contexts visible",
+        "manifold and spectrum drawn",
+        "search by token",
+        "next link",
+    ):
         assert summary["checks"][name], name
     for shot in ("index.png", "latent.png"):
         assert (shots / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,19 @@ def test_analyze_latent_writes_html_png_json(tmp_path, variant):
         assert path.exists() and path.stat().st_size > 0
         assert report[suffix] == str(path)
     data = json.loads((tmp_path / "latent_2.json").read_text())
-    for key in ("latent", "mode", "variant", "eigenvalues", "eigenvectors", "stats", "usage", "top_tokens", "bottom_tokens", "members", "files"):
+    for key in (
+        "latent",
+        "mode",
+        "variant",
+        "eigenvalues",
+        "eigenvectors",
+        "stats",
+        "usage",
+        "top_tokens",
+        "bottom_tokens",
+        "members",
+        "files",
+    ):
         assert key in data
     assert data["mode"] == ("cluster" if variant == "mixed" else "latent")
     assert len(data["eigenvalues"]) == (2 if variant == "vanilla" else len(data["eigenvalues"])) and data["eigenvalues"]

@@ -33,7 +33,13 @@ def explicit_similarity(a, b, symmetric):
 
 
 @pytest.mark.parametrize(
-    "variant_a, variant_b, lifted", [("vanilla", "vanilla", False), ("vanilla", "vanilla", True), ("mixed", "combined", False), ("vanilla", "mixed", True)]
+    "variant_a, variant_b, lifted",
+    [
+        ("vanilla", "vanilla", False),
+        ("vanilla", "vanilla", True),
+        ("mixed", "combined", False),
+        ("vanilla", "mixed", True),
+    ],
 )
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_operator_similarity_matches_explicit_d2_computation(variant_a, variant_b, lifted, symmetric):
@@ -92,7 +98,9 @@ def test_different_saes_score_below_one_and_compare_dict():
         assert key in result
     json.dumps(result)  # printable as is
     assert result["operator_similarity"] == pytest.approx(similarity.operator_similarity(a, b))
-    assert result["operator_similarity_unsymmetrised"] == pytest.approx(similarity.operator_similarity(a, b, symmetric=False))
+    assert result["operator_similarity_unsymmetrised"] == pytest.approx(
+        similarity.operator_similarity(a, b, symmetric=False)
+    )
     match = similarity.matched_similarity(a, b)
     assert result["matched_similarity"] == pytest.approx(float(match.scores.mean()))
     K = similarity.cross_kernel(a, b)
@@ -102,7 +110,9 @@ def test_different_saes_score_below_one_and_compare_dict():
     assert plain["operator_similarity"] == pytest.approx(result["operator_similarity_unsymmetrised"])
     K = similarity.cross_kernel(a, b, symmetric=False)
     match = similarity.matched_similarity(a, b, symmetric=False)
-    assert plain["matched_energy"] == pytest.approx(float(K[match.rows, match.cols].pow(2).sum() / K.pow(2).sum()), rel=1e-5)
+    assert plain["matched_energy"] == pytest.approx(
+        float(K[match.rows, match.cols].pow(2).sum() / K.pow(2).sum()), rel=1e-5
+    )
     mixed = similarity.compare(make_sae(d=6, F=24, variant="mixed", bottleneck=5), a)
     assert 0 < mixed["operator_similarity"] < 1 and mixed["variant_a"] == "mixed"
     same = similarity.compare(a, permuted_copy(a))
@@ -185,7 +195,10 @@ def test_nearest_composites_use_the_bottleneck_forms():
         torch.testing.assert_close(result.cosines[r], expected[order].float(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"k": 0}, "k"), ({"k": 2.0}, "k"), ({"block_size": 0}, "block_size"), ({"composites": True}, "W_down")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"k": 0}, "k"), ({"k": 2.0}, "k"), ({"block_size": 0}, "block_size"), ({"composites": True}, "W_down")],
+)
 def test_nearest_rejects_bad_input(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         similarity.nearest(make_sae(d=4, F=6), **kwargs)
