@@ -149,3 +149,19 @@ def test_plane_rows_matches_the_composites_energy():
         c = analysis.composite_matrix(sae, analysis.bottleneck_weights(sae, row)).double()
         shares.append(float((c @ lifted_plane).pow(2).sum() / c.pow(2).sum()))
     assert rm.plane_rows(sae, plane, 8) == sorted(range(8), key=lambda k: -shares[k])
+
+
+@pytest.mark.slow
+def test_width_and_seeds_tiny(tmp_path, tiny_model):
+    import width_and_seeds
+
+    results = width_and_seeds.main(["--tiny", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                                    "--expansions", "1", "2", "--seeds", "0", "1"], model=tiny_model)
+    assert [r["d_sae"] for r in results["width"]] == [32, 64]
+    assert all(r["tokens"] == results["width"][0]["tokens"] for r in results["width"])  # equal tokens
+    pair = results["similarity"][0]
+    assert pair["seeds"] == [0, 1]
+    assert 0.0 < pair["paper_formula"] < 1.0 and 0.0 < pair["operator_similarity_symmetrised"] <= 1.0
+    # Seed 0 at expansion 2 is the same SAE in both lists (cached, not retrained).
+    assert results["seeds"][0]["reconstruction_error"] == results["width"][1]["reconstruction_error"]
+    assert (tmp_path / "out" / "width.png").read_bytes()[:4] == b"\x89PNG"
