@@ -571,6 +571,31 @@ def plane_rows(sae: Any, plane: Tensor, n: int) -> list[int]:
     return share.topk(min(n, share.numel())).indices.tolist()
 
 
+def factor_report(sae: Any, latents: Any, shared: Tensor, circle: Circle) -> list[dict[str, float]]:
+    """The issue's hint, checked: for each latent of a pair, how its two factors sit against the
+    direction all tokens share (``shared``: the mean unit activation) and the circle's plane.
+
+    ``cos_shared``: |cos| of the factor's activation part with ``shared``; ``plane_share``: share
+    of the factor's activation part in the plane; ``bias_share``: share of the lifted factor's
+    norm in its bias (coordinate 0; lifted SAEs only).
+    """
+    left, right, _, lifted = analysis.factors(sae, dtype=torch.float64)
+    m = shared.to(torch.float64) / shared.norm()
+    q = circle.plane.to(torch.float64)
+    out = []
+    for j in latents:
+        entry = {"latent": int(j)}
+        for side, factor in (("left", left[j]), ("right", right[j])):
+            part = factor[1:] if lifted else factor
+            norm = part.norm().clamp(min=1e-30)
+            entry[f"{side}_cos_shared"] = float((part @ m).abs() / norm)
+            entry[f"{side}_plane_share"] = float((part @ q).pow(2).sum() / norm.pow(2))
+            if lifted:
+                entry[f"{side}_bias_share"] = float(factor[0].pow(2) / factor.pow(2).sum())
+        out.append(entry)
+    return out
+
+
 def decoder_geometry(dictionary: Dictionary, circle: Circle, top: int = 64) -> dict[str, Any]:
     """TopK: the best pair of decoder directions (among the ``top`` most in-plane) spanning the
     plane, and how many decoder directions lie within 30° of it."""
@@ -843,7 +868,9 @@ def measure(dictionary: Dictionary, circles: dict[str, Circle], x_background: Te
         f = dictionary.encode(circle.x)
         entry: dict[str, Any] = {"readouts": readouts(f, circle, f_background, background_split), "tiling": tiling(f, circle)}
         if dictionary.kind == "bilinear":
-            entry["geometry"] = eigen_geometry(dictionary, circle, tuple(entry["readouts"]["pair_angle"]["latents"]))
+            pair = tuple(entry["readouts"]["pair_angle"]["latents"])
+            entry["geometry"] = eigen_geometry(dictionary, circle, pair)
+            entry["pair_factors"] = factor_report(dictionary.sae, pair, unit(x_background).mean(0), circle)
         elif dictionary.kind == "topk":
             entry["geometry"] = decoder_geometry(dictionary, circle)
         result["circles"][name] = entry

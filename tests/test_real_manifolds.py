@@ -165,3 +165,22 @@ def test_width_and_seeds_tiny(tmp_path, tiny_model):
     # Seed 0 at expansion 2 is the same SAE in both lists (cached, not retrained).
     assert results["seeds"][0]["reconstruction_error"] == results["width"][1]["reconstruction_error"]
     assert (tmp_path / "out" / "width.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_factor_report_sees_a_shared_factor():
+    from types import SimpleNamespace
+
+    circle = _planted_circle(n=140)
+    shared = circle.u.mean(0)
+    d = shared.shape[0]
+    left = torch.randn(4, d, dtype=torch.float64)
+    right = torch.randn(4, d, dtype=torch.float64)
+    left[1], right[1] = shared, circle.plane[:, 0]
+    left[2], right[2] = 3 * circle.plane[:, 1], -shared
+    sae = SimpleNamespace(W_left=left.float(), W_right=right.float())
+    report = rm.factor_report(sae, (1, 2), shared, circle)
+    assert report[0]["left_cos_shared"] == pytest.approx(1.0, abs=1e-5)
+    assert report[0]["right_plane_share"] == pytest.approx(1.0, abs=1e-5)
+    assert report[1]["right_cos_shared"] == pytest.approx(1.0, abs=1e-5)
+    assert report[1]["left_plane_share"] == pytest.approx(1.0, abs=1e-5)
+    assert report[0]["right_cos_shared"] < 0.2
