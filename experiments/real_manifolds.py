@@ -507,6 +507,10 @@ def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[i
     * ``best_composite`` (mixed/combined): the same for the bottleneck rows' composites
       ``C_k = Σ_j D_kj Q_j`` (top-3 eigenvectors).
     * ``pair_composite``: the composite ``Q_i + Q_j`` of the best angle pair (top-3 eigenvectors).
+    * ``direction_composite_0/1`` (lifted): the composite reading the decoded ``û`` along each
+      plane axis (:func:`sae_bilinear.analysis.direction_weights`).
+    * ``cluster_composite`` (mixed): the authors' cluster of the pair's first latent (its 10
+      strongest partners in the normalised ``DᵀD``).
     """
     sae = dictionary.sae
     lifted = analysis.is_lifted(sae)
@@ -537,8 +541,15 @@ def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[i
     weights = torch.zeros(spectrum.eigenvalues.shape[0])
     weights[list(pair_latents)] = 1.0
     out["pair_composite"] = describe(analysis.composite_spectrum(sae, weights, k=3).eigenvectors, list(pair_latents))
+    if lifted:
+        # The package's direction composites: the decoded û's component along each plane axis.
+        for axis in range(2):
+            weights = analysis.direction_weights(sae, circle.plane[:, axis].float(), "activations")
+            out[f"direction_composite_{axis}"] = describe(analysis.composite_spectrum(sae, weights, k=3).eigenvectors, axis)
     down = analysis.factors(sae).down
     if down is not None:
+        cluster = analysis.cluster_weights(sae, pair_latents[0], size=10)
+        out["cluster_composite"] = describe(analysis.composite_spectrum(sae, cluster, k=3).eigenvectors, pair_latents[0])
         best_row, best_angle, best_vectors = -1, math.inf, None
         for row in plane_rows(sae, circle.plane, COMPOSITE_SCREEN):
             vecs = analysis.composite_spectrum(sae, analysis.bottleneck_weights(sae, row), k=3).eigenvectors
