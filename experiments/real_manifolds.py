@@ -586,12 +586,14 @@ def factor_report(sae: Any, latents: Any, shared: Tensor, circle: Circle) -> lis
     """The issue's hint, checked: for each latent of a pair, how its two factors sit against the
     direction all tokens share (``shared``: the mean unit activation) and the circle's plane.
 
-    ``cos_shared``: |cos| of the factor's activation part with ``shared``; ``plane_share``: share
-    of the factor's activation part in the plane; ``bias_share``: share of the lifted factor's
-    norm in its bias (coordinate 0; lifted SAEs only).
+    ``cos_shared``: |cos| of the factor's activation part with ``shared``; ``cos_circle_mean``:
+    with the circle tokens' own mean direction; ``plane_share``: share of the factor's activation
+    part in the plane; ``bias_share``: share of the lifted factor's norm in its bias (coordinate 0;
+    lifted SAEs only).
     """
     left, right, _, lifted = analysis.factors(sae, dtype=torch.float64)
     m = shared.to(torch.float64) / shared.norm()
+    own = circle.mean.to(torch.float64) / circle.mean.norm()
     q = circle.plane.to(torch.float64)
     out = []
     for j in latents:
@@ -600,6 +602,7 @@ def factor_report(sae: Any, latents: Any, shared: Tensor, circle: Circle) -> lis
             part = factor[1:] if lifted else factor
             norm = part.norm().clamp(min=1e-30)
             entry[f"{side}_cos_shared"] = float((part @ m).abs() / norm)
+            entry[f"{side}_cos_circle_mean"] = float((part @ own).abs() / norm)
             entry[f"{side}_plane_share"] = float((part @ q).pow(2).sum() / norm.pow(2))
             if lifted:
                 entry[f"{side}_bias_share"] = float(factor[0].pow(2) / factor.pow(2).sum())
