@@ -487,14 +487,22 @@ def readouts(f: Tensor, circle: Circle, f_background: Tensor, background_split: 
     return out
 
 
-def tiling(f: Tensor, circle: Circle) -> dict[str, Any]:
-    """Strongest latent of each class (largest mean |f| over the class's tokens) and how many
-    distinct latents that makes; for TopK also the latents firing on ≥ 20 % of some class."""
-    means = circle.class_means(f.abs())
-    strongest = means.argmax(dim=1).tolist()
-    firing = torch.stack([(f[circle.cls == c] != 0).double().mean(0) for c in range(circle.n_classes)])
+def tiling(f: Tensor, circle: Circle, f_background: Tensor, z_min: float = 3.0) -> dict[str, Any]:
+    """Which latents respond to each class, against the background.
+
+    A latent's response to class c is the z-score of its mean ``|f|`` over the class's tokens
+    against its ``|f|`` over background tokens (mean and std); ``strongest`` is the latent with
+    the largest response for each class, ``distinct_strongest`` how many different latents that
+    makes (1: one latent for the whole circle; n_classes: one per class, a tiling), and
+    ``selective_latents`` how many latents have a response above ``z_min`` for some class.
+    """
+    background = f_background.abs()
+    mean, std = background.mean(0), background.std(0).clamp(min=1e-12)
+    response = (circle.class_means(f.abs()) - mean) / std  # [classes, F]
+    strongest = response.argmax(dim=1).tolist()
     return {"strongest": strongest, "distinct_strongest": len(set(strongest)),
-            "latents_firing_20pct": int((firing >= 0.2).any(0).sum()) if (f == 0).any() else None}
+            "strongest_z": [float(response[c, j]) for c, j in enumerate(strongest)],
+            "selective_latents": int((response > z_min).any(0).sum())}
 
 
 def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[int, int]) -> dict[str, Any]:
@@ -880,7 +888,7 @@ def measure(dictionary: Dictionary, circles: dict[str, Circle], x_background: Te
                               "width": int(f_background.shape[1]), "circles": {}}
     for name, circle in circles.items():
         f = dictionary.encode(circle.x)
-        entry: dict[str, Any] = {"readouts": readouts(f, circle, f_background, background_split), "tiling": tiling(f, circle)}
+        entry: dict[str, Any] = {"readouts": readouts(f, circle, f_background, background_split), "tiling": tiling(f, circle, f_background)}
         if dictionary.kind == "bilinear":
             pair = tuple(entry["readouts"]["pair_angle"]["latents"])
             entry["geometry"] = eigen_geometry(dictionary, circle, pair)
@@ -906,6 +914,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         row[f"{name}_pair_plane_r2"] = r["pair_plane"]["r2_heldout"]
         row[f"{name}_latents_for_90"] = r["latents_for_90"]
         row[f"{name}_distinct_strongest"] = entry["tiling"]["distinct_strongest"]
+        row[f"{name}_selective_latents"] = entry["tiling"]["selective_latents"]
         g = entry.get("geometry", {})
         if "best_latent" in g:
             row[f"{name}_latent_angle"] = g["best_latent"]["max_angle"]
@@ -924,7 +933,8 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
 def tables(rows: list[dict[str, Any]]) -> str:
     """The readout table and the geometry table (markdown), one row per dictionary."""
     fit = ["name", "params", "reconstruction_error", "hoyer_density", "fvu"]
-    readout = ["pair_angle_r2", "single_angle_r2", "pair_feature_r2", "pair_plane_r2", "latents_for_90", "distinct_strongest"]
+    readout = ["pair_angle_r2", "single_angle_r2", "pair_feature_r2", "pair_plane_r2", "latents_for_90", "distinct_strongest",
+               "selective_latents"]
     geometry = ["latent_angle", "latent_share", "pair_comp_angle", "pair_comp_cyclic", "comp_angle", "comp_share", "comp_cyclic",
                 "decoder_pair_angle"]
     text = "## Fit\n\n" + _common.markdown_table(rows, fit) + "\n"

@@ -100,12 +100,17 @@ def test_readouts_find_a_planted_pair_and_beat_random():
     assert ceiling["angle_r2_from_plane"] > 0.9
 
 
-def test_tiling_counts_the_strongest_latents():
+def test_tiling_counts_the_class_selective_latents():
     circle = _planted_circle(n=350)
-    f = torch.zeros(350, 10, dtype=torch.float64)
-    f[torch.arange(350), (circle.cls % 3).long()] = 1.0  # three latents tile the seven classes
-    t = rm.tiling(f, circle)
-    assert t["distinct_strongest"] == 3 and t["latents_firing_20pct"] == 3
+    g = torch.Generator().manual_seed(0)
+    f = 0.1 * torch.rand(350, 10, generator=g, dtype=torch.float64)
+    f[:, 9] += 5.0  # a big latent, on every token alike: not selective
+    f[torch.arange(350), (circle.cls % 3).long()] += 1.0  # three latents tile the seven classes
+    background = 0.1 * torch.rand(500, 10, generator=g, dtype=torch.float64)
+    background[:, 9] += 5.0
+    t = rm.tiling(f, circle, background)
+    assert t["distinct_strongest"] == 3 and t["selective_latents"] == 3
+    assert set(t["strongest"]) == {0, 1, 2}
 
 
 @pytest.mark.slow
