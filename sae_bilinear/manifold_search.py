@@ -14,10 +14,11 @@ non-negative linear latents must tile it with arcs.
    ``f_i²`` and ``f_j²`` over the tokens, times ``1 − corr(f_i, f_j)²``), and pairs that share
    a factor (``|cos|`` of one factor of each, times the sine between the other two).
 2. **Ring score** (:func:`ring_fit`): in the standardised ``(f_i, f_j)`` plane, the tokens far
-   from the bulk make the ring (centre: their mean; radius: their median distance); the score
+   from the bulk make the ring (centre: a least-squares circle fit; radius: their median distance); the score
    is the product of its angular *coverage* (entropy of the angles around the centre), its
-   *thinness* (1 − median |r − R|/R) and its *hole* (a dip of the density of all tokens between
-   the centre and the ring; a Gaussian blob has none). A line, an arc, a blob all score low.
+   *thinness* (1 − median |r − R|/R), its *hole* (a dip of the density of all tokens between
+   the centre and the ring; a Gaussian blob has none) and *bulk* (the tokens the pair ignores sit
+   at the centre or on the ring). A line, an arc, a blob, a blob's tail all score low.
 3. **Plane** of a found pair: the span of the two latents' gradients at the ring tokens' mean
    (in activation space): the plane the circle lives in, comparable with a known plane through
    :func:`sae_bilinear.analysis.subspace_angles`.
@@ -57,7 +58,7 @@ class RingFit(NamedTuple):
     """How much a 2D point cloud looks like a ring (see :func:`ring_fit`)."""
 
     score: float
-    """``coverage · thinness · hole`` in [0, 1]."""
+    """``coverage · thinness · hole · bulk`` in [0, 1]."""
     coverage: float
     """Entropy of the ring points' angles around the centre (``bins`` bins), over ``log bins``."""
     thinness: float
@@ -65,15 +66,20 @@ class RingFit(NamedTuple):
     hole: float
     """``1 − min density(0.2R..0.8R) / density(0.8R..1.2R)`` of all points around the centre
     (densities per unit area, in rings of width 0.1R), clipped to [0, 1]."""
+    bulk: float
+    """Whether the bulk (the median of all points: the tokens the pair ignores) sits at the
+    ring's centre or on the ring, as it does for a circle drawn by a pair of latents:
+    ``max(1 − d/(R/2), 1 − |d − R|/(R/2))`` clipped to [0, 1], ``d`` its distance from the centre.
+    Junk "rings" fitted to the scattered tail of a blob have the blob outside them."""
     center: tuple[float, float]
-    """Centre: the mean of the ring points (standardised units)."""
+    """Centre: the least-squares circle through the ring points (standardised units)."""
     radius: float
     """Median distance R of the ring points from the centre."""
     n_ring: int
     """Points far from the bulk, which the ring is made of."""
 
 
-EMPTY_RING = RingFit(0.0, 0.0, 0.0, 0.0, (0.0, 0.0), 0.0, 0)
+EMPTY_RING = RingFit(0.0, 0.0, 0.0, 0.0, 0.0, (0.0, 0.0), 0.0, 0)
 
 
 def standardise(points: Float[Tensor, "n 2"]) -> Tensor:
@@ -90,14 +96,27 @@ def ring_points(points: Float[Tensor, "n 2"], threshold: float = 0.4, quantile: 
     return r > threshold * torch.quantile(r, quantile)
 
 
+def fit_circle(points: Float[Tensor, "n 2"]) -> tuple[Tensor, float]:
+    """Algebraic (Kåsa) least-squares circle through ``points``: ``(centre [2], radius)``."""
+    p = points.to(torch.float64)
+    design = torch.cat([p, torch.ones(p.shape[0], 1, dtype=p.dtype)], dim=1)
+    target = p.pow(2).sum(-1, keepdim=True)
+    solution = torch.linalg.lstsq(design, target).solution.squeeze(-1)
+    center = solution[:2] / 2
+    radius_sq = solution[2] + center.pow(2).sum()
+    return center, float(radius_sq.clamp(min=0).sqrt())
+
+
 def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 12, threshold: float = 0.4) -> RingFit:
     """Ring score of a 2D point cloud (e.g. the standardised activations of a pair of latents).
 
-    The points far from the bulk (:func:`ring_points`) make the ring; its centre is their
-    mean (so a ring around the bulk and a ring through it are both found) and its radius R
-    their median distance from it. A ring has its points all around the centre (coverage),
-    at one radius (thinness), and a dip in the density of *all* points somewhere between the
-    centre and the ring (hole: a Gaussian blob's density only falls with the radius).
+    The points far from the bulk (:func:`ring_points`) make the ring; its centre is the
+    least-squares circle through them (:func:`fit_circle`; a ring around the bulk and a ring
+    through it, whose arc near the bulk is missing, are both found) and its radius R their
+    median distance from it. A ring has its points all around the centre (coverage),
+    at one radius (thinness), a dip in the density of *all* points somewhere between the
+    centre and the ring (hole: a Gaussian blob's density only falls with the radius), and the
+    bulk of the points at the centre or on the ring (bulk).
     """
     if points.ndim != 2 or points.shape[1] != 2:
         raise ConfigError(f"points must be [n, 2], got {tuple(points.shape)}")
@@ -108,7 +127,7 @@ def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 
     ring = ring_points(p, threshold)
     if int(ring.sum()) < min_points:
         return EMPTY_RING
-    center = p[ring].mean(0)
+    center, _ = fit_circle(p[ring])
     r_all = (p - center).norm(dim=-1)
     r = r_all[ring]
     radius = float(r.median())
@@ -128,7 +147,10 @@ def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 
     band = density(0.8, 1.2)
     inside = min(density(0.2 + 0.1 * k, 0.3 + 0.1 * k) for k in range(6))
     hole = min(1.0, max(0.0, 1.0 - inside / band)) if band > 0 else 0.0
-    return RingFit(coverage * thinness * hole, coverage, thinness, hole, (float(center[0]), float(center[1])), radius, int(ring.sum()))
+    distance = float((p.median(dim=0).values - center).norm()) / radius
+    bulk = min(1.0, max(0.0, 1.0 - 2 * distance, 1.0 - 2 * abs(distance - 1.0)))
+    return RingFit(coverage * thinness * hole * bulk, coverage, thinness, hole, bulk, (float(center[0]), float(center[1])), radius,
+                   int(ring.sum()))
 
 
 def cyclic_order(points: Float[Tensor, "c 2"]) -> tuple[bool, list[int]]:

@@ -144,3 +144,13 @@ def test_find_circles_bad_arguments(planted, kwargs, field):
 def test_ring_fit_bad_shape():
     with pytest.raises(ConfigError, match="points"):
         ms.ring_fit(torch.zeros(10, 3))
+
+
+def test_ring_fit_rejects_the_tail_of_a_blob():
+    """Scattered points on one side of a dense blob are not a ring around anything."""
+    g = torch.Generator().manual_seed(0)
+    blob = torch.randn(5000, 2, generator=g)
+    theta = torch.rand(200, generator=g) * 2 * math.pi
+    tail = torch.stack([theta.cos(), theta.sin()], 1) * 1.5 + torch.tensor([-5.0, -4.0])
+    fit = ms.ring_fit(torch.cat([blob, tail]))
+    assert fit.bulk < 0.2 and fit.score < 0.2
