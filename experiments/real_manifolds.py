@@ -853,6 +853,37 @@ def plot_pairs(entries: list[tuple[str, Dictionary, dict]], circles: dict[str, C
     _common.save_figure(fig, path)
 
 
+def plot_composites(entries: list[tuple[str, Dictionary, dict]], circles: dict[str, Circle], x_background: Tensor, path: Path) -> None:
+    """Each bilinear SAE's best angle pair as a composite ``Q_i + Q_j``: the circle's held-out
+    tokens (coloured by class) and background tokens (grey) on its top-3 eigenvectors, the view
+    the package's latent pages give. A composite that isolates the circle shows a coloured ring."""
+    from matplotlib.figure import Figure
+
+    entries = [e for e in entries if e[1].kind == "bilinear"]
+    if not entries:
+        return
+    fig = Figure(figsize=(3.6 * len(circles), 3.3 * len(entries)), dpi=90, layout="constrained")
+    for row, (label, dictionary, result) in enumerate(entries):
+        lifted = analysis.is_lifted(dictionary.sae)
+        for col, (name, circle) in enumerate(circles.items()):
+            ax = fig.add_subplot(len(entries), len(circles), row * len(circles) + col + 1, projection="3d")
+            pair = result["circles"][name]["readouts"]["pair_angle"]["latents"]
+            weights = torch.zeros(analysis.factors(dictionary.sae).left.shape[0])
+            weights[list(pair)] = 1.0
+            axes = analysis.composite_spectrum(dictionary.sae, weights, k=3).eigenvectors.to(torch.float64)
+            def coords(x: Tensor) -> np.ndarray:
+                u = unit(x)
+                return ((analysis.lift(u) if lifted else u) @ axes).numpy()
+            bg = coords(x_background[:1500])
+            ax.scatter(bg[:, 0], bg[:, 1], bg[:, 2], s=1, c="#cccccc", depthshade=False)
+            c = coords(circle.x)
+            ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=3, c=_class_colors(circle.n_classes)[circle.cls.numpy()], depthshade=False)
+            angle = result["circles"][name]["geometry"]["pair_composite"]["max_angle"]
+            ax.set_title(f"{label}\n{name}: composite of {pair[0]}+{pair[1]} (plane angle {angle:.0f}°)", fontsize=7)
+            ax.tick_params(labelsize=5)
+    _common.save_figure(fig, path)
+
+
 def plot_r2(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -1029,6 +1060,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     (args.out / "table.md").write_text(tables(rows))
     plot_r2(rows, args.out / "r2.png")
     plot_pairs([(d_.name, d_, r) for d_, r in zip(dictionaries, measured)], circles, args.out / "pairs.png")
+    plot_composites([(d_.name, d_, r) for d_, r in zip(dictionaries, measured)], circles, x_background, args.out / "composites.png")
     if not args.no_search:
         draw_search(dictionaries, measured, eval_split, search_rows, search_x, model, args.out, args.cache)
     results["seconds"] = time.time() - started

@@ -131,7 +131,7 @@ def test_tiny_run(tmp_path, tiny_model):
             assert 1 <= entry["circles"][circle]["tiling"]["distinct_strongest"] <= rm.CIRCLES[circle].__len__()
     mixed = next(e for e in results["dictionaries"] if e["name"].startswith("mixed"))
     assert 0.0 <= mixed["circles"]["week"]["geometry"]["best_composite"]["max_angle"] <= 90.0
-    for png in ("circles.png", "pairs.png", "r2.png"):
+    for png in ("circles.png", "pairs.png", "r2.png", "composites.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # A second run reuses the stored activations and SAEs: same numbers.
     again = rm.main(["--tiny", "--out", str(tmp_path / "again"), "--cache", str(tmp_path / "cache"),
