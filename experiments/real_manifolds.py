@@ -34,65 +34,172 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-import exp_common as _common  # noqa: E402
 from sae_bilinear import activation_store, analysis, manifold_search  # noqa: E402
+from sae_bilinear import experiment_utils as _common
 
 NAME = "real_manifolds"
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 CIRCLES: dict[str, tuple[str, ...]] = {"week": DAYS, "year": MONTHS}
 
 # ----------------------------------------------------------------------------------------
 # 1. Corpus: Bible text mixed with labelled weekday/month sentences
 # ----------------------------------------------------------------------------------------
 
-PEOPLE = ("my brother", "the old farmer", "our neighbour", "the teacher", "Anna", "David", "the mayor", "her father",
-          "the doctor", "a young soldier", "the baker", "my aunt", "the committee", "the children", "his wife", "Tom",
-          "the priest", "the new manager", "Sarah", "the fishermen")
-PLACES = ("the market", "the station", "the river", "church", "the office", "the village", "the hospital", "town",
-          "the library", "the harbour", "the school", "the city", "the farm", "the mountains", "the coast")
-ACTIVITIES = ("went fishing", "painted the fence", "baked bread", "visited the museum", "wrote a long letter",
-              "cleaned the house", "played football", "read the newspaper", "repaired the roof", "sold the horses",
-              "planted potatoes", "sang in the choir", "closed the shop early", "paid the rent", "took the train")
-THINGS = ("the meeting", "the concert", "the exam", "the wedding", "the market day", "the football match",
-          "the council vote", "the school trip", "the dentist appointment", "the funeral", "the dance", "the sale")
+PEOPLE = (
+    "my brother",
+    "the old farmer",
+    "our neighbour",
+    "the teacher",
+    "Anna",
+    "David",
+    "the mayor",
+    "her father",
+    "the doctor",
+    "a young soldier",
+    "the baker",
+    "my aunt",
+    "the committee",
+    "the children",
+    "his wife",
+    "Tom",
+    "the priest",
+    "the new manager",
+    "Sarah",
+    "the fishermen",
+)
+PLACES = (
+    "the market",
+    "the station",
+    "the river",
+    "church",
+    "the office",
+    "the village",
+    "the hospital",
+    "town",
+    "the library",
+    "the harbour",
+    "the school",
+    "the city",
+    "the farm",
+    "the mountains",
+    "the coast",
+)
+ACTIVITIES = (
+    "went fishing",
+    "painted the fence",
+    "baked bread",
+    "visited the museum",
+    "wrote a long letter",
+    "cleaned the house",
+    "played football",
+    "read the newspaper",
+    "repaired the roof",
+    "sold the horses",
+    "planted potatoes",
+    "sang in the choir",
+    "closed the shop early",
+    "paid the rent",
+    "took the train",
+)
+THINGS = (
+    "the meeting",
+    "the concert",
+    "the exam",
+    "the wedding",
+    "the market day",
+    "the football match",
+    "the council vote",
+    "the school trip",
+    "the dentist appointment",
+    "the funeral",
+    "the dance",
+    "the sale",
+)
 
 DAY_TEMPLATES = (
-    "{thing} is on {d}.", "{Person} {act} on {d}.", "On {d} {person} {act}.", "Every {d} {person} goes to {place}.",
-    "{Person} will be back on {d} morning.", "The shop at {place} is closed on {d}.", "I saw {person} last {d}.",
-    "See you next {d} at {place}!", "It rained all day on {d}.", "The letter arrived on {d} afternoon.",
-    "{Person} works late every {d} night.", "We moved {thing} from {d} to {d2}.", "Was it {d} or {d2}?",
-    "By {d} evening {person} had {act_pp}.", "{thing} was postponed until {d}.", "{d} was a quiet day at {place}.",
-    "The bus to {place} does not run on {d}.", "{Person} said that {d} suits everyone.",
-    "Since last {d}, {person} has been ill.", "The report is due on {d}, not {d2}.", "After {d} comes {next}.",
-    "Yesterday was {prev}, so today is {d}.", "Open {d} to {d2}, from nine until five.",
+    "{thing} is on {d}.",
+    "{Person} {act} on {d}.",
+    "On {d} {person} {act}.",
+    "Every {d} {person} goes to {place}.",
+    "{Person} will be back on {d} morning.",
+    "The shop at {place} is closed on {d}.",
+    "I saw {person} last {d}.",
+    "See you next {d} at {place}!",
+    "It rained all day on {d}.",
+    "The letter arrived on {d} afternoon.",
+    "{Person} works late every {d} night.",
+    "We moved {thing} from {d} to {d2}.",
+    "Was it {d} or {d2}?",
+    "By {d} evening {person} had {act_pp}.",
+    "{thing} was postponed until {d}.",
+    "{d} was a quiet day at {place}.",
+    "The bus to {place} does not run on {d}.",
+    "{Person} said that {d} suits everyone.",
+    "Since last {d}, {person} has been ill.",
+    "The report is due on {d}, not {d2}.",
+    "After {d} comes {next}.",
+    "Yesterday was {prev}, so today is {d}.",
+    "Open {d} to {d2}, from nine until five.",
 )
 MONTH_TEMPLATES = (
-    "{Person} was born in {m}.", "The harvest at {place} ends in {m}.", "We moved to {place} last {m}.",
-    "{thing} is held every {m}.", "In {m} the days at {place} grow longer.", "The report is due in {m} next year.",
-    "It snowed heavily in {m}.", "{Person} married in {m} of that year.", "The school year starts in {m}.",
-    "Prices rose sharply in {m}.", "{thing} was moved from {m} to {m2}.", "By the end of {m} {person} had {act_pp}.",
-    "On {n} {m} {person} {act}.", "{Person} {act} in early {m}.", "The lake freezes in {m} and thaws in {m2}.",
-    "{m} was the wettest month at {place}.", "{Person} will visit {place} in {m}.", "Between {m} and {m2} {person} {act}.",
-    "After {m} comes {next}.", "Last month was {prev}; now it is {m}.", "The contract runs until {n} {m}.",
-    "In late {m}, {person} {act}.", "The festival moved to {m} this year.",
+    "{Person} was born in {m}.",
+    "The harvest at {place} ends in {m}.",
+    "We moved to {place} last {m}.",
+    "{thing} is held every {m}.",
+    "In {m} the days at {place} grow longer.",
+    "The report is due in {m} next year.",
+    "It snowed heavily in {m}.",
+    "{Person} married in {m} of that year.",
+    "The school year starts in {m}.",
+    "Prices rose sharply in {m}.",
+    "{thing} was moved from {m} to {m2}.",
+    "By the end of {m} {person} had {act_pp}.",
+    "On {n} {m} {person} {act}.",
+    "{Person} {act} in early {m}.",
+    "The lake freezes in {m} and thaws in {m2}.",
+    "{m} was the wettest month at {place}.",
+    "{Person} will visit {place} in {m}.",
+    "Between {m} and {m2} {person} {act}.",
+    "After {m} comes {next}.",
+    "Last month was {prev}; now it is {m}.",
+    "The contract runs until {n} {m}.",
+    "In late {m}, {person} {act}.",
+    "The festival moved to {m} this year.",
 )
-PAST_PARTICIPLES = ("finished the work", "left the village", "sold the house", "paid the debt", "found a new job",
-                    "written the letter", "repaired the wall", "returned home")
+PAST_PARTICIPLES = (
+    "finished the work",
+    "left the village",
+    "sold the house",
+    "paid the debt",
+    "found a new job",
+    "written the letter",
+    "repaired the wall",
+    "returned home",
+)
 
 
 def _fill(template: str, names: tuple[str, ...], slot: str, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
@@ -100,9 +207,16 @@ def _fill(template: str, names: tuple[str, ...], slot: str, rng: random.Random) 
     cls = rng.randrange(len(names))
     other = rng.randrange(len(names))
     values = {
-        slot: names[cls], slot + "2": names[other], "next": names[(cls + 1) % len(names)],
-        "prev": names[(cls - 1) % len(names)], "person": rng.choice(PEOPLE), "Person": None, "place": rng.choice(PLACES),
-        "act": rng.choice(ACTIVITIES), "act_pp": rng.choice(PAST_PARTICIPLES), "thing": rng.choice(THINGS),
+        slot: names[cls],
+        slot + "2": names[other],
+        "next": names[(cls + 1) % len(names)],
+        "prev": names[(cls - 1) % len(names)],
+        "person": rng.choice(PEOPLE),
+        "Person": None,
+        "place": rng.choice(PLACES),
+        "act": rng.choice(ACTIVITIES),
+        "act_pp": rng.choice(PAST_PARTICIPLES),
+        "thing": rng.choice(THINGS),
         "n": str(rng.randint(1, 28)),
     }
     person = rng.choice(PEOPLE)
@@ -192,7 +306,9 @@ class LabelledTokens(NamedTuple):
     """``[n_contexts, context_size]`` the sentence's id (−1 none)."""
 
 
-def pack(docs: list[LabelledText], tokenizer: Any, context_size: int, max_contexts: int, prepend_bos: bool) -> LabelledTokens:
+def pack(
+    docs: list[LabelledText], tokenizer: Any, context_size: int, max_contexts: int, prepend_bos: bool
+) -> LabelledTokens:
     """Tokenise and pack documents like SAELens (BOS first and between documents), with labels.
 
     A name is labelled on the token holding its last character (for a one-token name, the
@@ -205,13 +321,13 @@ def pack(docs: list[LabelledText], tokenizer: Any, context_size: int, max_contex
     for doc in docs:
         encoded = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
         labels = {}
-        for begin, end, circle, cls, sentence in doc.names:
+        for _begin, end, circle, cls, sentence in doc.names:
             labels[end - 1] = (circles.index(circle), cls, sentence)
         if stream or not prepend_bos:
             stream.append((bos, -1, -1, -1))
-        for token, (start, stop) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        for token, (start, stop) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=False):
             label = next((labels[c] for c in range(start, stop) if c in labels), (-1, -1, -1))
-            stream.append((token, *label))
+            stream.append((token, *label))  # pyright: ignore[reportArgumentType]
         if len(stream) >= needed * 1.1:
             break
     body = context_size - 1 if prepend_bos else context_size
@@ -254,8 +370,15 @@ class DataSpec:
     seed: int = 0
 
 
-TINY_DATA = DataSpec(model=_common.TINY_MODEL, hook="blocks.1.hook_resid_pre", context_size=32, train_contexts=48,
-                     eval_contexts=32, template_share=0.2, eval_template_share=0.5)
+TINY_DATA = DataSpec(
+    model=_common.TINY_MODEL,
+    hook="blocks.1.hook_resid_pre",
+    context_size=32,
+    train_contexts=48,
+    eval_contexts=32,
+    template_share=0.2,
+    eval_template_share=0.5,
+)
 
 
 class Split(NamedTuple):
@@ -305,11 +428,23 @@ def activations(spec: DataSpec, cache: Path, model: Any = None, progress: bool =
     splits = {}
     for name, labelled in corpora(spec, model.tokenizer, prepend_bos).items():
         settings = activation_store.settings_for(
-            model, labelled.tokens, spec.hook, model_name=spec.model, dataset=f"kjv+weekday/month templates ({name}, {spec})",
-            prepend_bos=prepend_bos, skip_first=skip, dtype=spec.dtype,
+            model,
+            labelled.tokens,
+            spec.hook,
+            model_name=spec.model,
+            dataset=f"kjv+weekday/month templates ({name}, {spec})",
+            prepend_bos=prepend_bos,
+            skip_first=skip,
+            dtype=spec.dtype,
         )
-        store = activation_store.collect(Path(cache) / "activation_store", model, labelled.tokens, settings, progress=progress,
-                                         contexts_per_shard=200)
+        store = activation_store.collect(
+            Path(cache) / "activation_store",
+            model,
+            labelled.tokens,
+            settings,
+            progress=progress,
+            contexts_per_shard=200,
+        )
         splits[name] = Split(labelled, store, skip)
     return splits, model
 
@@ -387,8 +522,18 @@ def circles_of(split: Split) -> dict[str, Circle]:
         _, s, vh = torch.linalg.svd(centred, full_matrices=False)
         plane = vh[:2].T
         cyclic, _ = manifold_search.cyclic_order(centred @ plane)
-        out[name] = Circle(name, len(names), x, cls, labels["sentence"][rows] % 2 == 0, plane, u.mean(0), rows,
-                           float(s[:2].pow(2).sum() / s.pow(2).sum()), cyclic)
+        out[name] = Circle(
+            name,
+            len(names),
+            x,
+            cls,
+            labels["sentence"][rows] % 2 == 0,
+            plane,
+            u.mean(0),
+            rows,
+            float(s[:2].pow(2).sum() / s.pow(2).sum()),
+            cyclic,
+        )
     return out
 
 
@@ -434,7 +579,9 @@ def topk_input(x: Tensor) -> Tensor:
 def topk_dictionary(name: str, sae: Any, info: dict | None = None) -> Dictionary:
     @torch.no_grad()
     def encode(x: Tensor) -> Tensor:
-        return torch.cat([sae.encode(topk_input(x[s : s + 4096])) for s in range(0, x.shape[0], 4096)]).to(torch.float64)
+        return torch.cat([sae.encode(topk_input(x[s : s + 4096])) for s in range(0, x.shape[0], 4096)]).to(
+            torch.float64
+        )
 
     return Dictionary(name, "topk", encode, sae, sum(p.numel() for p in sae.parameters()), info or {})
 
@@ -480,7 +627,11 @@ def readouts(f: Tensor, circle: Circle, f_background: Tensor, background_split: 
     out["pair_feature"] = {"latents": feature.pair, "r2_chosen": feature.r2_chosen, "r2_heldout": feature.r2_heldout}
     z = circle.z
     plane_pair = manifold_search.best_pairs(f[a], z[a], f[b], z[b])
-    out["pair_plane"] = {"latents": plane_pair.pair, "r2_chosen": plane_pair.r2_chosen, "r2_heldout": plane_pair.r2_heldout}
+    out["pair_plane"] = {
+        "latents": plane_pair.pair,
+        "r2_chosen": plane_pair.r2_chosen,
+        "r2_heldout": plane_pair.r2_heldout,
+    }
     chosen, curve = manifold_search.greedy_readout(f[a], z[a], f[b], z[b], GREEDY_MAX)
     out["greedy_plane"] = {"latents": chosen, "r2_heldout": curve}
     out["latents_for_90"] = next((k + 1 for k, v in enumerate(curve) if v >= TILING_TARGET), None)
@@ -500,9 +651,12 @@ def tiling(f: Tensor, circle: Circle, f_background: Tensor, z_min: float = 3.0) 
     mean, std = background.mean(0), background.std(0).clamp(min=1e-12)
     response = (circle.class_means(f.abs()) - mean) / std  # [classes, F]
     strongest = response.argmax(dim=1).tolist()
-    return {"strongest": strongest, "distinct_strongest": len(set(strongest)),
-            "strongest_z": [float(response[c, j]) for c, j in enumerate(strongest)],
-            "selective_latents": int((response > z_min).any(0).sum())}
+    return {
+        "strongest": strongest,
+        "distinct_strongest": len(set(strongest)),
+        "strongest_z": [float(response[c, j]) for c, j in enumerate(strongest)],
+        "selective_latents": int((response > z_min).any(0).sum()),
+    }
 
 
 def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[int, int]) -> dict[str, Any]:
@@ -544,8 +698,7 @@ def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[i
     vectors = manifold_search.activation_part(spectrum.eigenvectors, lifted)
     angles = manifold_search.plane_angles(vectors, circle.plane)
     best = int(angles.argmin())
-    out = {"best_latent": describe(spectrum.eigenvectors[best], best),
-           "latents_within_30deg": int((angles < 30).sum())}
+    out = {"best_latent": describe(spectrum.eigenvectors[best], best), "latents_within_30deg": int((angles < 30).sum())}
     weights = torch.zeros(spectrum.eigenvalues.shape[0])
     weights[list(pair_latents)] = 1.0
     out["pair_composite"] = describe(analysis.composite_spectrum(sae, weights, k=3).eigenvectors, list(pair_latents))
@@ -553,15 +706,23 @@ def eigen_geometry(dictionary: Dictionary, circle: Circle, pair_latents: tuple[i
         # The package's direction composites: the decoded û's component along each plane axis.
         for axis in range(2):
             weights = analysis.direction_weights(sae, circle.plane[:, axis].float(), "activations")
-            out[f"direction_composite_{axis}"] = describe(analysis.composite_spectrum(sae, weights, k=3).eigenvectors, axis)
+            out[f"direction_composite_{axis}"] = describe(
+                analysis.composite_spectrum(sae, weights, k=3).eigenvectors, axis
+            )
     down = analysis.factors(sae).down
     if down is not None:
         cluster = analysis.cluster_weights(sae, pair_latents[0], size=10)
-        out["cluster_composite"] = describe(analysis.composite_spectrum(sae, cluster, k=3).eigenvectors, pair_latents[0])
+        out["cluster_composite"] = describe(
+            analysis.composite_spectrum(sae, cluster, k=3).eigenvectors, pair_latents[0]
+        )
         best_row, best_angle, best_vectors = -1, math.inf, None
         for row in plane_rows(sae, circle.plane, COMPOSITE_SCREEN):
             vecs = analysis.composite_spectrum(sae, analysis.bottleneck_weights(sae, row), k=3).eigenvectors
-            angle = float(manifold_search.plane_angles(manifold_search.activation_part(vecs, lifted).unsqueeze(0), circle.plane)[0])
+            angle = float(
+                manifold_search.plane_angles(manifold_search.activation_part(vecs, lifted).unsqueeze(0), circle.plane)[
+                    0
+                ]
+            )
             if angle < best_angle:
                 best_row, best_angle, best_vectors = row, angle, vecs
         assert best_vectors is not None
@@ -609,11 +770,11 @@ def factor_report(sae: Any, latents: Any, shared: Tensor, circle: Circle) -> lis
         for side, factor in (("left", left[j]), ("right", right[j])):
             part = factor[1:] if lifted else factor
             norm = part.norm().clamp(min=1e-30)
-            entry[f"{side}_cos_shared"] = float((part @ m).abs() / norm)
-            entry[f"{side}_cos_circle_mean"] = float((part @ own).abs() / norm)
-            entry[f"{side}_plane_share"] = float((part @ q).pow(2).sum() / norm.pow(2))
+            entry[f"{side}_cos_shared"] = float((part @ m).abs() / norm)  # pyright: ignore[reportArgumentType]
+            entry[f"{side}_cos_circle_mean"] = float((part @ own).abs() / norm)  # pyright: ignore[reportArgumentType]
+            entry[f"{side}_plane_share"] = float((part @ q).pow(2).sum() / norm.pow(2))  # pyright: ignore[reportArgumentType]
             if lifted:
-                entry[f"{side}_bias_share"] = float(factor[0].pow(2) / factor.pow(2).sum())
+                entry[f"{side}_bias_share"] = float(factor[0].pow(2) / factor.pow(2).sum())  # pyright: ignore[reportArgumentType]
         out.append(entry)
     return out
 
@@ -631,19 +792,32 @@ def decoder_geometry(dictionary: Dictionary, circle: Circle, top: int = 64) -> d
             angle = float(manifold_search.plane_angles(torch.stack([w[i], w[j]], 1).unsqueeze(0), circle.plane)[0])
             if angle < best_angle:
                 best, best_angle = (i, j), angle
-    return {"best_pair": best, "max_angle": best_angle, "directions_within_30deg": int((in_plane > math.cos(math.radians(30))).sum())}
+    return {
+        "best_pair": best,
+        "max_angle": best_angle,
+        "directions_within_30deg": int((in_plane > math.cos(math.radians(30))).sum()),
+    }
 
 
-def search_report(dictionary: Dictionary, x: Tensor, labels: Tensor, circles: dict[str, Circle], top: int = 5) -> list[dict[str, Any]]:
+def search_report(
+    dictionary: Dictionary, x: Tensor, labels: Tensor, circles: dict[str, Circle], top: int = 5
+) -> list[dict[str, Any]]:
     """Run the unlabelled :func:`manifold_search.find_circles` and say what each found ring is."""
     found = manifold_search.find_circles(dictionary.sae, x, top=top, sample=None)
     report = []
     for candidate in found:
         ring_labels = labels[candidate.ring_tokens]
         shares = {name: float((ring_labels == i).double().mean()) for i, name in enumerate(CIRCLES)}
-        entry = {"latents": candidate.latents, "source": candidate.source, "ring_score": candidate.ring.score,
-                 "coverage": candidate.ring.coverage, "thinness": candidate.ring.thinness, "hole": candidate.ring.hole,
-                 "n_ring": candidate.ring.n_ring, "ring_share": shares}
+        entry = {
+            "latents": candidate.latents,
+            "source": candidate.source,
+            "ring_score": candidate.ring.score,
+            "coverage": candidate.ring.coverage,
+            "thinness": candidate.ring.thinness,
+            "hole": candidate.ring.hole,
+            "n_ring": candidate.ring.n_ring,
+            "ring_share": shares,
+        }
         for name, circle in circles.items():
             entry[f"{name}_max_angle"] = float(analysis.subspace_angles(candidate.plane, circle.plane).max())
         report.append(entry)
@@ -656,7 +830,9 @@ def ceilings(circle: Circle) -> dict[str, float]:
     a, b = circle.split, ~circle.split
     angle = circle.angle_target
     z = circle.z
-    plane = manifold_search.r2(manifold_search.apply_readout(z[b], manifold_search.fit_readout(z[a], angle[a])), angle[b])
+    plane = manifold_search.r2(
+        manifold_search.apply_readout(z[b], manifold_search.fit_readout(z[a], angle[a])), angle[b]
+    )
     u = circle.u - circle.mean
     ua, ub = u[a], u[b]
     ridge = 1e-3 * ua.pow(2).sum() / ua.shape[0]
@@ -692,8 +868,12 @@ class Run:
 
 def parse_run(spec: str) -> None:
     parts = spec.split(":")
-    if parts[0] == "bilinear" and len(parts) == 4 and parts[1] in ("vanilla", "ordered", "mixed", "combined") \
-            and parts[2] in ("lifted", "unlifted"):
+    if (
+        parts[0] == "bilinear"
+        and len(parts) == 4
+        and parts[1] in ("vanilla", "ordered", "mixed", "combined")
+        and parts[2] in ("lifted", "unlifted")
+    ):
         float(parts[3])
         return
     if parts[0] == "topk" and len(parts) == 2 and parts[1].isdigit():
@@ -718,8 +898,16 @@ def train_run(run: Run, train: Tensor, folder: Path, lr: float, lr_mixed: float)
     started = time.time()
     if run.kind == "bilinear":
         variant, lifted, alpha = parts[1], parts[2] == "lifted", float(parts[3])
-        spec = _common.RunSpec(variant=variant, alpha=alpha, lifted=lifted, d_sae=run.d_sae, steps=run.steps,
-                               batch_size=run.batch_size, lr=_common.learning_rate(variant, lr, lr_mixed), seed=run.seed)
+        spec = _common.RunSpec(
+            variant=variant,
+            alpha=alpha,
+            lifted=lifted,
+            d_sae=run.d_sae,
+            steps=run.steps,
+            batch_size=run.batch_size,
+            lr=_common.learning_rate(variant, lr, lr_mixed),
+            seed=run.seed,
+        )
         sae, _ = _common.train_bilinear(train, spec)
         history = sae.history
     else:
@@ -727,8 +915,13 @@ def train_run(run: Run, train: Tensor, folder: Path, lr: float, lr_mixed: float)
 
         torch.manual_seed(run.seed)
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=train.shape[1], d_sae=run.d_sae, k=int(parts[1])))
-        settings = TrainingSettings(steps=run.steps, batch_size=run.batch_size, lr=lr_mixed, seed=run.seed,
-                                    dead_feature_window=max(10, run.steps // 2))
+        settings = TrainingSettings(
+            steps=run.steps,
+            batch_size=run.batch_size,
+            lr=lr_mixed,
+            seed=run.seed,
+            dead_feature_window=max(10, run.steps // 2),
+        )
         import contextlib
         import io
 
@@ -759,7 +952,9 @@ def fit_quality(dictionary: Dictionary, x: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def scan_layers(model: Any, labelled: LabelledTokens, layers: list[int], max_contexts: int, skip: int) -> list[dict[str, Any]]:
+def scan_layers(
+    model: Any, labelled: LabelledTokens, layers: list[int], max_contexts: int, skip: int
+) -> list[dict[str, Any]]:
     """Class-mean circle quality at each layer's ``hook_resid_pre`` on held-out labelled tokens."""
     tokens = labelled.tokens[:max_contexts]
     circle_labels = labelled.circle[:max_contexts, skip:].reshape(-1).long()
@@ -768,22 +963,34 @@ def scan_layers(model: Any, labelled: LabelledTokens, layers: list[int], max_con
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     collected: dict[str, list[Tensor]] = {h: [] for h in hooks}
     for start in range(0, tokens.shape[0], 8):
-        _, cache = model.run_with_cache(tokens[start : start + 8], names_filter=lambda name: name in hooks,
-                                        stop_at_layer=max(layers) + 1)
+        _, cache = model.run_with_cache(
+            tokens[start : start + 8], names_filter=lambda name: name in hooks, stop_at_layer=max(layers) + 1
+        )
         for h in hooks:
             collected[h].append(cache[h][:, skip:].reshape(-1, cache[h].shape[-1]).float())
     rows = []
-    for layer, h in zip(layers, hooks):
+    for layer, h in zip(layers, hooks, strict=False):
         x = torch.cat(collected[h])
         row: dict[str, Any] = {"layer": layer, "hook": h}
         for index, (name, names) in enumerate(CIRCLES.items()):
             mask = circle_labels == index
             circle = _circle_from(name, len(names), x[mask], cls[mask], sentence[mask])
-            row[name] = {"plane_share": circle.plane_share, "cyclic": circle.cyclic,
-                         "between_share_in_plane": between_share(circle), **ceilings(circle)}
+            row[name] = {
+                "plane_share": circle.plane_share,
+                "cyclic": circle.cyclic,
+                "between_share_in_plane": between_share(circle),
+                **ceilings(circle),
+            }
         rows.append(row)
-        print(f"layer {layer}: " + ", ".join(f"{n} plane {row[n]['plane_share']:.2f} cyclic {row[n]['cyclic']} "
-                                             f"angle R² {row[n]['angle_r2_from_plane']:.2f}" for n in CIRCLES), flush=True)
+        print(
+            f"layer {layer}: "
+            + ", ".join(
+                f"{n} plane {row[n]['plane_share']:.2f} cyclic {row[n]['cyclic']} "
+                f"angle R² {row[n]['angle_r2_from_plane']:.2f}"
+                for n in CIRCLES
+            ),
+            flush=True,
+        )
     return rows
 
 
@@ -793,8 +1000,18 @@ def _circle_from(name: str, n_classes: int, x: Tensor, cls: Tensor, sentence: Te
     centred = means - means.mean(0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     cyclic, _ = manifold_search.cyclic_order(centred @ vh[:2].T)
-    return Circle(name, n_classes, x, cls, sentence % 2 == 0, vh[:2].T, u.mean(0), torch.arange(x.shape[0]),
-                  float(s[:2].pow(2).sum() / s.pow(2).sum()), cyclic)
+    return Circle(
+        name,
+        n_classes,
+        x,
+        cls,
+        sentence % 2 == 0,
+        vh[:2].T,
+        u.mean(0),
+        torch.arange(x.shape[0]),
+        float(s[:2].pow(2).sum() / s.pow(2).sum()),
+        cyclic,
+    )
 
 
 def between_share(circle: Circle) -> float:
@@ -830,8 +1047,11 @@ def plot_circles(circles: dict[str, Circle], path: Path) -> None:
         for c, label in enumerate(CIRCLES[name]):
             ax.annotate(label[:3], means[c], fontsize=9, weight="bold", color=colors[c] * 0.7)
         ax.set_aspect("equal", adjustable="datalim")
-        ax.set_title(f"{name}: class-mean plane ({circle.plane_share:.0%} of the means' variance), "
-                     f"{'cyclic' if circle.cyclic else 'NOT cyclic'}", fontsize=9)
+        ax.set_title(
+            f"{name}: class-mean plane ({circle.plane_share:.0%} of the means' variance), "
+            f"{'cyclic' if circle.cyclic else 'NOT cyclic'}",
+            fontsize=9,
+        )
     _common.save_figure(fig, path)
 
 
@@ -846,14 +1066,18 @@ def plot_pairs(entries: list[tuple[str, Dictionary, dict]], circles: dict[str, C
             i, j = result["circles"][name]["readouts"]["pair_angle"]["latents"]
             f = dictionary.encode(circle.x)[:, [i, j]]
             b = ~circle.split
-            ax.scatter(f[b, 0].numpy(), f[b, 1].numpy(), c=_class_colors(circle.n_classes)[circle.cls[b].numpy()], s=5, lw=0)
+            ax.scatter(
+                f[b, 0].numpy(), f[b, 1].numpy(), c=_class_colors(circle.n_classes)[circle.cls[b].numpy()], s=5, lw=0
+            )
             r2v = result["circles"][name]["readouts"]["pair_angle"]["r2_heldout"]
             ax.set_title(f"{label}\n{name}: latents {i},{j} (held-out R² {r2v:.2f})", fontsize=7)
             ax.tick_params(labelsize=6)
     _common.save_figure(fig, path)
 
 
-def plot_composites(entries: list[tuple[str, Dictionary, dict]], circles: dict[str, Circle], x_background: Tensor, path: Path) -> None:
+def plot_composites(
+    entries: list[tuple[str, Dictionary, dict]], circles: dict[str, Circle], x_background: Tensor, path: Path
+) -> None:
     """Each bilinear SAE's best angle pair as a composite ``Q_i + Q_j``: the circle's held-out
     tokens (coloured by class) and background tokens (grey) on its top-3 eigenvectors, the view
     the package's latent pages give. A composite that isolates the circle shows a coloured ring."""
@@ -871,13 +1095,17 @@ def plot_composites(entries: list[tuple[str, Dictionary, dict]], circles: dict[s
             weights = torch.zeros(analysis.factors(dictionary.sae).left.shape[0])
             weights[list(pair)] = 1.0
             axes = analysis.composite_spectrum(dictionary.sae, weights, k=3).eigenvectors.to(torch.float64)
-            def coords(x: Tensor) -> np.ndarray:
+
+            def coords(x: Tensor, lifted: bool = lifted, axes: Tensor = axes) -> np.ndarray:
                 u = unit(x)
                 return ((analysis.lift(u) if lifted else u) @ axes).numpy()
+
             bg = coords(x_background[:1500])
-            ax.scatter(bg[:, 0], bg[:, 1], bg[:, 2], s=1, c="#cccccc", depthshade=False)
+            ax.scatter(bg[:, 0], bg[:, 1], bg[:, 2], s=1, c="#cccccc", depthshade=False)  # pyright: ignore[reportArgumentType]
             c = coords(circle.x)
-            ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=3, c=_class_colors(circle.n_classes)[circle.cls.numpy()], depthshade=False)
+            ax.scatter(
+                c[:, 0], c[:, 1], c[:, 2], s=3, c=_class_colors(circle.n_classes)[circle.cls.numpy()], depthshade=False  # pyright: ignore[reportArgumentType]
+            )
             angle = result["circles"][name]["geometry"]["pair_composite"]["max_angle"]
             ax.set_title(f"{label}\n{name}: composite of {pair[0]}+{pair[1]} (plane angle {angle:.0f}°)", fontsize=7)
             ax.tick_params(labelsize=5)
@@ -907,19 +1135,39 @@ def plot_r2(rows: list[dict[str, Any]], path: Path) -> None:
 # main
 # ----------------------------------------------------------------------------------------
 
-DEFAULT_RUNS = ("bilinear:vanilla:unlifted:0.1", "bilinear:vanilla:lifted:0.1", "bilinear:mixed:unlifted:0.1",
-                "bilinear:mixed:lifted:0.1", "topk:32")
+DEFAULT_RUNS = (
+    "bilinear:vanilla:unlifted:0.1",
+    "bilinear:vanilla:lifted:0.1",
+    "bilinear:mixed:unlifted:0.1",
+    "bilinear:mixed:lifted:0.1",
+    "topk:32",
+)
 
 
-def measure(dictionary: Dictionary, circles: dict[str, Circle], x_background: Tensor, background_split: Tensor,
-            eval_x: Tensor, eval_labels: Tensor, search: bool) -> dict[str, Any]:
+def measure(
+    dictionary: Dictionary,
+    circles: dict[str, Circle],
+    x_background: Tensor,
+    background_split: Tensor,
+    eval_x: Tensor,
+    eval_labels: Tensor,
+    search: bool,
+) -> dict[str, Any]:
     """Every measurement of one dictionary (see the module docstring)."""
     f_background = dictionary.encode(x_background)
-    result: dict[str, Any] = {"name": dictionary.name, "kind": dictionary.kind, "n_params": dictionary.n_params,
-                              "width": int(f_background.shape[1]), "circles": {}}
+    result: dict[str, Any] = {
+        "name": dictionary.name,
+        "kind": dictionary.kind,
+        "n_params": dictionary.n_params,
+        "width": int(f_background.shape[1]),
+        "circles": {},
+    }
     for name, circle in circles.items():
         f = dictionary.encode(circle.x)
-        entry: dict[str, Any] = {"readouts": readouts(f, circle, f_background, background_split), "tiling": tiling(f, circle, f_background)}
+        entry: dict[str, Any] = {
+            "readouts": readouts(f, circle, f_background, background_split),
+            "tiling": tiling(f, circle, f_background),
+        }
         if dictionary.kind == "bilinear":
             pair = tuple(entry["readouts"]["pair_angle"]["latents"])
             entry["geometry"] = eigen_geometry(dictionary, circle, pair)
@@ -964,36 +1212,74 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
 def tables(rows: list[dict[str, Any]]) -> str:
     """The readout table and the geometry table (markdown), one row per dictionary."""
     fit = ["name", "params", "reconstruction_error", "hoyer_density", "fvu"]
-    readout = ["pair_angle_r2", "single_angle_r2", "pair_feature_r2", "pair_plane_r2", "latents_for_90", "distinct_strongest",
-               "selective_latents"]
-    geometry = ["latent_angle", "latent_share", "pair_comp_angle", "pair_comp_cyclic", "comp_angle", "comp_share", "comp_cyclic",
-                "decoder_pair_angle"]
+    readout = [
+        "pair_angle_r2",
+        "single_angle_r2",
+        "pair_feature_r2",
+        "pair_plane_r2",
+        "latents_for_90",
+        "distinct_strongest",
+        "selective_latents",
+    ]
+    geometry = [
+        "latent_angle",
+        "latent_share",
+        "pair_comp_angle",
+        "pair_comp_cyclic",
+        "comp_angle",
+        "comp_share",
+        "comp_cyclic",
+        "decoder_pair_angle",
+    ]
     text = "## Fit\n\n" + _common.markdown_table(rows, fit) + "\n"
-    for title, keys in (("Readouts (held-out)", readout), ("Geometry (eigenvectors against the class-mean plane)", geometry)):
+    for title, keys in (
+        ("Readouts (held-out)", readout),
+        ("Geometry (eigenvectors against the class-mean plane)", geometry),
+    ):
         for circle in CIRCLES:
-            text += f"\n## {title}: {circle}\n\n" + _common.markdown_table(
-                [{"name": r["name"], **{k: r.get(f"{circle}_{k}") for k in keys}} for r in rows], ["name"] + keys) + "\n"
+            text += (
+                f"\n## {title}: {circle}\n\n"
+                + _common.markdown_table(
+                    [{"name": r["name"], **{k: r.get(f"{circle}_{k}") for k in keys}} for r in rows], ["name"] + keys
+                )
+                + "\n"
+            )
     return text
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
     p.add_argument("--hook", default=DataSpec.hook, help="where to read the model (TransformerLens hook)")
     p.add_argument("--train-contexts", type=int, default=DataSpec.train_contexts)
     p.add_argument("--eval-contexts", type=int, default=DataSpec.eval_contexts)
     p.add_argument("--context-size", type=int, default=DataSpec.context_size)
-    p.add_argument("--template-share", type=float, default=DataSpec.template_share,
-                   help="share of the training corpus's characters in weekday/month template paragraphs")
-    p.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS),
-                   help="SAEs: bilinear:VARIANT:lifted|unlifted:ALPHA, topk:K (same d_sae, so same parameters as vanilla)")
+    p.add_argument(
+        "--template-share",
+        type=float,
+        default=DataSpec.template_share,
+        help="share of the training corpus's characters in weekday/month template paragraphs",
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=list(DEFAULT_RUNS),
+        help="SAEs: bilinear:VARIANT:lifted|unlifted:ALPHA, topk:K (same d_sae, so same parameters as vanilla)",
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--d-sae", type=int, default=1152)
     p.add_argument("--lr", type=float, default=_common.LR, help="Adam LR of vanilla/ordered runs")
     p.add_argument("--lr-mixed", type=float, default=_common.LR_MIXED, help="Adam LR of mixed/combined and TopK runs")
-    p.add_argument("--background", type=int, default=6000, help="held-out non-name tokens for the feature R² and the search")
-    p.add_argument("--scan-layers", type=int, nargs="*", default=None,
-                   help="only scan these layers' class-mean circles (hook_resid_pre), then stop")
+    p.add_argument(
+        "--background", type=int, default=6000, help="held-out non-name tokens for the feature R² and the search"
+    )
+    p.add_argument(
+        "--scan-layers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="only scan these layers' class-mean circles (hook_resid_pre), then stop",
+    )
     p.add_argument("--scan-contexts", type=int, default=64)
     p.add_argument("--no-search", action="store_true", help="skip the unlabelled circle search")
     args = p.parse_args(argv)
@@ -1005,22 +1291,41 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
         spec = TINY_DATA
         args.steps, args.batch_size, args.d_sae, args.background = 30, 64, 48, 300
     else:
-        spec = DataSpec(hook=args.hook, context_size=args.context_size, train_contexts=args.train_contexts,
-                        eval_contexts=args.eval_contexts, template_share=args.template_share, seed=args.seed)
+        spec = DataSpec(
+            hook=args.hook,
+            context_size=args.context_size,
+            train_contexts=args.train_contexts,
+            eval_contexts=args.eval_contexts,
+            template_share=args.template_share,
+            seed=args.seed,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     splits, model = activations(spec, args.cache, model, progress=not args.tiny)
-    results: dict[str, Any] = {"data": asdict(spec), "args": {k: v for k, v in vars(args).items()},
-                               "name_share": {k: name_share(s.labelled, s.skip_first) for k, s in splits.items()},
-                               "n_tokens": {k: s.store.n_tokens for k, s in splits.items()}}
+    results: dict[str, Any] = {
+        "data": asdict(spec),
+        "args": {k: v for k, v in vars(args).items()},
+        "name_share": {k: name_share(s.labelled, s.skip_first) for k, s in splits.items()},
+        "n_tokens": {k: s.store.n_tokens for k, s in splits.items()},
+    }
     if args.scan_layers is not None:
         layers = args.scan_layers or list(range(0, model.cfg.n_layers, 3))
-        results["layers"] = scan_layers(model, splits["eval"].labelled, layers, args.scan_contexts, splits["eval"].skip_first)
+        results["layers"] = scan_layers(
+            model, splits["eval"].labelled, layers, args.scan_contexts, splits["eval"].skip_first
+        )
         _common.write_json(args.out / "layers.json", results)
         return results
 
     circles = circles_of(splits["eval"])
-    results["circles"] = {n: {"tokens": int(c.x.shape[0]), "plane_share": c.plane_share, "cyclic": c.cyclic,
-                              "between_share_in_plane": between_share(c), **ceilings(c)} for n, c in circles.items()}
+    results["circles"] = {
+        n: {
+            "tokens": int(c.x.shape[0]),
+            "plane_share": c.plane_share,
+            "cyclic": c.cyclic,
+            "between_share_in_plane": between_share(c),
+            **ceilings(c),
+        }
+        for n, c in circles.items()
+    }
     plot_circles(circles, args.out / "circles.png")
     eval_split = splits["eval"]
     bg_rows = background_rows(eval_split, args.background, args.seed)
@@ -1043,14 +1348,20 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
         run = Run(spec_text, args.steps, args.batch_size, args.d_sae, args.seed)
         print(f"train {run.name}", flush=True)
         sae, info = train_run(run, train, folder, args.lr, args.lr_mixed)
-        label = spec_text.replace("bilinear:", "").replace(":", " ") if run.kind == "bilinear" else f"SAELens TopK k={spec_text.split(':')[1]}"
+        label = (
+            spec_text.replace("bilinear:", "").replace(":", " ")
+            if run.kind == "bilinear"
+            else f"SAELens TopK k={spec_text.split(':')[1]}"
+        )
         make = bilinear_dictionary if run.kind == "bilinear" else topk_dictionary
         dictionaries.append(make(label, sae, {"seconds": info["seconds"], "run": info["run"]}))
 
     measured = []
     for dictionary in dictionaries:
         print(f"measure {dictionary.name}", flush=True)
-        result = measure(dictionary, circles, x_background, background_split, search_x, search_labels, not args.no_search)
+        result = measure(
+            dictionary, circles, x_background, background_split, search_x, search_labels, not args.no_search
+        )
         result["fit"] = fit_quality(dictionary, x_background)
         result["training"] = dictionary.info
         measured.append(result)
@@ -1059,8 +1370,15 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     results["table"] = rows
     (args.out / "table.md").write_text(tables(rows))
     plot_r2(rows, args.out / "r2.png")
-    plot_pairs([(d_.name, d_, r) for d_, r in zip(dictionaries, measured)], circles, args.out / "pairs.png")
-    plot_composites([(d_.name, d_, r) for d_, r in zip(dictionaries, measured)], circles, x_background, args.out / "composites.png")
+    plot_pairs(
+        [(d_.name, d_, r) for d_, r in zip(dictionaries, measured, strict=False)], circles, args.out / "pairs.png"
+    )
+    plot_composites(
+        [(d_.name, d_, r) for d_, r in zip(dictionaries, measured, strict=False)],
+        circles,
+        x_background,
+        args.out / "composites.png",
+    )
     if not args.no_search:
         draw_search(dictionaries, measured, eval_split, search_rows, search_x, model, args.out, args.cache)
     results["seconds"] = time.time() - started
@@ -1068,23 +1386,39 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     return results
 
 
-def draw_search(dictionaries: list[Dictionary], measured: list[dict], split: Split, rows: Tensor, x: Tensor, model: Any,
-                out: Path, cache: Path) -> None:
+def draw_search(
+    dictionaries: list[Dictionary],
+    measured: list[dict],
+    split: Split,
+    rows: Tensor,
+    x: Tensor,
+    model: Any,
+    out: Path,
+    cache: Path,
+) -> None:
     """The unlabelled search's best ring of each trained bilinear SAE, drawn with its tokens (PNG),
     and its 3D composite page (HTML, into the cache: too big to commit)."""
     tokens, contexts = token_strings(model.tokenizer, split)
     tok = [tokens[i] for i in rows.tolist()]
     ctx = [contexts[i] for i in rows.tolist()]
-    for dictionary, result in zip(dictionaries, measured):
+    for dictionary, result in zip(dictionaries, measured, strict=False):
         if dictionary.kind != "bilinear" or "init" in dictionary.name or not result.get("search"):
             continue
         found = manifold_search.find_circles(dictionary.sae, x, top=1, sample=None)
         if not found:
             continue
         slug = dictionary.name.replace(" ", "_")
-        manifold_search.draw_circle(dictionary.sae, x, found[0], out / f"search_{slug}.png", tokens=tok,
-                                    title=f"{dictionary.name}: best ring found without labels (latents {found[0].latents})")
-        manifold_search.circle_page(dictionary.sae, x, found[0], Path(cache) / NAME / f"search_{slug}.html", tokens=tok, contexts=ctx)
+        manifold_search.draw_circle(
+            dictionary.sae,
+            x,
+            found[0],
+            out / f"search_{slug}.png",
+            tokens=tok,
+            title=f"{dictionary.name}: best ring found without labels (latents {found[0].latents})",
+        )
+        manifold_search.circle_page(
+            dictionary.sae, x, found[0], Path(cache) / NAME / f"search_{slug}.html", tokens=tok, contexts=ctx
+        )
 
 
 if __name__ == "__main__":

@@ -20,20 +20,31 @@ Writes ``results.json``, ``table.md`` and ``width.png`` into ``--out``.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch  # noqa: E402
 
-import exp_common as _common  # noqa: E402
-import real_manifolds as rm  # noqa: E402
 from sae_bilinear import analysis  # noqa: E402
+from sae_bilinear import experiment_utils as _common
 
 NAME = "real_manifolds/width_and_seeds"
+
+
+def _sibling(name: str) -> Any:
+    """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rm = _sibling("real_manifolds")
 
 
 def plot_width(rows: list[dict[str, Any]], path: Path) -> None:
@@ -55,7 +66,7 @@ def plot_width(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
-    p = _common.parser(__doc__.split("\n\n")[0], NAME)
+    p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
     p.add_argument("--expansions", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of the expansion-2 SAE")
     p.add_argument("--alpha", type=float, default=0.1)
@@ -74,7 +85,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     train = splits["train"].store.tensor()
     d = train.shape[1]
     heldout_store = splits["eval"].store
-    pick = torch.randperm(heldout_store.n_tokens, generator=torch.Generator().manual_seed(0))[: args.heldout].sort().values
+    pick = (
+        torch.randperm(heldout_store.n_tokens, generator=torch.Generator().manual_seed(0))[: args.heldout].sort().values
+    )
     heldout = heldout_store.gather(pick)
     folder = Path(args.cache) / rm.NAME / splits["train"].store.folder.name
     spec_text = f"bilinear:vanilla:unlifted:{args.alpha}"
@@ -87,10 +100,20 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     rows = []
     for expansion in args.expansions:
         sae, info = trained(expansion, args.seeds[0])
-        row = {"expansion": expansion, "d_sae": expansion * d, "alpha": args.alpha, "seed": args.seeds[0],
-               "tokens": args.steps * args.batch_size, "train_seconds": info["seconds"], **_common.heldout_metrics(sae, heldout)}
+        row = {
+            "expansion": expansion,
+            "d_sae": expansion * d,
+            "alpha": args.alpha,
+            "seed": args.seeds[0],
+            "tokens": args.steps * args.batch_size,
+            "train_seconds": info["seconds"],
+            **_common.heldout_metrics(sae, heldout),
+        }
         rows.append(row)
-        print(f"expansion {expansion}: error {row['reconstruction_error']:.3f}, density {row['hoyer_density']:.3f}", flush=True)
+        print(
+            f"expansion {expansion}: error {row['reconstruction_error']:.3f}, density {row['hoyer_density']:.3f}",
+            flush=True,
+        )
     saes = {seed: trained(2, seed)[0] for seed in args.seeds}
     pairs = []
     for i, a in enumerate(args.seeds):
@@ -98,17 +121,30 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
             result = analysis.compare(saes[a], saes[b])
             result["paper_formula"] = result["operator_similarity_unsymmetrised"]
             pairs.append({"seeds": [a, b], **result})
-            print(f"seeds {a},{b}: paper formula {result['paper_formula']:.4f}, symmetrised "
-                  f"{result['operator_similarity_symmetrised']:.4f}, matched {result['matched_similarity']:.3f}", flush=True)
+            print(
+                f"seeds {a},{b}: paper formula {result['paper_formula']:.4f}, symmetrised "
+                f"{result['operator_similarity_symmetrised']:.4f}, matched {result['matched_similarity']:.3f}",
+                flush=True,
+            )
     seed_rows = [{"seed": s, **_common.heldout_metrics(saes[s], heldout)} for s in args.seeds]
-    results = {"data": rm.asdict(spec), "store": str(splits["train"].store.folder.name), "args": vars(args),
-               "width": rows, "seeds": seed_rows, "similarity": pairs, "seconds": time.time() - started}
+    results = {
+        "data": rm.asdict(spec),
+        "store": str(splits["train"].store.folder.name),
+        "args": vars(args),
+        "width": rows,
+        "seeds": seed_rows,
+        "similarity": pairs,
+        "seconds": time.time() - started,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    table = _common.markdown_table(rows, ["expansion", "d_sae", "tokens", "reconstruction_error", "hoyer_density",
-                                          "tokens_below_0.1", "train_seconds"])
+    table = _common.markdown_table(
+        rows,
+        ["expansion", "d_sae", "tokens", "reconstruction_error", "hoyer_density", "tokens_below_0.1", "train_seconds"],
+    )
     table += "\n\n" + _common.markdown_table(
         [{"seeds": str(p_["seeds"]), **p_} for p_ in pairs],
-        ["seeds", "paper_formula", "operator_similarity_symmetrised", "matched_similarity", "matched_above_0.9"])
+        ["seeds", "paper_formula", "operator_similarity_symmetrised", "matched_similarity", "matched_above_0.9"],
+    )
     (args.out / "table.md").write_text(table + "\n")
     plot_width(rows, args.out / "width.png")
     _common.write_json(args.out / "results.json", results)

@@ -149,8 +149,16 @@ def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 
     hole = min(1.0, max(0.0, 1.0 - inside / band)) if band > 0 else 0.0
     distance = float((p.median(dim=0).values - center).norm()) / radius
     bulk = min(1.0, max(0.0, 1.0 - 2 * distance, 1.0 - 2 * abs(distance - 1.0)))
-    return RingFit(coverage * thinness * hole * bulk, coverage, thinness, hole, bulk, (float(center[0]), float(center[1])), radius,
-                   int(ring.sum()))
+    return RingFit(
+        coverage * thinness * hole * bulk,
+        coverage,
+        thinness,
+        hole,
+        bulk,
+        (float(center[0]), float(center[1])),
+        radius,
+        int(ring.sum()),
+    )
 
 
 def cyclic_order(points: Float[Tensor, "c 2"]) -> tuple[bool, list[int]]:
@@ -186,7 +194,13 @@ def plane_angles(vectors: Float[Tensor, "n d k"], plane: Float[Tensor, "d p"]) -
     q_plane = torch.linalg.qr(plane.to(torch.float64)).Q
     q_span = torch.linalg.qr(vectors.to(torch.float64)).Q
     cosines = torch.linalg.svdvals(q_plane.T.unsqueeze(0) @ q_span).clamp(0.0, 1.0)
-    return torch.rad2deg(torch.arccos(cosines[..., -1] if cosines.shape[-1] >= plane.shape[1] else torch.zeros(cosines.shape[0], dtype=cosines.dtype)))
+    return torch.rad2deg(
+        torch.arccos(
+            cosines[..., -1]
+            if cosines.shape[-1] >= plane.shape[1]
+            else torch.zeros(cosines.shape[0], dtype=cosines.dtype)
+        )
+    )
 
 
 def span_share(vectors: Float[Tensor, "n d k"], centred: Float[Tensor, "t d"], plane: Float[Tensor, "d p"]) -> Tensor:
@@ -256,7 +270,10 @@ class PairReadout(NamedTuple):
 
 
 def best_pairs(
-    features_a: Float[Tensor, "n F"], target_a: Float[Tensor, "n t"], features_b: Float[Tensor, "m F"], target_b: Float[Tensor, "m t"]
+    features_a: Float[Tensor, "n F"],
+    target_a: Float[Tensor, "n t"],
+    features_b: Float[Tensor, "m F"],
+    target_b: Float[Tensor, "m t"],
 ) -> PairReadout:
     """The pair with the best R² on split a, its linear readout fitted on a and scored on b."""
     scores = pair_r2_matrix(features_a, target_a)
@@ -265,7 +282,11 @@ def best_pairs(
     if not math.isfinite(float(scores[i, j])):
         raise ValueError("no pair of latents is linearly independent on these tokens")
     coefficients = fit_readout(features_a[:, [i, j]], target_a)
-    return PairReadout((min(i, j), max(i, j)), float(scores[i, j]), r2(apply_readout(features_b[:, [i, j]], coefficients), target_b.to(torch.float64)))
+    return PairReadout(
+        (min(i, j), max(i, j)),
+        float(scores[i, j]),
+        r2(apply_readout(features_b[:, [i, j]], coefficients), target_b.to(torch.float64)),
+    )
 
 
 def single_r2(features_a: Tensor, target_a: Tensor, features_b: Tensor, target_b: Tensor) -> PairReadout:
@@ -275,11 +296,16 @@ def single_r2(features_a: Tensor, target_a: Tensor, features_b: Tensor, target_b
     scores = (f.T @ y).pow(2).sum(-1) / f.pow(2).sum(0).clamp(min=1e-300) / y.pow(2).sum()
     j = int(scores.argmax())
     coefficients = fit_readout(features_a[:, [j]], target_a)
-    return PairReadout((j, j), float(scores[j]), r2(apply_readout(features_b[:, [j]], coefficients), target_b.to(torch.float64)))
+    return PairReadout(
+        (j, j), float(scores[j]), r2(apply_readout(features_b[:, [j]], coefficients), target_b.to(torch.float64))
+    )
 
 
 def greedy_readout(
-    features_a: Float[Tensor, "n F"], target_a: Float[Tensor, "n t"], features_b: Float[Tensor, "m F"], target_b: Float[Tensor, "m t"],
+    features_a: Float[Tensor, "n F"],
+    target_a: Float[Tensor, "n t"],
+    features_b: Float[Tensor, "m F"],
+    target_b: Float[Tensor, "m t"],
     max_k: int = 32,
 ) -> tuple[list[int], list[float]]:
     """Orthogonal matching pursuit on split a; held-out R² on split b after each added latent.
@@ -357,7 +383,12 @@ def shared_factor_pairs(sae: Any, n: int) -> list[tuple[int, int]]:
     left = left / left.norm(dim=-1, keepdim=True).clamp(min=1e-30)
     right = right / right.norm(dim=-1, keepdim=True).clamp(min=1e-30)
     best = torch.zeros(left.shape[0], left.shape[0], dtype=left.dtype)
-    for a, b, other_a, other_b in ((left, left, right, right), (left, right, right, left), (right, left, left, right), (right, right, left, left)):
+    for a, b, other_a, other_b in (
+        (left, left, right, right),
+        (left, right, right, left),
+        (right, left, left, right),
+        (right, right, left, left),
+    ):
         shared = (a @ b.T).abs()
         sine = (1 - (other_a @ other_b.T).pow(2)).clamp(min=0).sqrt()
         best = torch.maximum(best, shared * sine)
@@ -443,7 +474,9 @@ def find_circles(
 # ----------------------------------------------------------------------------------------
 
 
-def arc_labels(points: Float[Tensor, "n 2"], center: Sequence[float], tokens: Sequence[str], bins: int = 12) -> list[tuple[float, str, int]]:
+def arc_labels(
+    points: Float[Tensor, "n 2"], center: Sequence[float], tokens: Sequence[str], bins: int = 12
+) -> list[tuple[float, str, int]]:
     """The most frequent token in each angular bin around ``center``: ``(angle, token, count)``."""
     offset = points.to(torch.float64) - torch.tensor(center, dtype=torch.float64)
     angles = torch.atan2(offset[:, 1], offset[:, 0])
@@ -452,7 +485,7 @@ def arc_labels(points: Float[Tensor, "n 2"], center: Sequence[float], tokens: Se
     for b in range(bins):
         members = (which == b).nonzero(as_tuple=True)[0].tolist()
         if members:
-            token, count = Counter(tokens[i].strip() or repr(tokens[i]) for i in members).most_common(1)[0]
+            token, count = Counter(tokens[i].strip() or repr(tokens[i]) for i in members).most_common(1)[0]  # pyright: ignore[reportAttributeAccessIssue]
             out.append((-math.pi + (b + 0.5) * 2 * math.pi / bins, token, count))
     return out
 
@@ -476,7 +509,11 @@ def draw_circle(
     if tokens is not None and len(tokens) != activations.shape[0]:
         raise ConfigError(f"tokens has {len(tokens)} entries but there are {activations.shape[0]} activations")
     n = activations.shape[0]
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points] if n > max_points else torch.arange(n)
+    index = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points]
+        if n > max_points
+        else torch.arange(n)
+    )
     index = torch.unique(torch.cat([index, candidate.ring_tokens.clamp(max=n - 1)]))
     f = _dense_latents(sae, activations[index])[:, list(candidate.latents)].to(torch.float64)
     # Standardise with the same statistics the search used: the RMS over the plotted tokens.
@@ -490,12 +527,27 @@ def draw_circle(
     ax = fig.add_subplot(1, 1, 1)
     p = points.numpy()
     ax.scatter(p[~on_ring.numpy(), 0], p[~on_ring.numpy(), 1], s=3, c="#bbbbbb", lw=0, label="other tokens")
-    artist = ax.scatter(p[on_ring.numpy(), 0], p[on_ring.numpy(), 1], s=7, c=angle[on_ring].numpy(), cmap="twilight", vmin=-math.pi, vmax=math.pi, lw=0)
+    artist = ax.scatter(
+        p[on_ring.numpy(), 0],
+        p[on_ring.numpy(), 1],
+        s=7,
+        c=angle[on_ring].numpy(),
+        cmap="twilight",
+        vmin=-math.pi,
+        vmax=math.pi,
+        lw=0,
+    )
     theta = np.linspace(0, 2 * math.pi, 200)
-    ax.plot(float(center[0]) + radius * np.cos(theta), float(center[1]) + radius * np.sin(theta), color="#444", lw=0.8, ls="--")
+    ax.plot(
+        float(center[0]) + radius * np.cos(theta),
+        float(center[1]) + radius * np.sin(theta),
+        color="#444",
+        lw=0.8,
+        ls="--",
+    )
     if tokens is not None and int(on_ring.sum()):
         ring_tokens = [tokens[i] for i in index[on_ring].tolist()]
-        for a, token, count in arc_labels(points[on_ring], center.tolist(), ring_tokens):
+        for a, token, count in arc_labels(points[on_ring], center.tolist(), ring_tokens):  # pyright: ignore[reportArgumentType]
             x, y = float(center[0]) + 1.22 * radius * math.cos(a), float(center[1]) + 1.22 * radius * math.sin(a)
             ax.annotate(f"{token} ({count})", (x, y), ha="center", va="center", fontsize=8)
     fig.colorbar(artist, ax=ax, shrink=0.7).set_label("angle around the ring", fontsize=8)
@@ -504,8 +556,12 @@ def draw_circle(
     ax.set_xlabel(f"latent {i} (standardised)", fontsize=9)
     ax.set_ylabel(f"latent {j} (standardised)", fontsize=9)
     ring = candidate.ring
-    ax.set_title(title or f"latents {i} & {j}: ring score {ring.score:.2f} (coverage {ring.coverage:.2f}, "
-                 f"thinness {ring.thinness:.2f}, hole {ring.hole:.2f})", fontsize=9)
+    ax.set_title(
+        title
+        or f"latents {i} & {j}: ring score {ring.score:.2f} (coverage {ring.coverage:.2f}, "
+        f"thinness {ring.thinness:.2f}, hole {ring.hole:.2f})",
+        fontsize=9,
+    )
     return plots.write_png(fig, path)
 
 
@@ -527,5 +583,9 @@ def circle_page(
     top = analysis.top_activations(sae, activations, weights=weights, n=n, tokens=tokens, contexts=contexts, sign="abs")
     i, j = candidate.latents
     figure = plots.manifold_figure(top, title=f"composite of latents {i} + {j} (ring score {candidate.ring.score:.2f})")
-    return plots.write_html(figure, path, title=f"circle: latents {i} and {j}",
-                            description="Top-|activation| tokens of the pair's composite projected on its top-3 eigenvectors.")
+    return plots.write_html(
+        figure,
+        path,
+        title=f"circle: latents {i} and {j}",
+        description="Top-|activation| tokens of the pair's composite projected on its top-3 eigenvectors.",
+    )

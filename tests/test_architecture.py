@@ -71,6 +71,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "hook_figures",
             "latent_pages",
             "loading",
+            "manifold_search",
             "main_job",
             "plots",
             "report",

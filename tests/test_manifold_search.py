@@ -23,8 +23,14 @@ def planted():
     hand-made bilinear dictionary: latents 3 and 17 read n⊗c1 and n⊗c2 (the circle's two
     coordinates against the shared direction), latent 5 a near copy of 3 (a line, not a ring),
     the rest random."""
-    data = PlantedManifolds(d=16, manifolds=[Manifold("circle", probability=0.1, offset=1.0, scale=2.0)], n_linear=12,
-                            linear_probability=0.1, noise=0.02, seed=0)
+    data = PlantedManifolds(
+        d=16,
+        manifolds=[Manifold("circle", probability=0.1, offset=1.0, scale=2.0)],
+        n_linear=12,
+        linear_probability=0.1,
+        noise=0.02,
+        seed=0,
+    )
     basis = data.basis(0).float()
     c1, c2, n = basis[:, 0], basis[:, 1], basis[:, 2]
     g = torch.Generator().manual_seed(1)
@@ -118,8 +124,10 @@ def test_draw_circle_labels_the_arcs(planted, tmp_path):
     found = ms.find_circles(planted.sae, planted.batch.activations, n_candidates=60, top=1)
     # Name each circle token by its planted angle (a twelfth of the turn per name).
     angle = planted.batch.coordinates[:, 0]
-    names = [f"m{int(a / (2 * math.pi) * 12) % 12}" if planted.batch.manifold[i] == 0 else "x"
-             for i, a in enumerate(angle.tolist())]
+    names = [
+        f"m{int(a / (2 * math.pi) * 12) % 12}" if planted.batch.manifold[i] == 0 else "x"
+        for i, a in enumerate(angle.tolist())
+    ]
     path = ms.draw_circle(planted.sae, planted.batch.activations, found[0], tmp_path / "circle.png", tokens=names)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     f = analysis.latent_activations(planted.sae, planted.batch.activations)[:, [3, 17]].double()
@@ -129,13 +137,17 @@ def test_draw_circle_labels_the_arcs(planted, tmp_path):
     labels = ms.arc_labels(points[ring], fit.center, [names[i] for i in ring.nonzero().squeeze(1).tolist()])
     order = [int(label[1:]) for _, label, _ in labels if label != "x"]
     assert len(order) >= 10
-    steps = [(b - a) % 12 for a, b in zip(order, order[1:] + order[:1])]
+    steps = [(b - a) % 12 for a, b in zip(order, order[1:] + order[:1], strict=False)]
     assert all(s == steps[0] for s in steps[:-1]) or all(s in (1, 11) for s in steps)  # going round, in order
-    html = ms.circle_page(planted.sae, planted.batch.activations, found[0], tmp_path / "circle.html", tokens=names, n=100)
+    html = ms.circle_page(
+        planted.sae, planted.batch.activations, found[0], tmp_path / "circle.html", tokens=names, n=100
+    )
     assert "plotly" in html.read_text()[:5000].lower()
 
 
-@pytest.mark.parametrize("kwargs,field", [({"top": 0}, "top"), ({"n_candidates": -1}, "n_candidates"), ({"top": 2.5}, "top")])
+@pytest.mark.parametrize(
+    "kwargs,field", [({"top": 0}, "top"), ({"n_candidates": -1}, "n_candidates"), ({"top": 2.5}, "top")]
+)
 def test_find_circles_bad_arguments(planted, kwargs, field):
     with pytest.raises(ConfigError, match=field):
         ms.find_circles(planted.sae, planted.batch.activations[:100], **kwargs)

@@ -3,20 +3,33 @@ whole script on its --tiny setting."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
+from sae_bilinear import experiment_utils as _common
 
-import exp_common as _common  # noqa: E402
-import real_manifolds as rm  # noqa: E402
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name: str) -> ModuleType:
+    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve their module)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rm = load_experiment("real_manifolds")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -45,7 +58,9 @@ def test_template_labels_point_at_the_names():
 
 def test_packed_labels_sit_on_the_name_tokens(tiny_model):
     tokenizer = tiny_model.tokenizer
-    docs = rm.mixed_documents(["In the beginning God created the heaven and the earth. " * 20] * 40, 0.3, seed=0, max_chars=20_000)
+    docs = rm.mixed_documents(
+        ["In the beginning God created the heaven and the earth. " * 20] * 40, 0.3, seed=0, max_chars=20_000
+    )
     packed = rm.pack(docs, tokenizer, context_size=64, max_contexts=40, prepend_bos=True)
     labelled = (packed.circle >= 0).nonzero().tolist()
     assert len(labelled) > 20
@@ -65,16 +80,20 @@ def test_packed_labels_sit_on_the_name_tokens(tiny_model):
         token = int(packed.tokens[row, col])
         if token in single:
             assert (int(packed.circle[row, col]), int(packed.cls[row, col])) == single[token]
-    assert (packed.tokens[:, 0] == tokenizer.bos_token_id if tokenizer.bos_token_id is not None else True).all()
+    assert (packed.tokens[:, 0] == tokenizer.bos_token_id if tokenizer.bos_token_id is not None else True).all()  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def _planted_circle(n: int = 700, d: int = 64, seed: int = 0) -> rm.Circle:
+def _planted_circle(n: int = 700, d: int = 64, seed: int = 0) -> rm.Circle:  # pyright: ignore[reportInvalidTypeForm]
     """Seven classes on a circle in a known plane, on top of a large shared direction."""
     g = torch.Generator().manual_seed(seed)
     q = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64)).Q
     cls = torch.randint(0, 7, (n,), generator=g)
     theta = 2 * math.pi * cls.double() / 7
-    x = 3 * q[:, 2] + torch.stack([theta.cos(), theta.sin()], 1) @ q[:, :2].T + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = (
+        3 * q[:, 2]
+        + torch.stack([theta.cos(), theta.sin()], 1) @ q[:, :2].T
+        + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    )
     return rm._circle_from("week", 7, x.float(), cls, torch.arange(n))
 
 
@@ -116,8 +135,20 @@ def test_tiling_counts_the_class_selective_latents():
 @pytest.mark.slow
 def test_tiny_run(tmp_path, tiny_model):
     out = tmp_path / "out"
-    results = rm.main(["--tiny", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                       "--runs", "bilinear:vanilla:unlifted:0.1", "bilinear:mixed:lifted:0.1", "topk:4"], model=tiny_model)
+    results = rm.main(
+        [
+            "--tiny",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--runs",
+            "bilinear:vanilla:unlifted:0.1",
+            "bilinear:mixed:lifted:0.1",
+            "topk:4",
+        ],
+        model=tiny_model,
+    )
     stored = json.loads((out / "results.json").read_text())
     assert stored["name_share"]["eval"]["week"] > 0 and stored["name_share"]["eval"]["year"] > 0
     names = [r["name"] for r in stored["dictionaries"]]
@@ -134,8 +165,19 @@ def test_tiny_run(tmp_path, tiny_model):
     for png in ("circles.png", "pairs.png", "r2.png", "composites.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # A second run reuses the stored activations and SAEs: same numbers.
-    again = rm.main(["--tiny", "--out", str(tmp_path / "again"), "--cache", str(tmp_path / "cache"),
-                     "--runs", "bilinear:vanilla:unlifted:0.1", "--no-search"], model=tiny_model)
+    again = rm.main(
+        [
+            "--tiny",
+            "--out",
+            str(tmp_path / "again"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--runs",
+            "bilinear:vanilla:unlifted:0.1",
+            "--no-search",
+        ],
+        model=tiny_model,
+    )
     first = next(e for e in results["dictionaries"] if e["name"].startswith("vanilla"))
     second = next(e for e in again["dictionaries"] if e["name"].startswith("vanilla"))
     for key in ("pair_angle", "single_angle", "pair_feature"):
@@ -160,10 +202,24 @@ def test_plane_rows_matches_the_composites_energy():
 
 @pytest.mark.slow
 def test_width_and_seeds_tiny(tmp_path, tiny_model):
-    import width_and_seeds
+    width_and_seeds = load_experiment("width_and_seeds")
 
-    results = width_and_seeds.main(["--tiny", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-                                    "--expansions", "1", "2", "--seeds", "0", "1"], model=tiny_model)
+    results = width_and_seeds.main(
+        [
+            "--tiny",
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--expansions",
+            "1",
+            "2",
+            "--seeds",
+            "0",
+            "1",
+        ],
+        model=tiny_model,
+    )
     assert [r["d_sae"] for r in results["width"]] == [32, 64]
     assert all(r["tokens"] == results["width"][0]["tokens"] for r in results["width"])  # equal tokens
     pair = results["similarity"][0]
