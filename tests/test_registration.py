@@ -52,11 +52,20 @@ def sae_dir(tmp_path_factory) -> Path:
 
 
 def test_the_pth_line_imports_only_the_hook(site_dir):
-    assert PTH.read_text().strip().startswith("import sae_bilinear_autoregister;")
+    assert PTH.read_text().strip().startswith("import ") and "import sae_bilinear_autoregister" in PTH.read_text()
     names = ("torch", "sae_lens", "sae_bilinear", "sae_bilinear_autoregister")
     out = python(f"import sys; print(sorted(m for m in {names!r} if m in sys.modules))", site_dir=site_dir)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['sae_bilinear_autoregister']"  # no torch, no SAELens, no package
+
+
+def test_the_pth_line_is_silent_when_the_module_is_gone(site_dir, tmp_path):
+    # A stale .pth (package removed, editable checkout moved) must not print a traceback at every start-up.
+    code = f"import site; site.addsitedir({str(site_dir)!r}); import sys; print('sae_bilinear_autoregister' in sys.modules)"
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", sae_bilinear_autoregister.ENV_VAR)}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=environment, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and "Error processing" not in out.stderr and "Traceback" not in out.stderr
 
 
 def test_importing_the_package_is_cheap_and_every_public_name_resolves():
