@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,6 +369,8 @@ class ResumableTrainer(SAETrainer[Any, Any]):
         self.resumed_from_steps: int | None = None
         """Completed steps of the checkpoint training resumed from, or None."""
         self._saved_at_samples: int | None = None
+        self.on_step: Callable[[int, Any], None] | None = None
+        """Called after every optimiser step with ``(steps_done, sae)`` (e.g. to record a learning curve)."""
 
     @override
     def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
@@ -393,6 +395,9 @@ class ResumableTrainer(SAETrainer[Any, Any]):
 
     @override
     def _checkpoint_if_needed(self) -> None:
+        # SAELens calls this once per step, after the optimiser step and before counting it.
+        if self.on_step is not None:
+            self.on_step(self.n_training_steps + 1, self.sae)
         super()._checkpoint_if_needed()
         finished = self.n_training_samples >= self.cfg.total_training_samples
         if self.cfg.checkpoint_path is not None and finished and self._saved_at_samples != self.n_training_samples:
@@ -449,7 +454,10 @@ class TrainingSettings:
 
 
 def train_on_activations(
-    sae: TrainingSAE[Any], activations: Float[Tensor, "n_tokens d_in"], settings: TrainingSettings | None = None
+    sae: TrainingSAE[Any],
+    activations: Float[Tensor, "n_tokens d_in"],
+    settings: TrainingSettings | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> ResumableTrainer:
     """Train ``sae`` with SAELens's ``SAETrainer`` on cached activations; return the trainer.
 
@@ -457,7 +465,8 @@ def train_on_activations(
     same tokens in the same order. The trainer keeps SAELens's firing statistics
     (``trainer.feature_sparsity``, ``trainer.dead_neurons``). With ``settings.checkpoint_path``
     checkpoints are written there, and ``settings.resume`` continues the latest one exactly
-    (``trainer.resumed_from_steps`` is then its step count, else None).
+    (``trainer.resumed_from_steps`` is then its step count, else None). ``on_step(steps_done, sae)``
+    runs after every optimiser step (the SAE in training mode; wrap any evaluation in no_grad).
     """
     settings = settings or TrainingSettings()
     if activations.shape[-1] != sae.cfg.d_in:
@@ -479,6 +488,9 @@ def train_on_activations(
     )
     batches = ShuffledBatches(activations, settings.batch_size, settings.seed)
     trainer = ResumableTrainer(cfg=cfg, sae=sae, data_provider=batches, optimizer_name=settings.optimizer)
+    if on_step is not None and not callable(on_step):
+        raise ConfigError(f"on_step must be callable(steps_done, sae) or None, got {on_step!r}")
+    trainer.on_step = on_step
     use_optimizer(trainer, settings.optimizer, settings.lr, settings.ns_dtype)
     checkpoint = latest_checkpoint(settings.checkpoint_path) if settings.resume else None
     if checkpoint is not None:

@@ -1,0 +1,430 @@
+"""Issue 16 §2: the paper's numbers at a real token budget, on 2 CPU cores.
+
+SmolLM2-135M activations at the main job's hook, on the King James Bible's training chapters,
+are collected **once** into an activation store (safetensors shards, memory-mapped) and reused
+over epochs. Every run trains a bilinear SAE through SAELens's trainer on that store and records
+a learning curve (held-out x⊗x error and Hoyer density at log-spaced token counts). The queue:
+
+* ``probe``: Adam and Muon learning rates at a short budget (vanilla α 0.1); the best of each is
+  used by the runs below.
+* ``curves``: vanilla (unlifted, the paper's) at α 0.03 / 0.1 / 0.3 and mixed (lifted, the main
+  job's) at α 0.1, each for ``--tokens`` training tokens (default 2 M, a quarter of the paper's 8.4 M).
+* ``seed``: vanilla α 0.1 again with another seed: the paper's similarity formula between the two.
+* ``muon``: vanilla α 0.1 with Muon: Adam against Muon at equal steps and at equal wall-clock.
+* ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each.
+* ``full``: vanilla α 0.1 for the paper's 8.4 M tokens, checking the extrapolation.
+
+Each finished run is saved under ``--cache`` and skipped on a rerun, so a killed queue resumes at
+the run it was in. ``--report-only`` redraws the results from what has finished. Results: ``results.json``,
+``table.md``, ``curves.png`` (error and density against tokens, log scale, with the power-law
+extrapolation to 8.4 M), ``pareto.png`` (density against error at the long budget).
+
+    python experiments/long_run.py                          # about 1.5 h on 2 idle cores
+    python experiments/long_run.py --stages probe curves    # a part of the queue
+    python experiments/long_run.py --tiny                   # seconds (tests)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_bilinear import activation_store, data, models, similarity
+from sae_bilinear import experiment_utils as _common
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
+from sae_bilinear.hub import load_any_from_disk
+from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
+
+NAME = "long_run"
+PAPER_TOKENS = 8_400_000
+"""The paper's training tokens per SAE."""
+STAGES = ("probe", "curves", "seed", "muon", "width", "full")
+ERROR_GOAL = 0.1
+DENSITY_GOAL = (0.2, 0.6)
+SIMILARITY_GOAL = 0.98
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run; ``name`` keys its folder in the cache."""
+
+    variant: str
+    alpha: float
+    lifted: bool
+    expansion: int
+    optimizer: str
+    lr: float
+    tokens: int
+    batch_size: int
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+    @property
+    def name(self) -> str:
+        lift = "lifted" if self.lifted else "unlifted"
+        return (
+            f"{self.variant}_{lift}_a{self.alpha:g}_x{self.expansion}_{self.optimizer}{self.lr:g}"
+            f"_t{self.tokens}_b{self.batch_size}_s{self.seed}"
+        )
+
+    @property
+    def label(self) -> str:
+        lift = "lifted" if self.lifted else "unlifted"
+        return f"{self.variant} {lift} α={self.alpha:g} ×{self.expansion} {self.optimizer} seed {self.seed}"
+
+
+def eval_points(steps: int, first: int) -> list[int]:
+    """Steps at which the curve is measured: powers of 2 from ``first`` and the last step."""
+    points, step = [], max(1, first)
+    while step < steps:
+        points.append(step)
+        step *= 2
+    return [*points, steps]
+
+
+def train(run: Run, train_x: torch.Tensor, heldout: torch.Tensor, first_eval: int) -> tuple[Any, dict[str, Any]]:
+    """Train ``run`` on ``train_x``; return the SAE and its record (curve, seconds)."""
+    torch.manual_seed(run.seed)
+    d_in = train_x.shape[1]
+    cfg = BilinearTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=run.expansion * d_in,
+        variant=run.variant,  # pyright: ignore[reportArgumentType]
+        lifted=run.lifted,
+        alpha=run.alpha,
+        alpha_warm_up_steps=default_alpha_warm_up_steps(run.steps),
+    )
+    sae = BilinearTrainingSAE(cfg)
+    settings = TrainingSettings(
+        steps=run.steps, batch_size=run.batch_size, lr=run.lr, optimizer=run.optimizer, ns_dtype="auto",
+        seed=run.seed, dead_feature_window=max(10, run.steps // 4),
+    )  # fmt: skip
+    points = set(eval_points(run.steps, first_eval))
+    curve: list[dict[str, Any]] = []
+    started = time.time()
+    paused = 0.0  # evaluation time, not counted as training time
+
+    def record(step: int, model: Any) -> None:
+        nonlocal paused
+        if step not in points:
+            return
+        t0 = time.time()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = _common.heldout_metrics(model, heldout)
+        model.train(was_training)
+        paused += time.time() - t0
+        curve.append({"step": step, "tokens": step * run.batch_size, "seconds": t0 - started - paused, **metrics})
+        print(
+            f"  {run.label}: {step * run.batch_size:>9,} tokens  error {metrics['reconstruction_error']:.4f}  "
+            f"density {metrics['hoyer_density']:.3f}  ({t0 - started - paused:.0f} s)",
+            flush=True,
+        )
+
+    with contextlib.redirect_stderr(io.StringIO()):  # SAELens's progress bar; our lines are the progress
+        train_on_activations(sae, train_x, settings, on_step=record)
+    seconds = time.time() - started - paused
+    record_ = {"run": asdict(run), "name": run.name, "seconds": seconds, "tokens_per_second": run.tokens / seconds,
+               "curve": curve, "final": curve[-1]}  # fmt: skip
+    return sae, record_
+
+
+def cached_run(run: Run, folder: Path, train_x: torch.Tensor, heldout: torch.Tensor, first_eval: int):
+    """The finished run from ``folder/run.name``, or train it now and save it there (atomically)."""
+    path = folder / run.name
+    if (path / "run.json").is_file():
+        return load_any_from_disk(path, device="cpu"), json.loads((path / "run.json").read_text())
+    print(f"train {run.label} ({run.tokens:,} tokens, {run.steps} steps)", flush=True)
+    sae, record = train(run, train_x, heldout, first_eval)
+    partial = folder / f".{run.name}.partial"
+    if partial.exists():
+        for f in partial.iterdir():
+            f.unlink()
+    sae.save_inference_model(partial)
+    _common.write_json(partial / "run.json", record)
+    partial.rename(path)
+    return load_any_from_disk(path, device="cpu"), record
+
+
+# ----------------------------------------------------------------------------------------
+# Data: the store (collected once) and the held-out tokens
+# ----------------------------------------------------------------------------------------
+
+
+def activations(args: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Training activations (the store, in memory) and held-out activations; a description."""
+    model = _common.load_model(_common.TINY_MODEL if args.tiny else "smollm2-135m")
+    hook = "blocks.1.hook_resid_pre" if args.tiny else args.hook
+    corpus = data.kjv_corpus()
+    bos = models.default_prepend_bos(model)
+    skip = 1 if bos else 0
+
+    def tokenize(texts: Any, n: int | None) -> torch.Tensor:
+        return data.tokenize_contexts(texts, model.tokenizer, args.context_size, prepend_bos=bos, max_contexts=n)
+
+    train_tokens = tokenize(corpus.train, args.train_contexts)
+    settings = activation_store.settings_for(
+        model, train_tokens, hook, model_name="tiny" if args.tiny else "smollm2-135m", dataset="kjv train",
+        prepend_bos=bos, skip_first=skip,
+    )  # fmt: skip
+    started = time.time()
+    store = activation_store.collect(Path(args.cache) / "activation_store", model, train_tokens, settings,
+                                     progress=not args.tiny)  # fmt: skip
+    collect_seconds = time.time() - started
+    heldout_file = Path(args.cache) / f"{NAME}_heldout_{store.folder.name}_{args.heldout_contexts}.safetensors"
+    if heldout_file.is_file():
+        heldout = load_file(str(heldout_file))["activations"]
+    else:
+        heldout_tokens = tokenize(corpus.heldout, args.heldout_contexts)
+        heldout = collect_activations(model, heldout_tokens, hook, skip_first=skip, progress=False)
+        heldout_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"activations": heldout.contiguous()}, str(heldout_file))
+    info = {"hook": hook, "store": store.folder.name, "train_tokens_unique": store.n_tokens,
+            "heldout_tokens": int(heldout.shape[0]), "collect_seconds": collect_seconds}  # fmt: skip
+    return store.tensor().float(), heldout, info
+
+
+# ----------------------------------------------------------------------------------------
+# The queue
+# ----------------------------------------------------------------------------------------
+
+
+def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
+    """The runs of every stage (the probe's are fixed; the others use its best LRs)."""
+    t, b = args.tokens, args.batch_size
+    van = dict(variant="vanilla", lifted=False, expansion=2, batch_size=b)
+    probe_t = args.probe_tokens
+    return {
+        "probe": [Run(**van, alpha=0.1, optimizer=o, lr=lr, tokens=probe_t)  # type: ignore[arg-type]
+                  for o, grid in (("adam", args.adam_lrs), ("muon", args.muon_lrs)) for lr in grid],
+        "curves": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t),  # type: ignore[arg-type]
+                   Run(variant="mixed", lifted=True, expansion=2, batch_size=b, alpha=0.1, optimizer="adam",
+                       lr=_common.LR_MIXED, tokens=t),
+                   Run(**van, alpha=0.03, optimizer="adam", lr=lrs["adam"], tokens=t),  # type: ignore[arg-type]
+                   Run(**van, alpha=0.3, optimizer="adam", lr=lrs["adam"], tokens=t)],  # type: ignore[arg-type]
+        "seed": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t, seed=1)],  # type: ignore[arg-type]
+        "muon": [Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t)],  # type: ignore[arg-type]
+        "width": [Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam", lr=lrs["adam"],  # type: ignore[arg-type]
+                      tokens=args.width_tokens) for e in args.expansions],
+        "full": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=args.full_tokens)],  # type: ignore[arg-type]
+    }  # fmt: skip
+
+
+def best_lrs(records: dict[str, dict[str, Any]], probe: list[Run]) -> dict[str, float]:
+    """The learning rate with the lowest held-out error for each optimiser among the probe's runs."""
+    best: dict[str, float] = {}
+    for optimizer in ("adam", "muon"):
+        done = [r for r in probe if r.optimizer == optimizer and r.name in records]
+        if done:
+            best[optimizer] = min(done, key=lambda r: records[r.name]["final"]["reconstruction_error"]).lr
+    return best
+
+
+def power_law(curve: list[dict[str, Any]], lo: int, hi: int) -> dict[str, float] | None:
+    """Fit error ≈ a · tokens^b on the curve's points with lo ≤ tokens ≤ hi (log–log least squares)."""
+    pts = [(p["tokens"], p["reconstruction_error"]) for p in curve if lo <= p["tokens"] <= hi]
+    if len(pts) < 3 or any(e <= 0 for _, e in pts):
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    b, log_a = np.polyfit(x, y, 1)
+    return {"a": float(math.exp(log_a)), "b": float(b), "fit_from": lo, "fit_to": hi, "n_points": len(pts),
+            "at_paper_tokens": float(math.exp(log_a) * PAPER_TOKENS**b)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
+    p.add_argument("--hook", default=_common.HOOK, help="hook of SmolLM2-135M")
+    p.add_argument("--train-contexts", type=int, default=None, help="KJV training contexts stored (default: all)")
+    p.add_argument("--heldout-contexts", type=int, default=128, help="held-out contexts for the curves")
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens of each curve run")
+    p.add_argument("--probe-tokens", type=int, default=262_144, help="training tokens of each LR-probe run")
+    p.add_argument("--width-tokens", type=int, default=1_000_000, help="training tokens of each width run")
+    p.add_argument("--full-tokens", type=int, default=PAPER_TOKENS, help="training tokens of the 'full' run")
+    p.add_argument("--expansions", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2])
+    p.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1])
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--report-only", action="store_true", help="only redraw the results from finished runs")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.train_contexts, args.heldout_contexts, args.context_size = 48, 8, 32
+        args.tokens, args.probe_tokens, args.width_tokens, args.full_tokens = 8192, 2048, 4096, 16384
+        args.batch_size, args.expansions = 256, [1, 2]
+    for name in ("tokens", "probe_tokens", "width_tokens", "full_tokens", "batch_size", "heldout_contexts"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    _common.setup(args.seed, threads=args.threads)
+    train_x, heldout, info = activations(args)
+    folder = Path(args.cache) / NAME / info["store"]
+    folder.mkdir(parents=True, exist_ok=True)
+    first_eval = max(1, 16384 // args.batch_size) if not args.tiny else 1
+    records: dict[str, dict[str, Any]] = {}
+    saes: dict[str, Any] = {}
+
+    def load_done(runs: list[Run]) -> None:
+        for run in runs:
+            if (folder / run.name / "run.json").is_file():
+                saes[run.name], records[run.name] = cached_run(run, folder, train_x, heldout, first_eval)
+
+    plan = queue(args, {"adam": args.adam_lrs[0], "muon": args.muon_lrs[0]})
+    train_now = lambda stage: stage in args.stages and not args.report_only  # noqa: E731
+    for run in plan["probe"]:
+        if train_now("probe") or (folder / run.name / "run.json").is_file():
+            saes[run.name], records[run.name] = cached_run(run, folder, train_x, heldout, first_eval)
+    lrs = {"adam": args.adam_lrs[0], "muon": args.muon_lrs[0], **best_lrs(records, plan["probe"])}
+    print(f"learning rates: {lrs}", flush=True)
+    plan = queue(args, lrs)
+    for stage in STAGES[1:]:
+        for run in plan[stage]:
+            if train_now(stage) or (folder / run.name / "run.json").is_file():
+                saes[run.name], records[run.name] = cached_run(run, folder, train_x, heldout, first_eval)
+    results = report(args, plan, records, saes, info, lrs)
+    return results
+
+
+# ----------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------
+
+
+def _at_seconds(curve: list[dict[str, Any]], seconds: float) -> float | None:
+    """The error on ``curve`` at wall-clock ``seconds`` (log-linear interpolation; None outside)."""
+    pts = [(c["seconds"], c["reconstruction_error"]) for c in curve]
+    for (s0, e0), (s1, e1) in zip(pts, pts[1:], strict=False):
+        if s0 <= seconds <= s1 and s1 > s0:
+            w = (seconds - s0) / (s1 - s0)
+            return float(math.exp((1 - w) * math.log(e0) + w * math.log(e1)))
+    return None
+
+
+def report(args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict) -> dict[str, Any]:
+    rows = []
+    for stage, runs in plan.items():
+        for run in runs:
+            if run.name in records:
+                r = records[run.name]
+                rows.append({"stage": stage, "run": run.label, "tokens": run.tokens, "lr": run.lr,
+                             **{k: r["final"][k] for k in ("reconstruction_error", "hoyer_density", "tokens_below_0.1",
+                                                           "dead_fraction")},
+                             "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"]})  # fmt: skip
+    results: dict[str, Any] = {"args": vars(args), "data": info, "lrs": lrs, "rows": rows,
+                               "runs": {name: records[name] for name in records}}  # fmt: skip
+    main_run = plan["curves"][0]
+    if main_run.name in records:
+        curve = records[main_run.name]["curve"]
+        decay_start = main_run.tokens * (1 - TrainingSettings().lr_decay_fraction)
+        results["extrapolation"] = {
+            "constant_lr_fit": power_law(curve, main_run.tokens // 32, int(decay_start)),
+            "final": records[main_run.name]["final"]["reconstruction_error"],
+            "full_run": records[plan["full"][0].name]["final"] if plan["full"][0].name in records else None,
+        }
+        final = records[main_run.name]["final"]
+        results["goals"] = {
+            "error_below_0.1": final["reconstruction_error"] < ERROR_GOAL,
+            "density_in_0.2_0.6": DENSITY_GOAL[0] <= final["hoyer_density"] <= DENSITY_GOAL[1],
+        }
+    seed_runs = [plan["curves"][0], plan["seed"][0]]
+    if all(r.name in saes for r in seed_runs):
+        sim = similarity.compare(saes[seed_runs[0].name], saes[seed_runs[1].name], matched=False)
+        results["seeds"] = {"paper_formula": sim["paper_similarity"],
+                            "operator_similarity_symmetrised": sim["operator_similarity_symmetrised"],
+                            "goal": SIMILARITY_GOAL}  # fmt: skip
+    adam, muon = plan["curves"][0], plan["muon"][0]
+    if adam.name in records and muon.name in records:
+        a, m = records[adam.name], records[muon.name]
+        results["optimizers"] = {
+            "equal_steps": {"adam": a["final"]["reconstruction_error"], "muon": m["final"]["reconstruction_error"]},
+            "seconds": {"adam": a["seconds"], "muon": m["seconds"]},
+            "equal_wall_clock": {
+                "seconds": min(a["seconds"], m["seconds"]),
+                "adam": _at_seconds(a["curve"], min(a["seconds"], m["seconds"])) or a["final"]["reconstruction_error"],
+                "muon": _at_seconds(m["curve"], min(a["seconds"], m["seconds"])) or m["final"]["reconstruction_error"],
+            },
+        }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = ["stage", "run", "tokens", "lr", "reconstruction_error", "hoyer_density", "tokens_below_0.1",
+               "dead_fraction", "seconds", "tokens_per_second"]  # fmt: skip
+    table = _common.markdown_table(rows, columns)
+    (args.out / "table.md").write_text(table + "\n")
+    plot_curves(plan, records, results, args.out / "curves.png")
+    plot_pareto(plan, records, args.out / "pareto.png")
+    _common.write_json(args.out / "results.json", results)
+    print(table, flush=True)
+    return results
+
+
+def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    runs = [r for r in [*plan["curves"], *plan["muon"], *plan["full"]] if r.name in records]
+    if not runs:
+        return
+    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
+    ax_e, ax_d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for run in runs:
+        curve = records[run.name]["curve"]
+        tokens = [c["tokens"] for c in curve]
+        ax_e.plot(tokens, [c["reconstruction_error"] for c in curve], "o-", ms=3, label=run.label)
+        ax_d.plot(tokens, [c["hoyer_density"] for c in curve], "o-", ms=3, label=run.label)
+    fit = (results.get("extrapolation") or {}).get("constant_lr_fit")
+    if fit:
+        xs = np.geomspace(fit["fit_from"], PAPER_TOKENS, 50)
+        ax_e.plot(xs, fit["a"] * xs ** fit["b"], ":", color="#555", label=f"fit a·T^{fit['b']:.2f} (constant LR)")
+    for ax, name in ((ax_e, "held-out x⊗x error"), (ax_d, "Hoyer density")):
+        ax.set_xscale("log")
+        ax.axvline(PAPER_TOKENS, color="#999", lw=0.7, ls="--")
+        ax.set_xlabel("training tokens (dashed: the paper's 8.4 M)")
+        ax.set_ylabel(name)
+    ax_e.set_yscale("log")
+    ax_e.axhline(ERROR_GOAL, color="#c33", lw=0.7, ls=":")
+    for y in DENSITY_GOAL:
+        ax_d.axhline(y, color="#c33", lw=0.7, ls=":")
+    ax_e.legend(fontsize=7)
+    _common.save_figure(fig, path)
+
+
+def plot_pareto(plan: dict[str, list[Run]], records: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for variant, marker in (("vanilla", "o"), ("mixed", "s")):
+        for stage, fill in (("probe", "none"), ("curves", None)):
+            runs = [r for r in plan[stage] if r.variant == variant and r.name in records and r.optimizer == "adam"]
+            if not runs:
+                continue
+            pts = sorted((records[r.name]["final"]["hoyer_density"], records[r.name]["final"]["reconstruction_error"],
+                          r.alpha) for r in runs)  # fmt: skip
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls="-" if fill is None else ":",
+                    mfc=fill, label=f"{variant}, {runs[0].tokens:,} tokens")  # fmt: skip
+            for d, e, a in pts:
+                ax.annotate(f"α={a:g}", (d, e), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(ERROR_GOAL, color="#c33", lw=0.7, ls=":")
+    ax.axvspan(*DENSITY_GOAL, color="#c33", alpha=0.06)
+    ax.set_xlabel("Hoyer density (held-out)")
+    ax.set_ylabel("x⊗x reconstruction error (held-out)")
+    ax.set_title("density against error (shaded: the paper's goal region)", fontsize=9)
+    ax.legend(fontsize=7)
+    _common.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
