@@ -1112,7 +1112,7 @@ def plot_composites(
     _common.save_figure(fig, path)
 
 
-def plot_r2(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_r2(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, float] | None = None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.8), dpi=100, layout="constrained")
@@ -1126,6 +1126,8 @@ def plot_r2(rows: list[dict[str, Any]], path: Path) -> None:
         ax.barh(y - 0.2, feature, height=0.4, label="feature R² (+ silent elsewhere)", color="#ee6677")
         ax.set_yticks(y, labels, fontsize=7)
         ax.set_xlim(min(0.0, min(feature + pair) - 0.05), 1)
+        if ceiling is not None:
+            ax.axvline(ceiling[name], color="#222", lw=0.8, ls="--", label="ceiling: the class-mean plane")
         ax.set_title(f"{name}: best pair, held-out", fontsize=9)
         ax.legend(fontsize=6, loc="lower right")
     _common.save_figure(fig, path)
@@ -1369,16 +1371,10 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     rows = [summary_row(r) for r in measured]
     results["table"] = rows
     (args.out / "table.md").write_text(tables(rows))
-    plot_r2(rows, args.out / "r2.png")
-    plot_pairs(
-        [(d_.name, d_, r) for d_, r in zip(dictionaries, measured, strict=False)], circles, args.out / "pairs.png"
-    )
-    plot_composites(
-        [(d_.name, d_, r) for d_, r in zip(dictionaries, measured, strict=False)],
-        circles,
-        x_background,
-        args.out / "composites.png",
-    )
+    plot_r2(rows, args.out / "r2.png", {n: c["angle_r2_from_plane"] for n, c in results["circles"].items()})
+    named = [(d_.name, d_, r) for d_, r in zip(dictionaries, measured, strict=False)]
+    plot_pairs(named, circles, args.out / "pairs.png")
+    plot_composites(named, circles, x_background, args.out / "composites.png")
     if not args.no_search:
         draw_search(dictionaries, measured, eval_split, search_rows, search_x, model, args.out, args.cache)
     results["seconds"] = time.time() - started
