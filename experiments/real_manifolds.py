@@ -799,26 +799,62 @@ def decoder_geometry(dictionary: Dictionary, circle: Circle, top: int = 64) -> d
     }
 
 
+def calendar_order(classes: list[int], n_classes: int) -> bool:
+    """Whether classes met going round a ring follow the calendar (either way), gaps allowed:
+    exactly one cyclic step goes backwards."""
+    if len(classes) < 3 or len(set(classes)) != len(classes):
+        return False
+    for sequence in (classes, classes[::-1]):
+        backwards = sum(1 for a, b in zip(sequence, sequence[1:] + sequence[:1], strict=True) if b < a)
+        if backwards == 1:
+            return True
+    return False
+
+
 def search_report(
-    dictionary: Dictionary, x: Tensor, labels: Tensor, circles: dict[str, Circle], top: int = 5
+    dictionary: Dictionary,
+    x: Tensor,
+    labels: Tensor,
+    classes: Tensor,
+    ids: Tensor,
+    circles: dict[str, Circle],
+    tokenizer: Any = None,
+    top: int = 5,
 ) -> list[dict[str, Any]]:
-    """Run the unlabelled :func:`manifold_search.find_circles` and say what each found ring is."""
-    found = manifold_search.find_circles(dictionary.sae, x, top=top, sample=None)
+    """Run the unlabelled :func:`manifold_search.find_circles` (ranked by the ring its token types
+    draw) and say, with the labels, what each found ring is: the share of its far tokens that are
+    weekday / month names, the names on the ring in ring order and whether they follow the
+    calendar, and the largest principal angle between the pair's plane and each circle's plane."""
+    found = manifold_search.find_circles(dictionary.sae, x, token_ids=ids, top=top, sample=None)
+    name_of = {
+        int(t): (int(c), int(k))
+        for t, c, k in zip(ids[labels >= 0], labels[labels >= 0], classes[labels >= 0], strict=True)
+    }
     report = []
     for candidate in found:
         ring_labels = labels[candidate.ring_tokens]
         shares = {name: float((ring_labels == i).double().mean()) for i, name in enumerate(CIRCLES)}
-        entry = {
+        types = candidate.types.types if candidate.types is not None else []
+        entry: dict[str, Any] = {
             "latents": candidate.latents,
             "source": candidate.source,
+            "score": candidate.score,
+            "type_ring": None
+            if candidate.types is None
+            else {
+                "coverage": candidate.types.coverage,
+                "thinness": candidate.types.thinness,
+                "purity": candidate.types.purity,
+            },
             "ring_score": candidate.ring.score,
-            "coverage": candidate.ring.coverage,
-            "thinness": candidate.ring.thinness,
-            "hole": candidate.ring.hole,
-            "n_ring": candidate.ring.n_ring,
-            "ring_share": shares,
+            "n_far_tokens": candidate.ring.n_ring,
+            "far_token_share": shares,
+            "types": [tokenizer.decode([t]) for t in types] if tokenizer is not None else types,
         }
-        for name, circle in circles.items():
+        for index, (name, circle) in enumerate(circles.items()):
+            on_ring = [name_of[t][1] for t in types if t in name_of and name_of[t][0] == index]
+            entry[f"{name}_names_on_ring"] = len(on_ring)
+            entry[f"{name}_calendar_order"] = calendar_order(on_ring, circle.n_classes)
             entry[f"{name}_max_angle"] = float(analysis.subspace_angles(candidate.plane, circle.plane).max())
         report.append(entry)
     return report
@@ -1104,7 +1140,12 @@ def plot_composites(
             ax.scatter(bg[:, 0], bg[:, 1], bg[:, 2], s=1, c="#cccccc", depthshade=False)  # pyright: ignore[reportArgumentType]
             c = coords(circle.x)
             ax.scatter(
-                c[:, 0], c[:, 1], c[:, 2], s=3, c=_class_colors(circle.n_classes)[circle.cls.numpy()], depthshade=False  # pyright: ignore[reportArgumentType]
+                c[:, 0],
+                c[:, 1],
+                c[:, 2],
+                s=3,
+                c=_class_colors(circle.n_classes)[circle.cls.numpy()],
+                depthshade=False,  # pyright: ignore[reportArgumentType]
             )
             angle = result["circles"][name]["geometry"]["pair_composite"]["max_angle"]
             ax.set_title(f"{label}\n{name}: composite of {pair[0]}+{pair[1]} (plane angle {angle:.0f}°)", fontsize=7)
@@ -1154,6 +1195,9 @@ def measure(
     eval_x: Tensor,
     eval_labels: Tensor,
     search: bool,
+    eval_classes: Tensor | None = None,
+    eval_ids: Tensor | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Every measurement of one dictionary (see the module docstring)."""
     f_background = dictionary.encode(x_background)
@@ -1177,8 +1221,8 @@ def measure(
         elif dictionary.kind == "topk":
             entry["geometry"] = decoder_geometry(dictionary, circle)
         result["circles"][name] = entry
-    if search and dictionary.kind == "bilinear":
-        result["search"] = search_report(dictionary, eval_x, eval_labels, circles)
+    if search and dictionary.kind == "bilinear" and eval_classes is not None and eval_ids is not None:
+        result["search"] = search_report(dictionary, eval_x, eval_labels, eval_classes, eval_ids, circles, tokenizer)
     return result
 
 
@@ -1336,6 +1380,8 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     search_rows = torch.cat([torch.cat([c.rows for c in circles.values()]), bg_rows]).sort().values
     search_x = eval_split.store.gather(search_rows)
     search_labels = eval_split.labels()["circle"][search_rows]
+    search_classes = eval_split.labels()["cls"][search_rows]
+    search_ids = eval_split.store.token_ids()[search_rows]
 
     train = splits["train"].store.tensor()
     folder = Path(args.cache) / NAME / splits["train"].store.folder.name
@@ -1362,7 +1408,16 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     for dictionary in dictionaries:
         print(f"measure {dictionary.name}", flush=True)
         result = measure(
-            dictionary, circles, x_background, background_split, search_x, search_labels, not args.no_search
+            dictionary,
+            circles,
+            x_background,
+            background_split,
+            search_x,
+            search_labels,
+            not args.no_search,
+            search_classes,
+            search_ids,
+            model.tokenizer,
         )
         result["fit"] = fit_quality(dictionary, x_background)
         result["training"] = dictionary.info
@@ -1397,10 +1452,11 @@ def draw_search(
     tokens, contexts = token_strings(model.tokenizer, split)
     tok = [tokens[i] for i in rows.tolist()]
     ctx = [contexts[i] for i in rows.tolist()]
-    for dictionary, result in zip(dictionaries, measured, strict=False):
+    ids = split.store.token_ids()[rows]
+    for dictionary, result in zip(dictionaries, measured, strict=True):
         if dictionary.kind != "bilinear" or "init" in dictionary.name or not result.get("search"):
             continue
-        found = manifold_search.find_circles(dictionary.sae, x, top=1, sample=None)
+        found = manifold_search.find_circles(dictionary.sae, x, token_ids=ids, top=1, sample=None)
         if not found:
             continue
         slug = dictionary.name.replace(" ", "_")
@@ -1410,7 +1466,9 @@ def draw_search(
             found[0],
             out / f"search_{slug}.png",
             tokens=tok,
-            title=f"{dictionary.name}: best ring found without labels (latents {found[0].latents})",
+            token_ids=ids,
+            title=f"{dictionary.name}: best ring found without labels (latents {found[0].latents}, "
+            f"score {found[0].score:.2f})",
         )
         manifold_search.circle_page(
             dictionary.sae, x, found[0], Path(cache) / NAME / f"search_{slug}.html", tokens=tok, contexts=ctx

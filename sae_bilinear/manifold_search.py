@@ -69,7 +69,7 @@ class RingFit(NamedTuple):
     bulk: float
     """Whether the bulk (the median of all points: the tokens the pair ignores) sits at the
     ring's centre or on the ring, as it does for a circle drawn by a pair of latents:
-    ``max(1 − d/(R/2), 1 − |d − R|/(R/2))`` clipped to [0, 1], ``d`` its distance from the centre.
+    ``max(1 − d/R, 1 − |d − R|/R)`` clipped to [0, 1], ``d`` its distance from the centre.
     Junk "rings" fitted to the scattered tail of a blob have the blob outside them."""
     center: tuple[float, float]
     """Centre: the least-squares circle through the ring points (standardised units)."""
@@ -148,7 +148,7 @@ def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 
     inside = min(density(0.2 + 0.1 * k, 0.3 + 0.1 * k) for k in range(6))
     hole = min(1.0, max(0.0, 1.0 - inside / band)) if band > 0 else 0.0
     distance = float((p.median(dim=0).values - center).norm()) / radius
-    bulk = min(1.0, max(0.0, 1.0 - 2 * distance, 1.0 - 2 * abs(distance - 1.0)))
+    bulk = min(1.0, max(0.0, 1.0 - distance, 1.0 - abs(distance - 1.0)))
     return RingFit(
         coverage * thinness * hole * bulk,
         coverage,
@@ -158,6 +158,97 @@ def ring_fit(points: Float[Tensor, "n 2"], *, bins: int = 12, min_points: int = 
         (float(center[0]), float(center[1])),
         radius,
         int(ring.sum()),
+    )
+
+
+class TypeRing(NamedTuple):
+    """A ring drawn by token *types*: the mean point of each frequent token far from the bulk."""
+
+    score: float
+    """``coverage · thinness · purity`` in [0, 1] (0 with fewer than ``min_types`` types)."""
+    coverage: float
+    """``1 − (largest angular gap between consecutive types)/(2π)`` around the fitted centre."""
+    thinness: float
+    """``1 − median|r − R|/R`` of the type means."""
+    purity: float
+    """Share of the tokens far from the bulk (:func:`ring_points`) whose type is on the ring: a
+    circle of a few token types owns the pair's far tokens, a coincidence of many types does not."""
+    types: list[int]
+    """The token ids on the ring, in angular order."""
+    means: Tensor
+    """``[len(types), 2]`` their mean points, same order."""
+    center: tuple[float, float]
+    radius: float
+
+
+EMPTY_TYPE_RING = TypeRing(0.0, 0.0, 0.0, 0.0, [], torch.zeros(0, 2), (0.0, 0.0), 0.0)
+
+
+def type_ring(
+    points: Float[Tensor, "n 2"],
+    token_ids: Tensor,
+    *,
+    min_count: int = 5,
+    min_types: int = 5,
+    max_types: int = 24,
+    threshold: float = 0.25,
+) -> TypeRing:
+    """Ring score of the *token types* a pair of latents separates (no labels: token ids only).
+
+    Each token type seen at least ``min_count`` times gets its mean point; the types whose mean
+    lies farther than ``threshold`` × the farthest type mean from the bulk (the median point),
+    and farther than a fifth of the tokens' 99.9 % distance — at most ``max_types``, farthest
+    first — are fitted with a circle. A circle of token types
+    (days, months, hours, …) has them all around the centre (coverage: no big angular gap), at
+    one radius (thinness), and owns the tokens the pair moves far from the bulk (purity).
+    Averaging over a type's tokens removes the token-level noise that hides such a ring in the
+    raw scatter.
+    """
+    p = points.to(torch.float64)
+    ids = token_ids.reshape(-1).long()
+    if ids.shape[0] != p.shape[0]:
+        raise ConfigError(f"token_ids has {ids.shape[0]} entries but there are {p.shape[0]} points")
+    types, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(types.shape[0], 2, dtype=p.dtype).index_add_(0, inverse, p)
+    means = sums / counts.unsqueeze(1)
+    frequent = counts >= min_count
+    if int(frequent.sum()) < min_types:
+        return EMPTY_TYPE_RING
+    bulk = p.median(dim=0).values
+    distance = (means - bulk).norm(dim=-1)
+    distance[~frequent] = -1.0
+    # Far in absolute terms too: half the distance at which single tokens count as far from
+    # the bulk (types spread all over a ring average out near the bulk and do not qualify).
+    floor = 0.2 * float(torch.quantile((p - bulk).norm(dim=-1), 0.999))
+    far = (distance > max(threshold * float(distance.max()), floor)).nonzero(as_tuple=True)[0]
+    far = far[distance[far].argsort(descending=True)][:max_types]
+    if far.numel() < min_types:
+        return EMPTY_TYPE_RING
+    chosen = means[far]
+    center, radius = fit_circle(chosen)
+    if not radius > 0:
+        return EMPTY_TYPE_RING
+    offset = chosen - center
+    angles = torch.atan2(offset[:, 1], offset[:, 0])
+    order = angles.argsort()
+    sorted_angles = angles[order]
+    gaps = torch.diff(torch.cat([sorted_angles, sorted_angles[:1] + 2 * math.pi]))
+    coverage = 1.0 - float(gaps.max()) / (2 * math.pi)
+    r = offset.norm(dim=-1)
+    thinness = max(0.0, 1.0 - float((r - radius).abs().median()) / radius)
+    on_ring = torch.zeros(types.shape[0], dtype=torch.bool)
+    on_ring[far] = True
+    away = ring_points(p)
+    purity = float(on_ring[inverse[away]].double().mean()) if bool(away.any()) else 0.0
+    return TypeRing(
+        coverage * thinness * purity,
+        coverage,
+        thinness,
+        purity,
+        types[far[order]].tolist(),
+        chosen[order],
+        (float(center[0]), float(center[1])),
+        radius,
     )
 
 
@@ -358,22 +449,37 @@ class CircleCandidate:
     the two latents at the ring tokens' mean unit activation)."""
     source: str
     """Which candidate list found the pair: ``"coactivation"`` or ``"shared-factor"``."""
+    types: TypeRing | None = None
+    """The ring of token types (:func:`type_ring`), when token ids were given."""
+
+    @property
+    def score(self) -> float:
+        """What the search ranks by: the token-type ring score when token ids were given, else
+        the point ring score."""
+        return self.types.score if self.types is not None else self.ring.score
 
 
 def _dense_latents(sae: Any, activations: Tensor) -> Tensor:
     return analysis.latent_activations(sae, activations).to(torch.float32)
 
 
-def coactivation_pairs(f: Float[Tensor, "n F"], n: int) -> list[tuple[int, int]]:
-    """The ``n`` pairs firing on the same tokens with uncorrelated values:
-    ``cos(f_i², f_j²) · (1 − corr(f_i, f_j)²)``, largest first."""
-    energy = f.pow(2)
-    energy = energy / energy.norm(dim=0).clamp(min=1e-30)
-    overlap = energy.T @ energy
-    centred = f - f.mean(0)
+def coactivation_pairs(f: Float[Tensor, "n F"], n: int, threshold: float = 0.3) -> list[tuple[int, int]]:
+    """The ``n`` pairs that move far from their bulk on the same tokens, with uncorrelated values.
+
+    With ``g = f − median(f)`` per latent, a latent's *far* tokens are those with ``|g|`` above
+    ``threshold`` × its 99.9 % quantile; the score is the Jaccard overlap of the two far sets
+    times ``1 − corr(g_i, g_j)²`` (two coordinates of one feature, not one coordinate twice).
+    """
+    g = f - f.median(dim=0).values
+    magnitude = g.abs()
+    far = (magnitude > threshold * torch.quantile(magnitude, 0.999, dim=0)).to(torch.float32)
+    both = far.T @ far
+    size = far.sum(0)
+    jaccard = both / (size.unsqueeze(0) + size.unsqueeze(1) - both).clamp(min=1.0)
+    centred = g - g.mean(0)
     centred = centred / centred.norm(dim=0).clamp(min=1e-30)
     corr = centred.T @ centred
-    return _top_pairs(overlap * (1 - corr.pow(2)), n)
+    return _top_pairs(jaccard * (1 - corr.pow(2)), n)
 
 
 def shared_factor_pairs(sae: Any, n: int) -> list[tuple[int, int]]:
@@ -423,17 +529,21 @@ def find_circles(
     sae: Any,
     activations: Float[Tensor, "n d_in"],
     *,
+    token_ids: Tensor | None = None,
     n_candidates: int = 300,
     top: int = 10,
     sample: int | None = 20_000,
     seed: int = 0,
     bins: int = 12,
 ) -> list[CircleCandidate]:
-    """Pairs of latents whose activations trace rings, best ring score first (unlabelled search).
+    """Pairs of latents whose activations trace rings, best first (unlabelled search).
 
     Args:
         sae: a bilinear SAE (or anything :func:`sae_bilinear.analysis.factors` reads).
         activations: raw activations ``[n, d_in]`` (no labels needed).
+        token_ids: optional ``[n]`` token id of each activation. With them, pairs are ranked by
+            the ring their token *types* draw (:func:`type_ring`: far less noisy on real text);
+            without, by the ring of the points (:func:`ring_fit`).
         n_candidates: pairs taken from each candidate list (co-activation, shared factor).
         top: how many candidates to return.
         sample: score on at most this many tokens (a seeded random subset); ``None`` = all.
@@ -443,12 +553,17 @@ def find_circles(
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
     if activations.ndim != 2 or activations.shape[0] < 2:
         raise ConfigError(f"activations must be [n >= 2, d_in], got {tuple(activations.shape)}")
+    if token_ids is not None and token_ids.reshape(-1).shape[0] != activations.shape[0]:
+        raise ConfigError(
+            f"token_ids has {token_ids.reshape(-1).shape[0]} entries but there are {activations.shape[0]} activations"
+        )
     x = activations
     if sample is not None and x.shape[0] > sample:
         index = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:sample].sort().values
         x = x[index]
     else:
         index = torch.arange(x.shape[0])
+    ids = None if token_ids is None else token_ids.reshape(-1)[index]
     f = _dense_latents(sae, x)
     sources: dict[tuple[int, int], str] = {}
     for pair in shared_factor_pairs(sae, n_candidates):
@@ -460,12 +575,14 @@ def find_circles(
     for pair, source in sources.items():
         points = standardise(f[:, list(pair)].to(torch.float64))
         ring = ring_fit(points, bins=bins)
-        if ring.score <= 0:
+        types = type_ring(points, ids) if ids is not None else None
+        candidate_score = types.score if types is not None else ring.score
+        if candidate_score <= 0:
             continue
         on_ring = ring_points(points)
         plane = pair_plane(sae, pair, unit[on_ring].mean(0))
-        found.append(CircleCandidate(pair, ring, index[on_ring], plane, source))
-    found.sort(key=lambda c: -c.ring.score)
+        found.append(CircleCandidate(pair, ring, index[on_ring], plane, source, types))
+    found.sort(key=lambda c: -c.score)
     return found[:top]
 
 
@@ -497,17 +614,24 @@ def draw_circle(
     path: str | Path,
     *,
     tokens: Sequence[str] | None = None,
+    token_ids: Tensor | None = None,
     title: str | None = None,
     max_points: int = 20_000,
     seed: int = 0,
 ) -> Path:
     """PNG of a found pair: tokens in the standardised ``(f_i, f_j)`` plane, the ring's tokens
     coloured by their angle, the fitted circle, and (with ``tokens``) the most frequent token of
-    each arc written around it."""
+    each arc written around it. With ``token_ids`` and a candidate found by token types, the
+    ring's types are drawn instead: each type's tokens coloured by its place on the ring, its
+    mean marked and named, and the means joined in ring order."""
     from matplotlib.figure import Figure
 
     if tokens is not None and len(tokens) != activations.shape[0]:
         raise ConfigError(f"tokens has {len(tokens)} entries but there are {activations.shape[0]} activations")
+    if token_ids is not None and token_ids.reshape(-1).shape[0] != activations.shape[0]:
+        raise ConfigError(
+            f"token_ids has {token_ids.reshape(-1).shape[0]} entries but there are {activations.shape[0]} activations"
+        )
     n = activations.shape[0]
     index = (
         torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points]
@@ -527,30 +651,36 @@ def draw_circle(
     ax = fig.add_subplot(1, 1, 1)
     p = points.numpy()
     ax.scatter(p[~on_ring.numpy(), 0], p[~on_ring.numpy(), 1], s=3, c="#bbbbbb", lw=0, label="other tokens")
-    artist = ax.scatter(
-        p[on_ring.numpy(), 0],
-        p[on_ring.numpy(), 1],
-        s=7,
-        c=angle[on_ring].numpy(),
-        cmap="twilight",
-        vmin=-math.pi,
-        vmax=math.pi,
-        lw=0,
-    )
-    theta = np.linspace(0, 2 * math.pi, 200)
-    ax.plot(
-        float(center[0]) + radius * np.cos(theta),
-        float(center[1]) + radius * np.sin(theta),
-        color="#444",
-        lw=0.8,
-        ls="--",
-    )
-    if tokens is not None and int(on_ring.sum()):
+    types = candidate.types.types if candidate.types is not None and token_ids is not None else []
+    if types:
+        _draw_types(ax, points, token_ids.reshape(-1)[index], types, tokens, index)
+        artist = None
+    else:
+        artist = ax.scatter(
+            p[on_ring.numpy(), 0],
+            p[on_ring.numpy(), 1],
+            s=7,
+            c=angle[on_ring].numpy(),
+            cmap="twilight",
+            vmin=-math.pi,
+            vmax=math.pi,
+            lw=0,
+        )
+        theta = np.linspace(0, 2 * math.pi, 200)
+        ax.plot(
+            float(center[0]) + radius * np.cos(theta),
+            float(center[1]) + radius * np.sin(theta),
+            color="#444",
+            lw=0.8,
+            ls="--",
+        )
+    if not types and tokens is not None and int(on_ring.sum()):
         ring_tokens = [tokens[i] for i in index[on_ring].tolist()]
         for a, token, count in arc_labels(points[on_ring], center.tolist(), ring_tokens):  # pyright: ignore[reportArgumentType]
             x, y = float(center[0]) + 1.22 * radius * math.cos(a), float(center[1]) + 1.22 * radius * math.sin(a)
             ax.annotate(f"{token} ({count})", (x, y), ha="center", va="center", fontsize=8)
-    fig.colorbar(artist, ax=ax, shrink=0.7).set_label("angle around the ring", fontsize=8)
+    if artist is not None:
+        fig.colorbar(artist, ax=ax, shrink=0.7).set_label("angle around the ring", fontsize=8)
     ax.set_aspect("equal", adjustable="datalim")
     i, j = candidate.latents
     ax.set_xlabel(f"latent {i} (standardised)", fontsize=9)
@@ -563,6 +693,30 @@ def draw_circle(
         fontsize=9,
     )
     return plots.write_png(fig, path)
+
+
+def _draw_types(
+    ax: Any, points: Tensor, ids: Tensor, types: list[int], tokens: Sequence[str] | None, index: Tensor
+) -> None:
+    """Each ring type's tokens coloured by its rank on the ring, its mean named, means joined."""
+    from matplotlib import colormaps
+
+    colors = colormaps["hsv"](np.linspace(0, 1, len(types), endpoint=False))
+    means = []
+    for rank, token_id in enumerate(types):
+        members = (ids == token_id).nonzero(as_tuple=True)[0]
+        if members.numel() == 0:
+            continue
+        q = points[members].numpy()
+        ax.scatter(q[:, 0], q[:, 1], s=6, color=colors[rank], lw=0, alpha=0.6)
+        mean = q.mean(0)
+        means.append(mean)
+        name = tokens[int(index[members[0]])].strip() if tokens is not None else str(token_id)
+        ax.annotate(name, mean, fontsize=8, weight="bold", ha="center", va="bottom")
+        ax.scatter([mean[0]], [mean[1]], s=25, color="black", marker="x")
+    if len(means) >= 2:
+        loop = np.array(means + means[:1])
+        ax.plot(loop[:, 0], loop[:, 1], color="#333", lw=0.8, ls="--")
 
 
 def circle_page(

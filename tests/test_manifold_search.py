@@ -165,4 +165,48 @@ def test_ring_fit_rejects_the_tail_of_a_blob():
     theta = torch.rand(200, generator=g) * 2 * math.pi
     tail = torch.stack([theta.cos(), theta.sin()], 1) * 1.5 + torch.tensor([-5.0, -4.0])
     fit = ms.ring_fit(torch.cat([blob, tail]))
-    assert fit.bulk < 0.2 and fit.score < 0.2
+    assert fit.score < 0.2
+
+
+def test_type_ring_finds_a_circle_of_token_types():
+    """Twelve token types placed around a ring (each a noisy cluster) among background tokens;
+    the same points with the types shuffled across the ring draw no ring of types."""
+    g = torch.Generator().manual_seed(0)
+    background = 0.2 * torch.randn(4000, 2, generator=g)
+    kind = torch.randint(0, 12, (1200,), generator=g)
+    angle = kind.double() * 2 * math.pi / 12
+    ring = 4 * torch.stack([angle.cos(), angle.sin()], 1) + 0.5 * torch.randn(1200, 2, generator=g, dtype=torch.float64)
+    points = torch.cat([background.double(), ring])
+    ids = torch.cat([torch.randint(100, 5000, (4000,), generator=g), kind + 10])
+    fit = ms.type_ring(points, ids)
+    assert fit.score > 0.75 and fit.purity > 0.9
+    assert sorted(fit.types) == list(range(10, 22))
+    order = [t - 10 for t in fit.types]
+    steps = {(b - a) % 12 for a, b in zip(order, order[1:] + order[:1])}
+    assert steps in ({1}, {11})  # the types come round in order
+    shuffled = torch.cat([ids[:4000], ids[4000:][torch.randperm(1200, generator=g)]])
+    assert ms.type_ring(points, shuffled).score < 0.3  # every type everywhere: no ring of types
+    with pytest.raises(ConfigError, match="token_ids"):
+        ms.type_ring(points, ids[:10])
+
+
+def test_find_circles_ranks_by_token_types_when_given(planted):
+    angle = planted.batch.coordinates[:, 0]
+    on = planted.batch.manifold == 0
+    ids = torch.where(on, (angle / (2 * math.pi) * 12).long().clamp(0, 11), 1000 + torch.arange(on.shape[0]) % 50)
+    found = ms.find_circles(planted.sae, planted.batch.activations, token_ids=ids, n_candidates=60, top=3)
+    assert found[0].latents == (3, 17)
+    assert found[0].types is not None and found[0].score == found[0].types.score
+    assert set(found[0].types.types) <= set(range(12)) and len(found[0].types.types) >= 10
+
+
+def test_draw_circle_with_token_types(planted, tmp_path):
+    angle = planted.batch.coordinates[:, 0]
+    on = planted.batch.manifold == 0
+    ids = torch.where(on, (angle / (2 * math.pi) * 12).long().clamp(0, 11), 1000 + torch.arange(on.shape[0]) % 50)
+    names = [f"m{int(i)}" if int(i) < 12 else "x" for i in ids]
+    found = ms.find_circles(planted.sae, planted.batch.activations, token_ids=ids, n_candidates=60, top=1)
+    path = ms.draw_circle(planted.sae, planted.batch.activations, found[0], tmp_path / "types.png", tokens=names, token_ids=ids)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="token_ids"):
+        ms.draw_circle(planted.sae, planted.batch.activations, found[0], tmp_path / "bad.png", token_ids=ids[:5])

@@ -247,3 +247,11 @@ def test_factor_report_sees_a_shared_factor():
     assert report[1]["right_cos_shared"] == pytest.approx(1.0, abs=1e-5)
     assert report[1]["left_plane_share"] == pytest.approx(1.0, abs=1e-5)
     assert report[0]["right_cos_shared"] < 0.2
+
+
+def test_calendar_order():
+    assert rm.calendar_order([0, 1, 2, 4, 6], 7)
+    assert rm.calendar_order([5, 6, 0, 2, 3], 7)  # starts anywhere
+    assert rm.calendar_order([3, 2, 1, 0, 11], 12)  # backwards
+    assert not rm.calendar_order([0, 2, 1, 3], 7)
+    assert not rm.calendar_order([0, 1], 7) and not rm.calendar_order([1, 1, 2], 7)
