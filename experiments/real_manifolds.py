@@ -1328,6 +1328,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     )
     p.add_argument("--scan-contexts", type=int, default=64)
     p.add_argument("--no-search", action="store_true", help="skip the unlabelled circle search")
+    p.add_argument("--sae-seed", type=int, default=None, help="seed of the SAEs' initialisation and batch order (default: --seed)")
     args = p.parse_args(argv)
     for run in args.runs:
         parse_run(run)
@@ -1393,7 +1394,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     init = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=d, d_sae=args.d_sae))
     dictionaries.append(bilinear_dictionary("bilinear init (untrained)", init))
     for spec_text in args.runs:
-        run = Run(spec_text, args.steps, args.batch_size, args.d_sae, args.seed)
+        run = Run(spec_text, args.steps, args.batch_size, args.d_sae, args.seed if args.sae_seed is None else args.sae_seed)
         print(f"train {run.name}", flush=True)
         sae, info = train_run(run, train, folder, args.lr, args.lr_mixed)
         label = (
