@@ -1142,10 +1142,10 @@ def plot_composites(
             ax.scatter(
                 c[:, 0],
                 c[:, 1],
-                c[:, 2],
+                c[:, 2],  # pyright: ignore[reportArgumentType]
                 s=3,
                 c=_class_colors(circle.n_classes)[circle.cls.numpy()],
-                depthshade=False,  # pyright: ignore[reportArgumentType]
+                depthshade=False,
             )
             angle = result["circles"][name]["geometry"]["pair_composite"]["max_angle"]
             ax.set_title(f"{label}\n{name}: composite of {pair[0]}+{pair[1]} (plane angle {angle:.0f}°)", fontsize=7)
@@ -1328,7 +1328,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     )
     p.add_argument("--scan-contexts", type=int, default=64)
     p.add_argument("--no-search", action="store_true", help="skip the unlabelled circle search")
-    p.add_argument("--sae-seed", type=int, default=None, help="seed of the SAEs' initialisation and batch order (default: --seed)")
+    p.add_argument(
+        "--sae-seed", type=int, default=None, help="seed of the SAEs' initialisation and batch order (default: --seed)"
+    )
     args = p.parse_args(argv)
     for run in args.runs:
         parse_run(run)
@@ -1394,7 +1396,9 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     init = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=d, d_sae=args.d_sae))
     dictionaries.append(bilinear_dictionary("bilinear init (untrained)", init))
     for spec_text in args.runs:
-        run = Run(spec_text, args.steps, args.batch_size, args.d_sae, args.seed if args.sae_seed is None else args.sae_seed)
+        run = Run(
+            spec_text, args.steps, args.batch_size, args.d_sae, args.seed if args.sae_seed is None else args.sae_seed
+        )
         print(f"train {run.name}", flush=True)
         sae, info = train_run(run, train, folder, args.lr, args.lr_mixed)
         label = (

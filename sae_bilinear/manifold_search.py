@@ -652,7 +652,7 @@ def draw_circle(
     p = points.numpy()
     ax.scatter(p[~on_ring.numpy(), 0], p[~on_ring.numpy(), 1], s=3, c="#bbbbbb", lw=0, label="other tokens")
     types = candidate.types.types if candidate.types is not None and token_ids is not None else []
-    if types:
+    if types and token_ids is not None:
         _draw_types(ax, points, token_ids.reshape(-1)[index], types, tokens, index)
         artist = None
     else:
