@@ -182,7 +182,7 @@ def test_type_ring_finds_a_circle_of_token_types():
     assert fit.score > 0.75 and fit.purity > 0.9
     assert sorted(fit.types) == list(range(10, 22))
     order = [t - 10 for t in fit.types]
-    steps = {(b - a) % 12 for a, b in zip(order, order[1:] + order[:1])}
+    steps = {(b - a) % 12 for a, b in zip(order, order[1:] + order[:1], strict=True)}
     assert steps in ({1}, {11})  # the types come round in order
     shuffled = torch.cat([ids[:4000], ids[4000:][torch.randperm(1200, generator=g)]])
     assert ms.type_ring(points, shuffled).score < 0.3  # every type everywhere: no ring of types
@@ -206,7 +206,9 @@ def test_draw_circle_with_token_types(planted, tmp_path):
     ids = torch.where(on, (angle / (2 * math.pi) * 12).long().clamp(0, 11), 1000 + torch.arange(on.shape[0]) % 50)
     names = [f"m{int(i)}" if int(i) < 12 else "x" for i in ids]
     found = ms.find_circles(planted.sae, planted.batch.activations, token_ids=ids, n_candidates=60, top=1)
-    path = ms.draw_circle(planted.sae, planted.batch.activations, found[0], tmp_path / "types.png", tokens=names, token_ids=ids)
+    path = ms.draw_circle(
+        planted.sae, planted.batch.activations, found[0], tmp_path / "types.png", tokens=names, token_ids=ids
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="token_ids"):
         ms.draw_circle(planted.sae, planted.batch.activations, found[0], tmp_path / "bad.png", token_ids=ids[:5])
