@@ -61,7 +61,10 @@ def test_the_pth_line_imports_only_the_hook(site_dir):
 
 def test_the_pth_line_is_silent_when_the_module_is_gone(site_dir, tmp_path):
     # A stale .pth (package removed, editable checkout moved) must not print a traceback at every start-up.
-    code = f"import site; site.addsitedir({str(site_dir)!r}); import sys; print('sae_bilinear_autoregister' in sys.modules)"
+    code = (
+        f"import site; site.addsitedir({str(site_dir)!r}); import sys; "
+        "print('sae_bilinear_autoregister' in sys.modules)"
+    )
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", sae_bilinear_autoregister.ENV_VAR)}
     out = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=environment, cwd=tmp_path
