@@ -287,3 +287,32 @@ def test_lifted_norm_is_one_plus_c_squared():
     assert math.isclose(kernels.lifted_norm_sq(True, 0.5), 1.25)
     with pytest.raises(ValueError, match="lift_scale"):
         kernels.lifted_decoder(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2), torch.ones(2), lift_scale=0.0)
+
+
+# ---------------------------------------------------------------------------- experiments/lift_scale.py
+
+
+@pytest.mark.slow
+def test_lift_scale_experiment_tiny_trains_one_sae_per_scale_and_splices_them(tmp_path):
+    experiment = load_experiment("lift_scale")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    results = experiment.main(["--tiny", "--out", str(out), "--cache", str(cache), "--scales", "0.5", "4"])
+    assert results["scales"] == [0.5, 4.0]
+    rows = results["rows"]
+    for c in (0.5, 4.0):
+        assert {r["readout"] for r in rows if r["c"] == c} == {"decoder", "ridge fit"}
+    assert sum(r["c"] is None for r in rows) == 1  # the TopK baseline
+    for row in rows:
+        assert math.isfinite(row["ce_loss_recovered"]) and math.isfinite(row["kl"])
+        assert row["mean_ablation_source"].startswith("training activations' mean")
+    assert results["mean_ablation_source"].startswith("training activations' mean")
+    assert "training activations' mean" in (out / "table.md").read_text()
+    assert (out / "lift_scale.png").stat().st_size > 0
+    assert json.loads((out / "results.json").read_text())["scales"] == [0.5, 4.0]
+    # same seed, init and batches: the two SAEs differ only because c entered the training
+    folders = sorted(p for p in (cache / "lift_scale").iterdir() if p.name.startswith("mixed-"))
+    saes = [hub.load_from_disk(p) for p in folders]
+    assert sorted(s.cfg.lift_scale for s in saes) == [0.5, 4.0]  # type: ignore[attr-defined]
+    assert not torch.equal(saes[0].W_left, saes[1].W_left)
+    decoder = {r["c"]: r for r in rows if r["readout"] == "decoder" and r["c"] is not None}
+    assert decoder[0.5]["xx_error"] != decoder[4.0]["xx_error"]
