@@ -21,8 +21,11 @@ from sae_bilinear import kernels, values
 from sae_bilinear.errors import ConfigError
 
 ARCHITECTURE = "bilinear"
-FORMAT_VERSION = 1
-"""Version of the fields and weights this code reads and writes; a newer one is refused."""
+FORMAT_VERSION = 2
+"""Version of the fields and weights this code reads and writes; a newer one is refused.
+
+History: 1, the first; 2 added ``lift_scale`` (a version-1 file loads with ``lift_scale=1.0``,
+the lift it was trained with, and is upgraded to version 2 in memory)."""
 
 Sparsity = Literal["hoyer", "topk"]
 SPARSITIES: tuple[str, ...] = ("hoyer", "topk")
@@ -55,6 +58,11 @@ class BilinearFields:
     lifted: bool = False
     """Use ``ũ = [1, u]``, i.e. biased encoder rows. Needed to decode to the activation space
     (splicing), since ``f(−u) = f(u)`` without it."""
+    lift_scale: float = 1.0
+    """``c`` of the lift ``ũ = [c, u]`` (lifted only; finite, > 0): the encoder rows add ``c·b``,
+    the target ``ũ⊗ũ`` has norm² ``(1 + c²)²`` and ``decode`` divides the off-diagonal block by
+    ``c``. Against the ``u⊗u`` block, ``c`` weighs the activation-space part (the block
+    ``decode`` reads) by ``2c²`` and the constant corner by ``c⁴``. 1.0 is the authors' lift."""
     bottleneck: int | None = None
     """Rows of ``W_down`` for mixed/combined; None means ``2 * d_in``."""
     sparsity: Sparsity = "hoyer"
@@ -147,6 +155,9 @@ def validate_bilinear_config(cfg: Any) -> None:
             f"bilinear_format_version: this config was written by a newer sae-bilinear (format version "
             f"{cfg.bilinear_format_version}, this one reads up to {FORMAT_VERSION}); upgrade sae-bilinear to load it"
         )
+    # Older versions lack only fields whose defaults reproduce them (version 1: lift_scale = 1),
+    # so once filled in the config is one of this version, and is saved as such.
+    cfg.bilinear_format_version = FORMAT_VERSION
     _check_sae_lens_fields(cfg)
     _check_architecture_fields(cfg)
     _check_kernel_fields(cfg)
@@ -186,6 +197,12 @@ def _check_sae_lens_fields(cfg: Any) -> None:
 def _check_architecture_fields(cfg: Any) -> None:
     kernels.check_variant(cfg.variant)
     values.check_bool("lifted", cfg.lifted)
+    cfg.lift_scale = values.check_finite_float("lift_scale", cfg.lift_scale, lo=0.0, lo_open=True)
+    if not cfg.lifted and cfg.lift_scale != 1.0:
+        raise ConfigError(
+            f"lift_scale={cfg.lift_scale!r} only applies to lifted SAEs (ũ = [c, u]); "
+            "set lifted=True or drop lift_scale"
+        )
     if kernels.is_mixed(cfg.variant):
         if cfg.bottleneck is None:
             cfg.bottleneck = 2 * cfg.d_in

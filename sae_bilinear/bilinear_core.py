@@ -156,7 +156,7 @@ class BilinearMixin(_SAEBase):
     hook_sae_left: HookPoint
     hook_sae_right: HookPoint
     _encoded: EncodedNorms
-    _peak_cache: tuple[tuple[tuple[int, int, int], ...], Tensor] | None
+    _peak_cache: tuple[tuple[Any, ...], Tensor] | None
 
     def _add_bilinear_hooks(self) -> None:
         # The two linear forms whose product is f: hooking them is how one edits a
@@ -289,8 +289,9 @@ class BilinearMixin(_SAEBase):
         and the dense post-activations always agree, ties included.
         """
         unit = tokens.unit
-        left = self.hook_sae_left(nn.functional.linear(unit, self.W_left, self.b_left))
-        right = self.hook_sae_right(nn.functional.linear(unit, self.W_right, self.b_right))
+        c = self.cfg.lift_scale
+        left = self.hook_sae_left(nn.functional.linear(unit, self.W_left, kernels.scaled_bias(self.b_left, c)))
+        right = self.hook_sae_right(nn.functional.linear(unit, self.W_right, kernels.scaled_bias(self.b_right, c)))
         # In place on the fresh product (its backward needs only left and right): one B×F buffer less.
         pre = (left * right).masked_fill_(~tokens.valid.unsqueeze(-1), 0.0)
         pre = self.hook_sae_acts_pre(pre)
@@ -352,7 +353,7 @@ class BilinearMixin(_SAEBase):
             )
 
     def decoder_directions(self) -> Float[Tensor, "d_sae d_in"]:
-        """``[d_sae, d_in]`` rows ``½(b_l r + b_r l)``: ``û = g @ rows`` (lifted only)."""
+        """``[d_sae, d_in]`` rows ``½(b_l r + b_r l)/c`` (c = ``lift_scale``): ``û = g @ rows`` (lifted only)."""
         if not self.cfg.lifted:
             raise UnliftedDecodeError(
                 "this bilinear SAE is unlifted: f(-x) = f(x), so no function of its latents recovers "
@@ -360,7 +361,9 @@ class BilinearMixin(_SAEBase):
                 "splice it into a model; the analysis (eigendecomposition, reconstruction_error) still works."
             )
         assert self.b_left is not None and self.b_right is not None
-        return kernels.lifted_decoder(self.W_left, self.W_right, self.b_left, self.b_right)
+        return kernels.lifted_decoder(
+            self.W_left, self.W_right, self.b_left, self.b_right, lift_scale=self.cfg.lift_scale
+        )
 
     @override
     def decode(
@@ -471,6 +474,7 @@ class BilinearMixin(_SAEBase):
                 *weights,
                 valid.reshape(-1),
                 ordered=ordered,
+                lift_scale=self.cfg.lift_scale,
             )
         else:
             result = kernels.kernel_error(
@@ -482,6 +486,7 @@ class BilinearMixin(_SAEBase):
                 backward=self.cfg.kernel_backward,
                 tile_size=self.cfg.kernel_tile_size,
                 memory_budget=self.cfg.kernel_memory_budget,
+                lift_scale=self.cfg.lift_scale,
             )
         return kernels.KernelError(*(t.reshape(batch_shape) for t in result))
 
@@ -501,11 +506,13 @@ class BilinearMixin(_SAEBase):
         Cached until a weight changes (an optimiser step, a load), so evaluation loops pay
         for it once.
         """
-        key = tuple((id(p), p.data_ptr(), p._version) for p in self.parameters())
+        key = (self.cfg.lift_scale, *((id(p), p.data_ptr(), p._version) for p in self.parameters()))
         if self._peak_cache is None or self._peak_cache[0] != key:
             b_left = None if self.b_left is None else self.b_left.detach()
             b_right = None if self.b_right is None else self.b_right.detach()
-            peak = kernels.latent_peak(self.W_left.detach(), self.W_right.detach(), b_left, b_right)
+            peak = kernels.latent_peak(
+                self.W_left.detach(), self.W_right.detach(), b_left, b_right, lift_scale=self.cfg.lift_scale
+            )
             self._peak_cache = (key, peak)
         return self._peak_cache[1]
 
@@ -538,5 +545,3 @@ class BilinearMixin(_SAEBase):
     @override
     def get_W_dec_norm(self) -> Tensor:
         raise NotImplementedError("a bilinear SAE has no W_dec; see kernels.latent_peak for a per-latent scale")
-
-

@@ -1,13 +1,16 @@
 """Pure tensor math of bilinear autoencoders. No SAELens import.
 
 A bilinear latent is the quadratic form ``f_j = (l̃_j·ũ)(r̃_j·ũ)`` of a unit token ``u``
-(``ũ = [1, u]`` when lifted, which is the same as giving each encoder row a bias). The
-autoencoder reconstructs ``X = ũ⊗ũ`` as ``X̂ = Σ_j g_j l̃_j⊗r̃_j``. Its squared error never
-needs the d² entries of ``X``:
+(``ũ = [c, u]`` and ``l̃ = [b_l, l]`` when lifted, which is the same as giving each encoder
+row the bias ``c·b``; ``c`` is the lift scale, 1 by default). The autoencoder reconstructs
+``X = ũ⊗ũ`` as ``X̂ = Σ_j g_j l̃_j⊗r̃_j``. Its squared error never needs the d² entries of ``X``:
 
-    ||X − X̂||²_F = ||ũ||⁴ − 2 gᵀf + gᵀ K g,   K = (L̃L̃ᵀ) ∘ (R̃R̃ᵀ)
+    ||X − X̂||²_F = ||ũ||⁴ − 2 gᵀf + gᵀ K g,   K = (L̃L̃ᵀ) ∘ (R̃R̃ᵀ),   ||ũ||⁴ = (1 + c²)²
 
-because ``<X, l̃_j⊗r̃_j> = f_j`` and ``<l̃_i⊗r̃_i, l̃_j⊗r̃_j> = K_ij``. It is a difference of
+because ``<X, l̃_j⊗r̃_j> = f_j`` and ``<l̃_i⊗r̃_i, l̃_j⊗r̃_j> = K_ij``. ``c`` enters ``f`` (the
+encoder) and ``||ũ||⁴`` only: the Gram matrices ``L̃L̃ᵀ = LLᵀ + b bᵀ`` are those of the stored
+rows, whatever ``c``. The off-diagonal block of ``X`` is ``c·u``, so the activation-space
+read-out divides by ``c`` (:func:`lifted_decoder`). It is a difference of
 O(1) terms, so everything after the encoder runs in float32 (or float64) whatever the
 input dtype, with autocast switched off.
 
@@ -61,6 +64,28 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def check_lift_scale(lift_scale: float) -> float:
+    """``lift_scale`` as a float; ValueError unless it is finite and > 0."""
+    if isinstance(lift_scale, bool) or not isinstance(lift_scale, (int, float)):
+        raise ValueError(f"lift_scale must be a finite number > 0, got {lift_scale!r}")
+    if not math.isfinite(lift_scale) or lift_scale <= 0:
+        raise ValueError(f"lift_scale must be a finite number > 0, got {lift_scale!r}")
+    return float(lift_scale)
+
+
+def scaled_bias(bias: Tensor | None, lift_scale: float) -> Tensor | None:
+    """``c·b``: the bias a lifted encoder row adds for ``ũ = [c, u]`` (``b`` itself when c = 1, so
+    the default lift is bit-identical to an unscaled one); None stays None."""
+    if bias is None or lift_scale == 1.0:
+        return bias
+    return bias * lift_scale
+
+
+def lifted_norm_sq(lifted: bool, lift_scale: float = 1.0) -> float:
+    """``||ũ||²`` of a unit token: ``1 + c²`` lifted, 1 unlifted."""
+    return 1.0 + check_lift_scale(lift_scale) ** 2 if lifted else 1.0
+
+
 class UnitTokens(NamedTuple):
     """Tokens scaled to unit norm, with what is needed to undo it."""
 
@@ -106,14 +131,17 @@ def bilinear_latents(
     W_right: Float[Tensor, "d_sae d_in"],
     b_left: Float[Tensor, " d_sae"] | None = None,
     b_right: Float[Tensor, " d_sae"] | None = None,
+    *,
+    lift_scale: float = 1.0,
 ) -> Float[Tensor, "*batch d_sae"]:
-    """The encoder: ``f = (W_left u + b_left) ∘ (W_right u + b_right)``.
+    """The encoder: ``f = (W_left u + c·b_left) ∘ (W_right u + c·b_right)``, c = ``lift_scale``.
 
     Runs in the dtype of its inputs (and under any active autocast): it is the one part
     of the model whose precision does not suffer from cancellation.
     """
-    left = torch.nn.functional.linear(unit, W_left, b_left)
-    right = torch.nn.functional.linear(unit, W_right, b_right)
+    c = check_lift_scale(lift_scale)
+    left = torch.nn.functional.linear(unit, W_left, scaled_bias(b_left, c))
+    right = torch.nn.functional.linear(unit, W_right, scaled_bias(b_right, c))
     return left * right
 
 
@@ -141,9 +169,7 @@ def topk_by_magnitude(latents: Float[Tensor, "*batch d_sae"], k: int) -> Float[T
 
 
 @typechecked
-def gram(
-    W: Float[Tensor, "d_sae d_in"], b: Float[Tensor, " d_sae"] | None = None
-) -> Float[Tensor, "d_sae d_sae"]:
+def gram(W: Float[Tensor, "d_sae d_in"], b: Float[Tensor, " d_sae"] | None = None) -> Float[Tensor, "d_sae d_sae"]:
     """Gram matrix of the (lifted) rows: ``W̃W̃ᵀ = WWᵀ + b bᵀ``, without concatenating."""
     G = W @ W.T
     if b is not None:
@@ -209,6 +235,7 @@ def kernel_error(
     backward: Backward = "fused",
     tile_size: int | None = None,
     memory_budget: int | None = None,
+    lift_scale: float = 1.0,
 ) -> KernelError:
     """Relative error ``||X − X̂||²/||ũ||⁴`` of every token, from F×F Gram matrices only.
 
@@ -232,6 +259,7 @@ def kernel_error(
     Gradients reach ``latents``, ``coefficients`` and the weights.
     """
     lifted = _is_lifted(b_left, b_right)
+    target = lifted_norm_sq(lifted, lift_scale) ** 2
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     dtype = accumulation_dtype(latents.dtype)
@@ -253,7 +281,7 @@ def kernel_error(
             if ordered:
                 K = K * prefix_pair_weights(d_sae, device=f.device, dtype=dtype)
             quadratic = ((g @ K) * g).sum(-1)
-        error = _relative_error(cross, quadratic, valid, lifted)
+        error = _relative_error(cross, quadratic, valid, target)
     return KernelError(error=error, cross=cross, quadratic=quadratic)
 
 
@@ -271,9 +299,8 @@ def _cast_weights(
     return W_left.to(dtype), W_right.to(dtype), cast(b_left), cast(b_right)
 
 
-def _relative_error(cross: Tensor, quadratic: Tensor, valid: Tensor, lifted: bool) -> Tensor:
-    # ||ũ||⁴ for unit u: 1 unlifted, (1 + 1)² = 4 lifted.
-    target = 4.0 if lifted else 1.0
+def _relative_error(cross: Tensor, quadratic: Tensor, valid: Tensor, target: float) -> Tensor:
+    # target = ||ũ||⁴ for unit u: 1 unlifted, (1 + c²)² lifted (4 at the default c = 1).
     error = (target - 2.0 * cross + quadratic) / target
     return torch.where(valid, error, torch.zeros_like(error))
 
@@ -291,6 +318,7 @@ def sparse_kernel_error(
     ordered: bool = False,
     *,
     max_elements: int | None = None,
+    lift_scale: float = 1.0,
 ) -> KernelError:
     """:func:`kernel_error` for coefficients ``g`` non-zero only at ``indices`` (TopK latents).
 
@@ -299,9 +327,11 @@ def sparse_kernel_error(
     gathered rows of L̃ and R̃: ``8Bk²d`` FLOPs for forward and backward, no F² term, and
     the ordered weights ``(F − max(i,j))/F`` use the latents' global indices. The result
     equals ``kernel_error(latents, g, ...)``. ``max_elements`` bounds the gathered
-    ``[tokens, k, d]`` rows held at once (tokens are processed in chunks).
+    ``[tokens, k, d]`` rows held at once (tokens are processed in chunks); ``lift_scale`` is
+    ``c`` of ``ũ = [c, u]``, as in :func:`kernel_error`.
     """
     lifted = _is_lifted(b_left, b_right)
+    target = lifted_norm_sq(lifted, lift_scale) ** 2
     d_sae = latents.shape[-1]
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
         raise ValueError(f"indices must lie in [0, d_sae={d_sae})")
@@ -320,7 +350,7 @@ def sparse_kernel_error(
             ordered=ordered,
             max_elements=max_elements,
         )
-        error = _relative_error(cross, quadratic, valid, lifted)
+        error = _relative_error(cross, quadratic, valid, target)
     return KernelError(error=error, cross=cross, quadratic=quadratic)
 
 
@@ -422,6 +452,8 @@ def latent_peak(
     W_right: Float[Tensor, "d_sae d_in"],
     b_left: Float[Tensor, " d_sae"] | None = None,
     b_right: Float[Tensor, " d_sae"] | None = None,
+    *,
+    lift_scale: float = 1.0,
 ) -> Float[Tensor, " d_sae"]:
     """Largest ``|f_j(u)|`` over unit tokens ``u``: the unit in which "latent j fires" is measured.
 
@@ -431,24 +463,27 @@ def latent_peak(
     * Unlifted: ``f_j = uᵀQ_j u`` with ``Q_j = (l rᵀ + r lᵀ)/2``, whose non-zero eigenvalues
       are ``(l·r ± |l||r|)/2``; the peak is ``||Q_j||₂ = (|l||r| + |l·r|)/2``, attained at an
       eigenvector.
-    * Lifted: ``f_j = (l·u + a)(r·u + b)`` depends on ``u`` only through ``p = l·u`` and
-      ``q = r·u``. With ``α, β`` the coordinates of ``l, r`` in an orthonormal basis of a plane
-      holding both, unit ``u`` (``d_in ≥ 2``) reach every ``(p, q) = (α·w, β·w)`` with
-      ``|w| = 1`` and none outside ``|w| ≤ 1``. ``(p + a)(q + b)`` has the indefinite Hessian
-      ``[[0, 1], [1, 0]]``, so it has no interior maximum or minimum: the peak is
-      ``max_θ |(α·w_θ + a)(β·w_θ + b)|`` with ``w_θ = (cos θ, sin θ)``, a trigonometric
-      polynomial of degree 2 (at most four stationary points). It is maximised over a grid of
-      :data:`PEAK_GRID` angles whose local maxima are refined by Newton steps on its derivative
-      (a refined value only ever raises the grid's). ``d_in = 1``: ``u = ±1``.
+    * Lifted: ``f_j = (l·u + a)(r·u + b)`` (``a, b`` = ``c·b_l, c·b_r`` at lift scale ``c``)
+      depends on ``u`` only through ``p = l·u`` and ``q = r·u``. With ``α, β`` the coordinates
+      of ``l, r`` in an orthonormal basis of a plane holding both, unit ``u`` (``d_in ≥ 2``)
+      reach every ``(p, q) = (α·w, β·w)`` with ``|w| = 1`` and none outside ``|w| ≤ 1``.
+      ``(p + a)(q + b)`` has the indefinite Hessian ``[[0, 1], [1, 0]]``, so it has no interior maximum
+      or minimum: the peak is ``max_θ |(α·w_θ + a)(β·w_θ + b)|`` with ``w_θ = (cos θ, sin θ)``,
+      a trigonometric polynomial of degree 2 (at most four stationary points). It is maximised
+      over a grid of :data:`PEAK_GRID` angles whose local maxima are refined by Newton steps on
+      its derivative (a refined value only ever raises the grid's). ``d_in = 1``: ``u = ±1``.
 
     Not differentiable (it is a threshold); computed in float32 at least, returned in the
     weights' dtype. :func:`latent_peak_bound` is the looser closed form ``||ũ||²·||Q̃_j||₂``.
     """
     if b_left is None or b_right is None:
         return latent_peak_bound(W_left, W_right)
+    c = check_lift_scale(lift_scale)
+    a, b = scaled_bias(b_left, c), scaled_bias(b_right, c)
+    assert a is not None and b is not None
     with torch.no_grad():
         chunks = [
-            _lifted_peak(*(t[start : start + PEAK_CHUNK] for t in (W_left, W_right, b_left, b_right)))
+            _lifted_peak(*(t[start : start + PEAK_CHUNK] for t in (W_left, W_right, a, b)))
             for start in range(0, W_left.shape[0], PEAK_CHUNK)
         ]
     return torch.cat(chunks).to(W_left.dtype)
@@ -503,13 +538,16 @@ def latent_peak_bound(
     W_right: Float[Tensor, "d_sae d_in"],
     b_left: Float[Tensor, " d_sae"] | None = None,
     b_right: Float[Tensor, " d_sae"] | None = None,
+    *,
+    lift_scale: float = 1.0,
 ) -> Float[Tensor, " d_sae"]:
     """Closed-form bound on ``|f_j|``: ``||ũ||² · ||Q̃_j||₂``.
 
     ``Q̃_j = (l̃ r̃ᵀ + r̃ l̃ᵀ)/2`` has the two non-zero eigenvalues ``(l̃·r̃ ± |l̃||r̃|)/2``,
-    so its spectral norm is ``(|l̃||r̃| + |l̃·r̃|)/2``; ``||ũ||² = 1`` (2 when lifted). Exact
-    (equal to :func:`latent_peak`) when unlifted; lifted, no unit ``u`` reaches it in general,
-    because its eigenvector need not have the form ``[1, u]/√2``.
+    so its spectral norm is ``(|l̃||r̃| + |l̃·r̃|)/2``; ``||ũ||² = 1`` (``1 + c²`` when lifted,
+    with ``ũ = [c, u]`` and ``l̃ = [b_l, l]``). Exact (equal to :func:`latent_peak`) when
+    unlifted; lifted, no unit ``u`` reaches it in general, because its eigenvector need not
+    have the form ``[c, u]/√(1 + c²)``.
     """
     left_sq = W_left.pow(2).sum(-1)
     right_sq = W_right.pow(2).sum(-1)
@@ -519,7 +557,7 @@ def latent_peak_bound(
         left_sq = left_sq + b_left.pow(2)
         right_sq = right_sq + b_right.pow(2)
         dot = dot + b_left * b_right
-        lift = 2.0
+        lift = lifted_norm_sq(True, lift_scale)
     return lift * 0.5 * ((left_sq * right_sq).sqrt() + dot.abs())
 
 
@@ -529,10 +567,15 @@ def lifted_decoder(
     W_right: Float[Tensor, "d_sae d_in"],
     b_left: Float[Tensor, " d_sae"],
     b_right: Float[Tensor, " d_sae"],
+    *,
+    lift_scale: float = 1.0,
 ) -> Float[Tensor, "d_sae d_in"]:
-    """Rows ``½(b_lj r_j + b_rj l_j)``: the off-diagonal block of ``l̃_j⊗r̃_j``, symmetrised.
+    """Rows ``½(b_lj r_j + b_rj l_j)/c``: the off-diagonal block of ``l̃_j⊗r̃_j``, symmetrised.
 
-    With ``ũ = [1, u]`` the blocks ``X[0, 1:]`` and ``X[1:, 0]`` both equal u, so
+    With ``ũ = [c, u]`` the blocks ``X[0, 1:]`` and ``X[1:, 0]`` both equal ``c·u``, and those
+    of ``X̂ = Σ g_j l̃_j⊗r̃_j`` are ``Σ g_j b_lj r_j`` and ``Σ g_j b_rj l_j``; so
     ``û = g @ lifted_decoder(...)`` is the linear read-out of the reconstruction.
     """
-    return 0.5 * (b_left.unsqueeze(-1) * W_right + b_right.unsqueeze(-1) * W_left)
+    rows = 0.5 * (b_left.unsqueeze(-1) * W_right + b_right.unsqueeze(-1) * W_left)
+    c = check_lift_scale(lift_scale)
+    return rows if c == 1.0 else rows / c

@@ -1,11 +1,12 @@
 """Reading a bilinear SAE from its weights alone: factors, spectra, composite latents.
 
 Latent j is the quadratic form ``f_j(ũ) = ũᵀ Q_j ũ`` with the symmetric matrix
-``Q_j = (l̃_j r̃_jᵀ + r̃_j l̃_jᵀ)/2`` (``ũ = [1, u]`` and ``l̃ = [b_l, l]`` when lifted: the bias
-is coordinate 0). ``Q_j`` has rank ≤ 2; its two eigenpairs have a closed form
-(:func:`rank2_spectrum`). A *composite* latent ``Σ_i v_i Q_i`` (a cluster of a mixed
-model's ``DᵀD``, a bottleneck row, or any direction read through the SAE) has a full
-spectrum (:func:`spectrum`).
+``Q_j = (l̃_j r̃_jᵀ + r̃_j l̃_jᵀ)/2`` (``ũ = [1, u]`` and ``l̃ = [c·b_l, l]`` when lifted: the
+bias, times the SAE's ``lift_scale`` c, is coordinate 0; the model's ``ũ = [c, u]`` with rows
+``[b_l, l]`` gives the same ``f``, so every form here is one over ``[1, u]``). ``Q_j`` has
+rank ≤ 2; its two eigenpairs have a closed form (:func:`rank2_spectrum`). A *composite* latent
+``Σ_i v_i Q_i`` (a cluster of a mixed model's ``DᵀD``, a bottleneck row, or any direction read
+through the SAE) has a full spectrum (:func:`spectrum`).
 
 Every function here takes an SAE (a :class:`~sae_bilinear.BilinearSAE`, a training SAE, or
 any object with ``W_left``, ``W_right`` and optionally ``b_left``, ``b_right``, ``W_down``) and
@@ -64,14 +65,20 @@ def factors(sae: Any, dtype: torch.dtype | None = None) -> Factors:
     lifted = b_left is not None
     if lifted:
         assert b_left is not None and b_right is not None
-        left = torch.cat([b_left.to(dtype).unsqueeze(-1), left], dim=-1)
-        right = torch.cat([b_right.to(dtype).unsqueeze(-1), right], dim=-1)
+        c = lift_scale(sae)  # folded into the bias column: the forms act on [1, u] whatever c
+        left = torch.cat([c * b_left.to(dtype).unsqueeze(-1), left], dim=-1)
+        right = torch.cat([c * b_right.to(dtype).unsqueeze(-1), right], dim=-1)
     down = _param(sae, "W_down")
     return Factors(left, right, None if down is None else down.to(dtype), lifted)
 
 
 def is_lifted(sae: Any) -> bool:
     return _param(sae, "b_left") is not None
+
+
+def lift_scale(sae: Any) -> float:
+    """``c`` of a lifted SAE's ``ũ = [c, u]`` (``cfg.lift_scale``; 1.0 for objects without one)."""
+    return kernels.check_lift_scale(getattr(getattr(sae, "cfg", None), "lift_scale", 1.0))
 
 
 def latent_indices(idx: int | Sequence[int] | Tensor | None, d_sae: int, device: torch.device) -> tuple[Tensor, bool]:
@@ -430,7 +437,8 @@ def direction_weights(
         raise ValueError(
             "an activation-space direction can only be read through a lifted SAE (unlifted ones do not decode)"
         )
-    decoder = kernels.lifted_decoder(left[:, 1:], right[:, 1:], left[:, 0], right[:, 0])
+    c = lift_scale(sae)  # factors() holds c·b; the decoder wants b and c
+    decoder = kernels.lifted_decoder(left[:, 1:], right[:, 1:], left[:, 0] / c, right[:, 0] / c, lift_scale=c)
     coefficients = decoder @ w
     return down.T @ (down @ coefficients) if down is not None else coefficients
 
@@ -509,6 +517,7 @@ __all__ = [
     "latent_spectrum",
     "latent_weights",
     "lift",
+    "lift_scale",
     "mixing_overlap",
     "rank2_spectrum",
     "spectrum",

@@ -181,7 +181,7 @@ def test_config_from_a_newer_version_is_refused_on_load(tmp_path):
     sae = BilinearSAE(BilinearSAEConfig(d_in=4, d_sae=8))
     sae.save_model(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    cfg["bilinear_format_version"] = 2
+    cfg["bilinear_format_version"] = sae_bilinear.bilinear.FORMAT_VERSION + 1
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="newer sae-bilinear"):
         SAE.load_from_disk(tmp_path)

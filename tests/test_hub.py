@@ -432,7 +432,7 @@ SAELENS_BAD = {
     ),
     "no architecture": (lambda f: edit_cfg(f, architecture=None), WeightFileError, "architecture None"),
     "unknown variant": (lambda f: edit_cfg(f, variant="spiral"), WeightFileError, "unknown bilinear variant 'spiral'"),
-    "newer version": (lambda f: edit_cfg(f, bilinear_format_version=2), WeightFileError, "newer sae-bilinear"),
+    "newer version": (lambda f: edit_cfg(f, bilinear_format_version=3), WeightFileError, "newer sae-bilinear"),
     "config disagrees": (lambda f: edit_cfg(f, d_sae=25), WeightFileError, r"the config expects \[25, 8\]"),
 }
 
