@@ -1,126 +1,129 @@
-"""Adam (SAELens's) vs Muon (the paper's) at equal steps, on real residual-stream activations.
+"""Adam (SAELens's) against Muon (the paper's) at equal steps and at equal wall-clock.
 
-Collects SmolLM2-135M activations at one hook once (King James Bible), trains the same
-bilinear SAE from the same init with each optimiser over a small LR grid through SAELens's
-trainer, and reports the held-out x⊗x reconstruction error and x̂ explained variance. Writes
-``benchmarks/results/optimizer_comparison.json``.
+Real residual-stream activations: SmolLM2-135M at the main job's hook on the King James Bible,
+from the activation store of ``experiments/long_run.py`` (collected once; this script reuses the
+store and every run that script already trained, and trains what is missing). The same vanilla
+bilinear SAE (α 0.1, expansion 2, same init and batch order) is trained with each optimiser over
+a small learning-rate grid; each run records its held-out x⊗x error against training tokens and
+seconds (evaluation time excluded). Reported:
 
-    python benchmarks/optimizer_comparison.py --model tiny   # random 2-layer model, d 64: ~2 min
-    python benchmarks/optimizer_comparison.py                # SmolLM2 (see the note on CPUs below)
-    python benchmarks/optimizer_comparison.py --quick        # a smoke run
+* **equal steps**: the held-out error after the same number of steps;
+* **equal wall-clock**: each optimiser's error at the moment the faster of the two best runs
+  finished (read off its learning curve), so Muon's extra cost per step counts against it.
 
-Note: ``torch.optim.Muon`` runs its Newton–Schulz iterations in bfloat16 (hard-coded). On a
-CPU without fast bf16 matmuls (no AMX: ~1 GFLOP/s here) that makes a Muon step at SmolLM2 size
-(d 576, d_sae 1152) take ~40 s, against ~1 s for Adam; compare at that size on a GPU.
+Muon's Newton–Schulz iterations run in the dtype ``ns_dtype="auto"`` picks on this machine (the
+faster of float32 and bfloat16, measured once; see ``sae_bilinear/muon.py``).
+
+    python benchmarks/optimizer_comparison.py                     # the LR grid at 262 k tokens per run
+    python benchmarks/optimizer_comparison.py --tokens 2000000    # one long pair (also long_run's)
+    python benchmarks/optimizer_comparison.py --tiny              # seconds: random tiny Qwen3 (tests)
+
+Writes ``benchmarks/results/optimizer_comparison_<model>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib.util
 import json
-import time
+import sys
 from pathlib import Path
+from typing import Any
 
-import torch
+from sae_bilinear import experiment_utils as _common
+from sae_bilinear.muon import resolve_ns_dtype
 
-from sae_bilinear import data, models
-from sae_bilinear.bilinear import (
-    BilinearTrainingSAE,
-    BilinearTrainingSAEConfig,
-    default_alpha_warm_up_steps,
-    explained_variance,
-)
-from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
-
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def main() -> None:
+def _long_run() -> Any:
+    """``experiments/long_run.py`` as a module, loaded by path (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("experiments_long_run", ROOT / "experiments" / "long_run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(records: dict[str, dict[str, Any]], at_seconds: Any) -> dict[str, Any]:
+    """Equal-steps and equal-wall-clock comparison of the best run of each optimiser."""
+    best = {
+        opt: min((r for r in records.values() if r["run"]["optimizer"] == opt),
+                 key=lambda r: r["final"]["reconstruction_error"])
+        for opt in ("adam", "muon")
+    }  # fmt: skip
+    budget = min(r["seconds"] for r in best.values())
+    return {
+        "best_lr": {opt: r["run"]["lr"] for opt, r in best.items()},
+        "equal_steps": {opt: r["final"]["reconstruction_error"] for opt, r in best.items()},
+        "seconds": {opt: r["seconds"] for opt, r in best.items()},
+        "seconds_per_step": {opt: r["seconds"] / r["curve"][-1]["step"] for opt, r in best.items()},
+        "equal_wall_clock_seconds": budget,
+        "equal_wall_clock": {
+            opt: at_seconds(r["curve"], budget) if r["seconds"] > budget else r["final"]["reconstruction_error"]
+            for opt, r in best.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m, or 'tiny' (random 2-layer d 64)")
-    parser.add_argument("--hook", default="blocks.15.hook_resid_pre")
-    parser.add_argument("--contexts", type=int, default=160, help="training contexts of 128 tokens")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--variant", default="mixed")
-    parser.add_argument("--adam-lrs", default="1e-3,3e-3,1e-2")
-    parser.add_argument("--muon-lrs", default="0.01,0.03,0.1")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--tokens", type=int, default=262_144, help="training tokens of each run")
+    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1])
+    parser.add_argument("--tiny", action="store_true", help="random tiny Qwen3, seconds (tests)")
+    parser.add_argument("--cache", type=Path, default=ROOT / "experiments" / "cache", help="long_run.py's cache")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON file (default: results/optimizer_comparison_<model>.json)"
     )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.quick:
-        args.contexts, args.steps, args.adam_lrs, args.muon_lrs = 24, 20, "3e-3", "0.03"
-
-    if args.model == "tiny":
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        torch.manual_seed(0)
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=2, d_model=64, n_ctx=128, d_head=16, n_heads=4, d_vocab=512, act_fn="gelu", d_mlp=256))
-        generator = torch.Generator().manual_seed(0)
-        tokens = torch.randint(1, 512, (args.contexts, 128), generator=generator)
-        heldout = torch.randint(1, 512, (max(4, args.contexts // 10), 128), generator=generator)
-        args.hook = "blocks.1.hook_resid_pre"
-    else:
-        model = models.load_model(args.model)
-        corpus = data.kjv_corpus()
-        tokens = data.tokenize_contexts(corpus.train, model.tokenizer, 128, max_contexts=args.contexts)
-        heldout = data.tokenize_contexts(corpus.heldout, model.tokenizer, 128, max_contexts=max(4, args.contexts // 10))
-    acts = collect_activations(model, tokens, args.hook, skip_first=1)
-    test = collect_activations(model, heldout, args.hook, skip_first=1, progress=False)
-    torch.manual_seed(0)
-    base = BilinearTrainingSAE(
-        BilinearTrainingSAEConfig(d_in=acts.shape[1], d_sae=2 * acts.shape[1], variant=args.variant, lifted=True,
-                                  alpha=0.1, alpha_warm_up_steps=default_alpha_warm_up_steps(args.steps))
-    )
-    rows = []
-    for optimizer, lrs in (("adam", args.adam_lrs), ("muon", args.muon_lrs)):
-        for lr in (float(v) for v in lrs.split(",") if v.strip()):
-            sae = copy.deepcopy(base)  # same init for every run
-            started = time.time()
-            train_on_activations(
-                sae, acts, TrainingSettings(steps=args.steps, batch_size=1024, lr=lr, optimizer=optimizer)
-            )
-            with torch.no_grad():
-                error = sae.reconstruction_error(test).mean().item()
-                ev = explained_variance(test, sae(test)).item()
-            rows.append({"optimizer": optimizer, "lr": lr, "steps": args.steps, "heldout_error": error,
-                         "heldout_explained_variance": ev, "seconds": time.time() - started})
-            print(rows[-1], flush=True)
-    best = {
-        opt: min((r for r in rows if r["optimizer"] == opt), key=lambda r: r["heldout_error"])
-        for opt in ("adam", "muon")
-        if any(r["optimizer"] == opt for r in rows)
+    args = parser.parse_args(argv)
+    if args.tokens < 1:
+        parser.error("--tokens must be >= 1")
+    lr = _long_run()
+    opts = argparse.Namespace(
+        tiny=args.tiny, hook=_common.HOOK, cache=args.cache, train_contexts=None, heldout_contexts=128,
+        context_size=128, batch_size=1024,
+    )  # fmt: skip
+    if args.tiny:
+        opts.train_contexts, opts.heldout_contexts, opts.context_size, opts.batch_size = 48, 8, 32, 256
+        args.tokens = min(args.tokens, 4096)
+    _common.setup(0, threads=args.threads)
+    train_x, heldout, info = lr.activations(opts)
+    folder = Path(args.cache) / lr.NAME / info["store"]
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = [
+        lr.Run(variant="vanilla", lifted=False, expansion=2, batch_size=opts.batch_size, alpha=0.1, optimizer=o,
+               lr=rate, tokens=args.tokens)
+        for o, rates in (("adam", args.adam_lrs), ("muon", args.muon_lrs)) for rate in rates
+    ]  # fmt: skip
+    first_eval = 1 if args.tiny else max(1, 16384 // opts.batch_size)
+    records = {run.name: lr.cached_run(run, folder, train_x, heldout, first_eval)[1] for run in runs}
+    result = {
+        "model": "tiny-qwen3" if args.tiny else "smollm2-135m",
+        "data": info,
+        "variant": "vanilla",
+        "alpha": 0.1,
+        "tokens": args.tokens,
+        "ns_dtype": resolve_ns_dtype("auto", "cpu"),
+        "rows": [{"optimizer": r["run"]["optimizer"], "lr": r["run"]["lr"], "steps": r["curve"][-1]["step"],
+                  "heldout_error": r["final"]["reconstruction_error"], "hoyer_density": r["final"]["hoyer_density"],
+                  "seconds": r["seconds"]} for r in records.values()],  # fmt: skip
+        **compare(records, lr._at_seconds),
     }
-    lines = ["| optimizer | lr | held-out x⊗x error | x̂ explained variance |", "|---|---|---|---|"]
-    lines += [
-        f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['heldout_explained_variance']:.3f} |"
-        for r in rows
-    ]
-    table = "\n".join(lines)
-    print(table)
-    winner = min(best.values(), key=lambda r: r["heldout_error"])["optimizer"]
-    print(f"best at {args.steps} steps: {winner}")
-    args.out = args.out or RESULTS_DIR / f"optimizer_comparison_{args.model}.json"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "hook": args.hook,
-                "variant": args.variant,
-                "tokens": acts.shape[0],
-                "rows": rows,
-                "table": table,
-                "best": winner,
-            },
-            indent=2,
-        )
-    )
+    lines = ["| optimizer | lr | held-out x⊗x error | Hoyer density | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['hoyer_density']:.3f} | "
+              f"{r['seconds']:.0f} |" for r in result["rows"]]  # fmt: skip
+    result["table"] = "\n".join(lines)
+    print(result["table"])
+    print(f"equal steps: {result['equal_steps']}; equal wall-clock ({result['equal_wall_clock_seconds']:.0f} s): "
+          f"{result['equal_wall_clock']}")  # fmt: skip
+    out = args.out or RESULTS_DIR / f"optimizer_comparison_{result['model']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_common.strict(result), indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""experiments/long_run.py (issue 16 §2) in its --tiny mode, and the trainer's per-step callback it uses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.errors import ConfigError
+from sae_bilinear.train import TrainingSettings, train_on_activations
+from tests.test_experiments import load_experiment
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, loaded by path."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+long_run = load_experiment("long_run")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+def _tiny_sae() -> BilinearTrainingSAE:
+    torch.manual_seed(0)
+    return BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=8, d_sae=16, alpha=0.1, alpha_warm_up_steps=2))
+
+
+def test_on_step_sees_every_step_and_the_training_sae():
+    seen: list[tuple[int, bool]] = []
+    sae = _tiny_sae()
+    x = torch.randn(256, 8)
+    train_on_activations(
+        sae, x, TrainingSettings(steps=5, batch_size=32), on_step=lambda s, m: seen.append((s, m is sae))
+    )
+    assert seen == [(1, True), (2, True), (3, True), (4, True), (5, True)]
+
+
+def test_on_step_must_be_callable():
+    with pytest.raises(ConfigError, match="on_step"):
+        train_on_activations(_tiny_sae(), torch.randn(64, 8), TrainingSettings(steps=1, batch_size=32), on_step=3)
+
+
+def test_eval_points_and_power_law():
+    assert long_run.eval_points(100, 4) == [4, 8, 16, 32, 64, 100]
+    assert long_run.eval_points(3, 4) == [3]
+    curve = [{"tokens": t, "reconstruction_error": 2.0 * t**-0.25} for t in (1000, 2000, 4000, 8000)]
+    fit = long_run.power_law(curve, 1000, 8000)
+    assert fit is not None and math.isclose(fit["b"], -0.25, rel_tol=1e-9) and math.isclose(fit["a"], 2.0, rel_tol=1e-9)
+    assert math.isclose(fit["at_paper_tokens"], 2.0 * long_run.PAPER_TOKENS**-0.25, rel_tol=1e-9)
+    assert long_run.power_law(curve[:2], 1000, 8000) is None  # two points fit nothing
+
+
+def test_at_seconds_interpolates_inside_the_curve_only():
+    curve = [{"seconds": 1.0, "reconstruction_error": 0.8}, {"seconds": 3.0, "reconstruction_error": 0.2}]
+    assert math.isclose(long_run._at_seconds(curve, 2.0), math.sqrt(0.8 * 0.2))
+    assert long_run._at_seconds(curve, 4.0) is None
+
+
+@pytest.mark.slow
+def test_long_run_tiny(tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    results = long_run.main(["--tiny", "--out", str(out), "--cache", str(cache), "--threads", "1"])
+    stages = {row["stage"] for row in results["rows"]}
+    assert stages == set(long_run.STAGES)
+    main = results["runs"][next(iter(results["runs"]))]
+    assert main["curve"][0]["tokens"] < main["curve"][-1]["tokens"]
+    curves = [r["curve"] for r in results["runs"].values() if len(r["curve"]) >= 3]
+    # Training lowers the held-out error along every curve (a broken trainer or callback would not).
+    assert curves and all(c[-1]["reconstruction_error"] < c[0]["reconstruction_error"] for c in curves)
+    assert 0 < results["seeds"]["paper_formula"] <= 1.0 + 1e-6
+    assert set(results["optimizers"]["equal_steps"]) == {"adam", "muon"}
+    assert results["extrapolation"]["final"] > 0
+    for name in ("results.json", "table.md", "curves.png", "pareto.png"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "results.json").read_text())["lrs"] == results["lrs"]
+    # A rerun trains nothing: every run is read back from the cache.
+    again = long_run.main(["--tiny", "--out", str(out), "--cache", str(cache), "--threads", "1", "--report-only"])
+    assert again["rows"] == results["rows"]
+
+
+@pytest.mark.slow
+def test_optimizer_comparison_tiny(tmp_path):
+    benchmark = load_benchmark("optimizer_comparison")
+    out = tmp_path / "comparison.json"
+    result = benchmark.main(["--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--threads", "1"])
+    assert {r["optimizer"] for r in result["rows"]} == {"adam", "muon"} and len(result["rows"]) == 4
+    best = {o: min(r["heldout_error"] for r in result["rows"] if r["optimizer"] == o) for o in ("adam", "muon")}
+    assert result["equal_steps"] == pytest.approx(best)
+    # At equal wall-clock the slower optimiser is read off its curve at the faster one's finish.
+    slower = max(result["seconds"], key=result["seconds"].get)
+    assert result["equal_wall_clock_seconds"] == pytest.approx(min(result["seconds"].values()))
+    assert result["equal_wall_clock"][slower] >= result["equal_steps"][slower] - 1e-12
+    assert json.loads(out.read_text())["table"] == result["table"]
