@@ -75,7 +75,8 @@ def write_sweep(
 
 def timed_sweep(path: Path, out: Path, **options: Any) -> dict[str, Any]:
     started = time.perf_counter()
-    result = sweep.run_sweep(path, sweep.SweepOptions(out=out, **options))
+    # eval_contexts=0: the training is timed, as for MultiSAETrainingRunner (no splice evaluation).
+    result = sweep.run_sweep(path, sweep.SweepOptions(out=out, eval_contexts=0, **options))
     failed = [row["name"] for row in result["members"] if row["status"] != "done"]
     if failed:
         raise RuntimeError(f"members failed in the benchmark: {failed}")

@@ -35,13 +35,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
 from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
 from sae_lens.saes.sae import SAE
 from sae_lens.training.activation_scaler import ActivationScaler
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -57,7 +60,7 @@ from sae_bilinear.checks import (
     resolve_hook_name,
     sae_input,
 )
-from sae_bilinear.errors import ConfigError, NonFiniteResultError
+from sae_bilinear.errors import ConfigError, DataFileError, MissingFileError, NonFiniteResultError
 from sae_bilinear.values import check_bool, check_finite_float, check_finite_result, check_finite_tensor, check_int
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -172,6 +175,77 @@ def activation_mean(activations: Float[Tensor, "n ..."]) -> Float[Tensor, ...]:
     return activations.double().mean(0).to(activations.dtype)
 
 
+TRAINING_MEAN_FILENAME = "training_mean.safetensors"
+"""The training activations' mean, saved by ``sae-bilinear run`` inside each SAE folder it writes
+(beside ``sae_weights.safetensors``): one float tensor ``"mean"`` of shape ``[d_in]``, with the
+metadata ``n_tokens`` (how many training tokens it averages) and ``hook_name``. ``sae-bilinear
+evaluate`` mean-ablates to it, so it reproduces the run's ``ce_mean_ablated``."""
+HELD_OUT_MEAN_LABEL = "held-out tokens"
+"""The ``mean_ablation`` label when the mean is taken over the evaluated (held-out) tokens."""
+
+
+class TrainingMean(NamedTuple):
+    """The mean activation a run ablates to, and how many tokens it averages."""
+
+    mean: Float[Tensor, " d_in"]
+    """The mean over the training tokens (BOS excluded) of the activations at the hook."""
+    n_tokens: int
+    """Training tokens averaged."""
+
+    @property
+    def label(self) -> str:
+        """What ``mean_ablation`` records: ``"training activations (N tokens)"``."""
+        return f"training activations ({self.n_tokens} tokens)"
+
+
+def save_training_mean(folder: str | Path, mean: Tensor, n_tokens: int, hook_name: str) -> Path:
+    """Write ``folder/training_mean.safetensors`` (:data:`TRAINING_MEAN_FILENAME`); returns its path.
+
+    ``mean`` is ``[d_in]``, finite; ``n_tokens`` the number of tokens it averages (>= 1)."""
+    check_finite_tensor("mean", mean)
+    if mean.ndim != 1:
+        raise ConfigError(f"mean must be a [d_in] tensor, got shape {tuple(mean.shape)}")
+    n_tokens = check_int("n_tokens", n_tokens, lo=1)
+    path = Path(folder) / TRAINING_MEAN_FILENAME
+    metadata = {"n_tokens": str(n_tokens), "hook_name": str(hook_name)}
+    save_file({"mean": mean.detach().cpu().contiguous()}, str(path), metadata=metadata)
+    return path
+
+
+def load_training_mean(path: str | Path, d_in: int) -> TrainingMean:
+    """Read and validate a :data:`TRAINING_MEAN_FILENAME` file for an SAE of width ``d_in``.
+
+    Raises :class:`~sae_bilinear.errors.DataFileError` naming the file when it is not a
+    safetensors file, lacks the tensor ``"mean"`` or the ``n_tokens`` metadata, or holds a
+    tensor that is not a finite float ``[d_in]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such mean file (it is written by `sae-bilinear run` into its SAE folders)")
+    fix = "write it again (rerun `sae-bilinear run`), or evaluate with the held-out mean"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            keys = set(handle.keys())
+            if keys != {"mean"}:
+                raise DataFileError(f"{path}: expected one tensor named 'mean', found {sorted(keys)}; {fix}")
+            mean = handle.get_tensor("mean")
+    except (SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, DataFileError):
+            raise
+        raise DataFileError(f"{path}: not a readable safetensors file ({error}); {fix}") from error
+    if tuple(mean.shape) != (d_in,) or not mean.is_floating_point():
+        raise DataFileError(
+            f"{path}: the mean is a {mean.dtype} tensor of shape {tuple(mean.shape)}, the SAE needs a float "
+            f"[{d_in}] (d_in); it belongs to another SAE or model: {fix}"
+        )
+    if not bool(torch.isfinite(mean).all()):
+        raise DataFileError(f"{path}: the mean contains NaN or inf; {fix}")
+    n_tokens = metadata.get("n_tokens", "")
+    if not n_tokens.isdigit() or int(n_tokens) < 1:
+        raise DataFileError(f"{path}: its metadata n_tokens must be a count >= 1, got {n_tokens!r}; {fix}")
+    return TrainingMean(mean, int(n_tokens))
+
+
 def _check_mean_activation(mean_activation: Any, shape: Sequence[int], hook_name: str) -> Tensor:
     """``mean_activation`` as a finite tensor of one position's activation shape at the hook."""
     check_finite_tensor("mean_activation", mean_activation)
@@ -203,9 +277,7 @@ class _Sums:
         self.activation_count = 0
 
 
-def _latent_statistics(
-    sae: SAE[Any], x: Tensor, keep: Tensor, scaler: ActivationScaler, sums: _Sums
-) -> None:
+def _latent_statistics(sae: SAE[Any], x: Tensor, keep: Tensor, scaler: ActivationScaler, sums: _Sums) -> None:
     """Accumulate the SAE's statistics on clean activations ``x`` [b, s, d_in] at kept positions."""
     x = x[keep]
     x = x.to(device=sae.device, dtype=torch.promote_types(x.dtype, torch.float32))  # [n, d_in]
@@ -467,8 +539,11 @@ def mean_ablated_loss(
 
 
 __all__ = [
+    "HELD_OUT_MEAN_LABEL",
     "METRIC_KEYS",
+    "TRAINING_MEAN_FILENAME",
     "SpliceMetrics",
+    "TrainingMean",
     "activation_mean",
     "check_can_splice",
     "check_model_hook",
@@ -476,8 +551,10 @@ __all__ = [
     "check_tokens",
     "evaluate_splice",
     "is_bilinear",
+    "load_training_mean",
     "mean_ablated_loss",
     "probe_activation",
     "resolve_hook_name",
     "sae_input",
+    "save_training_mean",
 ]

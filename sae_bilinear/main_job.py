@@ -19,6 +19,7 @@ import torch
 
 from sae_bilinear import analysis, data, evaluate, models, report
 from sae_bilinear.atlas import build_atlas
+from sae_bilinear.atlas_scores import token_text
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.checks import parse_device
 from sae_bilinear.errors import ConfigError, DataFileError
@@ -257,6 +258,7 @@ def run_main_job(
     # Mean-ablation replaces the activation by its mean over the training tokens (the usual
     # reference), not over the evaluated ones.
     mean_activation = activations.mean(0)
+    training_mean = evaluate.TrainingMean(mean_activation, int(activations.shape[0]))
     mean_source = f"training activations: mean over the {activations.shape[0]} training tokens (BOS excluded)"
 
     torch.manual_seed(config.seed)
@@ -271,10 +273,17 @@ def run_main_job(
     )
     sae = BilinearTrainingSAE(sae_cfg)
     settings = TrainingSettings(
-        steps=config.steps, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
-        ns_dtype=config.ns_dtype, device=config.device, seed=config.seed,
-        dead_feature_window=max(10, config.steps // 2), checkpoint_path=str(out / CHECKPOINTS / "bilinear"),
-        n_checkpoints=config.checkpoints, resume=resume,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        ns_dtype=config.ns_dtype,
+        device=config.device,
+        seed=config.seed,
+        dead_feature_window=max(10, config.steps // 2),
+        checkpoint_path=str(out / CHECKPOINTS / "bilinear"),
+        n_checkpoints=config.checkpoints,
+        resume=resume,
     )
     _log(f"training bilinear {config.variant} SAE, d_sae={sae_cfg.d_sae}, {config.steps} steps")
     train_started = time.time()
@@ -283,6 +292,8 @@ def run_main_job(
     bilinear_seconds = time.time() - train_started
     _set_metadata(sae, config, model)
     sae.save_inference_model(stage / "sae")
+    # Saved with the SAE, so that `evaluate` of this folder ablates to the same mean as the run.
+    evaluate.save_training_mean(stage / "sae", mean_activation, training_mean.n_tokens, config.hook_name)
     (stage / "history.json").write_text(json.dumps(sae.history, indent=1))
 
     results: dict[str, Any] = {}
@@ -297,6 +308,7 @@ def run_main_job(
         hook_name=config.hook_name,
         ignore_tokens=ignore,
         mean_activation=mean_activation,
+        mean_source=training_mean.label,
     )
     results["bilinear"] = splice.to_dict()
 
@@ -313,10 +325,16 @@ def run_main_job(
         baseline_seconds = time.time() - train_started
         _set_metadata(baseline, config, model)
         baseline.save_inference_model(stage / "baseline")
+        evaluate.save_training_mean(stage / "baseline", mean_activation, training_mean.n_tokens, config.hook_name)
         _log("splice evaluation of the baseline")
         results["baseline"] = evaluate.evaluate_splice(
-            model, _load_sae(stage / "baseline", config.device), eval_tokens, hook_name=config.hook_name,
-            ignore_tokens=ignore, mean_activation=mean_activation,
+            model,
+            _load_sae(stage / "baseline", config.device),
+            eval_tokens,
+            hook_name=config.hook_name,
+            ignore_tokens=ignore,
+            mean_activation=mean_activation,
+            mean_source=training_mean.label,
         ).to_dict()
 
     _log("eigen-analysis of the most active latents")
@@ -324,9 +342,7 @@ def run_main_job(
     latents = analysis.choose_top_latents(inference, eval_acts, n=config.n_latents)
     latent_pages = []
     for latent in latents:
-        summary = analyze_latent(
-            inference, latent, eval_acts, contexts, stage / "latents", tokens=token_strs
-        )
+        summary = analyze_latent(inference, latent, eval_acts, contexts, stage / "latents", tokens=token_strs)
         latent_pages.append({"latent": latent, **{k: summary[k] for k in summary if k in ("html", "png", "json")}})
 
     metrics = {
@@ -335,12 +351,15 @@ def run_main_job(
         "hook": config.hook_name,
         "tokens": int(activations.shape[0]),
         "eval_tokens": splice.n_tokens,
+        "mean_ablation": training_mean.label,
         "mean_ablation_source": mean_source,
         "training_seconds": bilinear_seconds,
         "seconds": None,  # filled below
         "resumed_from_steps": resumed_from,
         "config": dataclasses.asdict(config),
-        "baseline": None if config.baseline == "none" else {
+        "baseline": None
+        if config.baseline == "none"
+        else {
             "kind": config.baseline,
             "d_sae": baseline.cfg.d_sae,
             "training_seconds": baseline_seconds,
@@ -374,11 +393,11 @@ def token_activations(
 ) -> tuple[torch.Tensor, list[str], list[str]]:
     """Held-out activations with, per token, its string and a short context ending at it."""
     acts = collect_activations(model, tokens, hook_name, skip_first=skip, progress=False)
-    tokenizer = model.tokenizer
+    # One decode per distinct id, by the atlas's token_text (the same strings as its corpus).
+    vocab = {i: token_text(model.tokenizer, i) for i in set(tokens.reshape(-1).tolist())}
     contexts, token_strs = [], []
     for row in tokens.tolist():
-        pieces = tokenizer.convert_ids_to_tokens(row)
-        texts = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
+        texts = [vocab[i] for i in row]
         for position in range(skip, len(row)):
             token_strs.append(texts[position])
             contexts.append("".join(texts[max(skip, position - 12) : position]) + "[[" + texts[position] + "]]")

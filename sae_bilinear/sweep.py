@@ -12,7 +12,11 @@ activations form a group. For each group with unfinished members the driver
    ``num_gpus``, ``memory``), so a cluster places them; each member trains from the shards
    (:mod:`sae_bilinear.sweep_member`), in its own folder, checkpointing as it goes;
 3. prints a progress line per member and overall while they run (and appends it to
-   ``sweep.log``), then writes ``sweep.json`` / ``sweep.md`` and the Pareto plot of density
+   ``sweep.log``);
+4. splices every finished member that decodes (lifted bilinear, or linear) into the language
+   model on ``eval_contexts`` held-out contexts — the model loaded once for the activation pass
+   and all the splices (:mod:`sae_bilinear.sweep_splice`) — and writes ``sweep.json`` /
+   ``sweep.md`` (with ``ce_spliced``, CE recovered and KL) and the Pareto plot of density
    against error (:mod:`sae_bilinear.sweep_report`).
 
 Ray is optional (``pip install "sae-bilinear[sweep]"``). By default a local Ray is started
@@ -40,7 +44,7 @@ from typing import Any, TextIO
 
 import torch
 
-from sae_bilinear import activation_store, data, errors, models, sweep_member, sweep_report
+from sae_bilinear import activation_store, data, errors, models, sweep_member, sweep_report, sweep_splice
 from sae_bilinear.sweep_plan import Group, Member, Resources, SweepPlan, plan_sweep
 from sae_bilinear.values import check_finite_float, check_int
 
@@ -76,6 +80,9 @@ class SweepOptions:
     """Run only these members (names); empty runs all."""
     poll_seconds: float = 2.0
     """How often progress is printed while members run."""
+    eval_contexts: int = sweep_splice.DEFAULT_EVAL_CONTEXTS
+    """Held-out contexts on which each finished lifted member is spliced into the model (after the
+    members, one model load for all of them); 0 skips the splice evaluation."""
 
 
 class SweepResult(dict[str, Any]):
@@ -100,45 +107,61 @@ def _require_ray() -> Any:
 
 def _group_tokens(settings: dict[str, Any], model: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Training and held-out contexts of a group, packed as SAELens's runner packs them."""
-    corpus = data.load_corpus(settings["dataset_path"])
-    if not isinstance(corpus, data.TextCorpus):
-        raise errors.ConfigError(
-            f"dataset_path {settings['dataset_path']!r} is not a local corpus; sweeps read 'kjv' or local "
-            "text/JSONL (a Hub dataset needs the Hub: collect it on a machine that has it)"
-        )
-    pack = lambda texts, n: data.tokenize_contexts(  # noqa: E731
-        texts, model.tokenizer, settings["context_size"], prepend_bos=bool(settings["prepend_bos"]), max_contexts=n
+    corpus = sweep_splice.local_corpus(settings)
+    heldout = sweep_splice.heldout_contexts(settings, model, HELDOUT_CONTEXTS, corpus)
+    train = data.tokenize_contexts(
+        corpus.train,
+        model.tokenizer,
+        settings["context_size"],
+        prepend_bos=bool(settings["prepend_bos"]),
+        max_contexts=n_contexts,
     )
-    train = pack(corpus.train, n_contexts)
     if train.shape[0] < n_contexts:
         raise errors.ConfigError(
             f"{corpus.name} packs into {train.shape[0]} training contexts of {settings['context_size']}, "
             f"but training_tokens={settings['training_tokens']} needs {n_contexts}; lower training_tokens"
         )
-    heldout = pack(corpus.heldout or corpus.train[-1:], HELDOUT_CONTEXTS)
     return train, heldout, corpus.name
 
 
-def collect_group(group: Group, root: Path, device: str, log: Callable[[str], None]) -> tuple[Path, Path, bool]:
-    """The group's training and held-out stores under ``root``; runs the model only if absent.
-
-    Returns ``(train_folder, heldout_folder, ran_model)``.
-    """
+def _group_stores(
+    group: Group, root: Path, model: Any
+) -> list[tuple[str, torch.Tensor, activation_store.StoreSettings, Path]]:
+    """The group's training and held-out parts: ``(part, tokens, store settings, store folder)``."""
     settings = group.settings
-    model = models.load_model(settings["model_name"], device=device, dtype=settings["dtype"])
     models.check_hook(model, settings["hook_name"])
     models.check_context_size(model, settings["context_size"])
     skip = 1 if settings["prepend_bos"] else 0  # BOS activations are norm outliers, not text
     per_context = settings["context_size"] - skip
     n_contexts = math.ceil(settings["training_tokens"] / per_context)
     train_tokens, heldout_tokens, dataset = _group_tokens(settings, model, n_contexts)
-    folders, ran = [], False
+    parts = []
     for part, tokens in (("train", train_tokens), ("heldout", heldout_tokens)):
         store_settings = activation_store.settings_for(
-            model, tokens, settings["hook_name"], model_name=settings["model_name"], dataset=f"{dataset} {part}",
-            prepend_bos=bool(settings["prepend_bos"]), skip_first=skip,
+            model,
+            tokens,
+            settings["hook_name"],
+            model_name=settings["model_name"],
+            dataset=f"{dataset} {part}",
+            prepend_bos=bool(settings["prepend_bos"]),
+            skip_first=skip,
         )
-        folder = activation_store.store_folder(root, store_settings)
+        parts.append((part, tokens, store_settings, activation_store.store_folder(root, store_settings)))
+    return parts
+
+
+def collect_group(
+    group: Group, root: Path, cache: sweep_splice.ModelCache, log: Callable[[str], None]
+) -> tuple[Path, Path, bool]:
+    """The group's training and held-out stores under ``root``; runs the model only if absent.
+
+    The model comes from ``cache`` (loaded once per sweep run). Returns
+    ``(train_folder, heldout_folder, ran_model)``.
+    """
+    settings = group.settings
+    model = cache.get(settings["model_name"], settings["dtype"])
+    folders, ran = [], False
+    for part, tokens, store_settings, folder in _group_stores(group, root, model):
         if not folder.is_dir():
             log(
                 f"group {group.key}: collecting {part} activations of {settings['hook_name']} "
@@ -294,10 +317,12 @@ def run_sweep(config: str | Path, options: SweepOptions, stream: TextIO | None =
     )
     stores: dict[str, tuple[Path, Path]] = {}
     model_passes = 0
+    cache = sweep_splice.ModelCache(options.device)
     for key in dict.fromkeys(m.group for m in todo):
-        train, heldout, ran = collect_group(plan.groups[key], options.out / STORE_DIR, options.device, progress.line)
+        train, heldout, ran = collect_group(plan.groups[key], options.out / STORE_DIR, cache, progress.line)
         stores[key] = (train, heldout)
         model_passes += int(ran)
+    cache.park()  # the members may need the GPU; the models come back for the splice
     run = _run_local if options.local else _run_ray
     rows = run(todo, stores, options, progress) if todo else []
     by_name = {row["name"]: row for row in rows}
@@ -305,13 +330,27 @@ def run_sweep(config: str | Path, options: SweepOptions, stream: TextIO | None =
     for member in members:
         row = by_name.get(member.name)
         if row is None:  # finished before this run
-            row = {"name": member.name, "status": "done", "skipped": True, **json.loads(
-                (sweep_member.final_folder(options.out, member.name) / sweep_member.METRICS_FILE).read_text())}
+            row = {
+                "name": member.name,
+                "status": "done",
+                "skipped": True,
+                **json.loads(
+                    (sweep_member.final_folder(options.out, member.name) / sweep_member.METRICS_FILE).read_text()
+                ),
+            }
         table.append({k: v for k, v in row.items() if k != "traceback"})
+    spliced = _splice(table, plan, members, stores, cache, options, progress)
     result = SweepResult(
-        config=str(plan.source), members=table, model_passes=model_passes,
-        groups=len({m.group for m in members}), seconds=time.time() - started,
-        runner="local" if options.local else "ray", workers=None if options.local else options.workers,
+        config=str(plan.source),
+        members=table,
+        model_passes=model_passes,
+        groups=len({m.group for m in members}),
+        seconds=time.time() - started,
+        runner="local" if options.local else "ray",
+        workers=None if options.local else options.workers,
+        eval_contexts=options.eval_contexts,
+        spliced=spliced,
+        models_loaded=len(cache),
     )
     sweep_report.write_results(options.out, result)
     failed = [row["name"] for row in table if row["status"] != "done"]
@@ -322,8 +361,38 @@ def run_sweep(config: str | Path, options: SweepOptions, stream: TextIO | None =
     return result
 
 
+def _splice(
+    table: list[dict[str, Any]],
+    plan: SweepPlan,
+    members: list[Member],
+    stores: dict[str, tuple[Path, Path]],
+    cache: sweep_splice.ModelCache,
+    options: SweepOptions,
+    progress: Progress,
+) -> int:
+    """Spliced CE of every finished member that decodes, in this process, after the members
+    (:mod:`sae_bilinear.sweep_splice`); returns how many were measured in this run."""
+    if options.eval_contexts == 0:
+        sweep_splice.skip_all(table, "eval_contexts=0: the splice evaluation was turned off")
+        return 0
+    root = options.out / STORE_DIR
+
+    def inputs(key: str) -> sweep_splice.GroupInputs:
+        group = plan.groups[key]
+
+        def train_store(model: Any) -> Path:
+            return stores[key][0] if key in stores else _group_stores(group, root, model)[0][3]
+
+        return sweep_splice.GroupInputs(group.settings, train_store, cache, options.eval_contexts)
+
+    inputs_of = {key: inputs(key) for key in dict.fromkeys(m.group for m in members)}
+    group_of = {m.name: m.group for m in members}
+    return sweep_splice.splice_members(table, options.out, inputs_of, group_of, progress.line)
+
+
 def _check_options(options: SweepOptions) -> None:
     check_int("workers", options.workers, 1)
+    check_int("eval_contexts", options.eval_contexts, 0)
     if options.out.exists() and not options.out.is_dir():
         raise errors.ConfigError(f"--out {options.out} is a file; give a folder")
     res = options.resources

@@ -19,8 +19,26 @@ TABLE_JSON = "sweep.json"
 TABLE_MD = "sweep.md"
 PARETO_PNG = "pareto.png"
 PARETO_HTML = "pareto.html"
-COLUMNS = ("name", "status", "variant", "alpha", "lifted", "d_sae", "error", "hoyer_density", "l0",
-           "explained_variance", "ce_spliced", "dead_fraction", "steps", "seconds")
+COLUMNS = (
+    "name",
+    "status",
+    "variant",
+    "alpha",
+    "lifted",
+    "d_sae",
+    "error",
+    "hoyer_density",
+    "l0",
+    "explained_variance",
+    "ce_spliced",
+    "ce_loss_recovered",
+    "kl",
+    "dead_fraction",
+    "steps",
+    "seconds",
+)
+"""Columns of ``sweep.md``; ``ce_spliced``, ``ce_loss_recovered`` and ``kl`` come from the splice
+evaluation in the driver (:mod:`sae_bilinear.sweep_splice`), "–" where a member was not spliced."""
 
 
 def _cell(value: Any) -> str:
@@ -40,11 +58,18 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if failed:
         lines += ["", "Failed members:", ""]
         lines += [f"- `{row['name']}`: {row.get('error', 'unknown error')}" for row in failed]
+    unspliced = [row for row in rows if row.get("status") == "done" and row.get("ce_spliced") is None]
+    if unspliced:
+        lines += ["", "Not spliced (ce_spliced –):", ""]
+        lines += [
+            f"- `{row['name']}`: {row.get('splice_skipped') or row.get('splice_error') or 'not measured'}"
+            for row in unspliced
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Finished bilinear members by variant, sorted by α (one Pareto curve each)."""
+    """Finished bilinear members by variant (unlifted ones apart), sorted by α (one Pareto curve each)."""
     curves: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if (
@@ -52,7 +77,8 @@ def _curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, An
             and isinstance(row.get("error"), float)
             and isinstance(row.get("hoyer_density"), float)
         ):
-            curves.setdefault(str(row.get("variant")), []).append(row)
+            curve = str(row.get("variant")) + (" (unlifted)" if row.get("lifted") is False else "")
+            curves.setdefault(curve, []).append(row)
     return {k: sorted(v, key=lambda r: (r.get("alpha") is None, r.get("alpha") or 0.0)) for k, v in curves.items()}
 
 
@@ -60,17 +86,23 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
     """Interactive density-vs-error plot, a trace per variant, hover shows the member's row."""
     fig = go.Figure()
     for variant, members in _curves(rows).items():
-        hover = [
-            "<br>".join(f"{c}: {_cell(m.get(c))}" for c in COLUMNS if m.get(c) is not None) for m in members
-        ]
-        fig.add_trace(go.Scatter(
-            x=[m["hoyer_density"] for m in members], y=[m["error"] for m in members], mode="lines+markers",
-            name=variant, text=hover, hoverinfo="text",
-        ))
+        hover = ["<br>".join(f"{c}: {_cell(m.get(c))}" for c in COLUMNS if m.get(c) is not None) for m in members]
+        fig.add_trace(
+            go.Scatter(
+                x=[m["hoyer_density"] for m in members],
+                y=[m["error"] for m in members],
+                mode="lines+markers",
+                name=variant,
+                text=hover,
+                hoverinfo="text",
+            )
+        )
     fig.update_layout(
         title="Sweep: Hoyer density against x⊗x error (lower left is better)",
-        xaxis_title="Hoyer density (held-out)", yaxis_title="x⊗x reconstruction error (held-out)",
-        template="plotly_white", height=520,
+        xaxis_title="Hoyer density (held-out)",
+        yaxis_title="x⊗x reconstruction error (held-out)",
+        template="plotly_white",
+        height=520,
     )
     return fig
 

@@ -193,9 +193,14 @@ def main_job_reading(metrics: Mapping[str, Any]) -> str:
 METRIC_NAMES = {key: label.split(" (")[0] for label, key in MAIN_JOB_ROWS}
 
 
+def _is_number(value: Any) -> bool:
+    """A metric (a number or null), not a label such as ``mean_ablation``."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def evaluate_vs_run(metrics: Mapping[str, Any], evaluated: Mapping[str, Any]) -> str:
     """Which of the run's numbers ``sae-bilinear evaluate`` of its SAE reproduces."""
-    shared = [key for key in evaluated if key in metrics and key != "n_tokens"]
+    shared = [key for key in evaluated if key in metrics and key != "n_tokens" and _is_number(evaluated[key])]
     if not shared:
         raise ValueError("the evaluate output shares no metric with the run's metrics.json")
     differ = [
@@ -210,16 +215,22 @@ def evaluate_vs_run(metrics: Mapping[str, Any], evaluated: Mapping[str, Any]) ->
     ]
     same = f"{len(shared) - len(differ)} of its {len(shared)} numbers"
     if not differ:
-        return f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same} (all of them)."
+        text = f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same} (all of them)."
+        if "mean_ablation" in evaluated:
+            text += (
+                " Both ablate to the mean of the training activations, which `run` saves beside the SAE "
+                f'(`sae/training_mean.safetensors`; `mean_ablation`: "{evaluated["mean_ablation"]}").'
+            )
+        return text
     listed = "; ".join(
         f"{METRIC_NAMES.get(k, k)}: {fmt(evaluated[k])} against the run's {fmt(metrics[k])}" for k in differ
     )
     others = "the other differs" if len(differ) == 1 else "the others differ"
     text = f"`sae-bilinear evaluate` of this run's `sae/` gives the same {same}; {others} ({listed})."
-    if differ == ["ce_mean_ablated"]:
+    if differ == ["ce_mean_ablated"] and evaluated.get("mean_ablation", "held-out tokens") == "held-out tokens":
         text += (
-            " The run ablates to the mean of its training activations, which `evaluate` does not have: it "
-            "uses the mean of the held-out tokens."
+            " The run ablates to the mean of its training activations, which `evaluate` did not have: it "
+            "used the mean of the held-out tokens."
         )
     return text
 
@@ -447,7 +458,7 @@ def render(text: str, blocks: Mapping[str, Callable[[], str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale; change nothing")
     parser.add_argument("--count-cases", action="store_true", help="print the number of bad-input test cases")
     parser.add_argument("--no-count", action="store_true", help="leave the test counts alone (no pytest run)")

@@ -78,6 +78,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sweep",
             "sweep_member",
             "sweep_plan",
+            "sweep_splice",
             "sweep_report",
         ],
     ),

@@ -103,6 +103,11 @@ CASES = [
     (["evaluate", "{bil}", "--eval-contexts", "0"], ["--eval-contexts", "≥ 1"]),
     (["evaluate", "{bil}", "--contexts", "nan"], ["--contexts", "'nan'"]),
     (["evaluate", "{bil}", "--context-size", "-5"], ["--context-size", "≥ 1"]),
+    (["evaluate", "{bil}", "--training-mean", "{root}/nowhere.safetensors"], ["{root}/nowhere.safetensors"]),
+    (["evaluate", "{bil}", "--training-mean", "{root}/file.txt"], ["{root}/file.txt", "safetensors"]),
+    (["evaluate", "{bil}", "--training-mean", "{root}/file.txt", "--held-out-mean"], ["--held-out-mean"]),
+    (["sweep", "{root}/file.txt", "--eval-contexts", "-1"], ["--eval-contexts", "≥ 0"]),
+    (["sweep", "{root}/file.txt", "--eval-contexts", "nan"], ["--eval-contexts", "'nan'"]),
     (["--threads", "0", "releases"], ["--threads", "≥ 1"]),
     (["releases", "--threads", "two"], ["--threads", "'two'"]),
     # train configs

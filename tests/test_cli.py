@@ -311,8 +311,9 @@ def test_evaluate_with_defaults_reproduces_the_run(tmp_path, capsys):
     assert cli.main(["evaluate", str(out / "sae"), "--out", str(tmp_path / "eval.json")]) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["n_tokens"] == written["eval_tokens"] > 0
-    for key in ("ce_clean", "ce_spliced", "ce_zero_ablated", "kl", "explained_variance"):
+    for key in ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated", "kl", "explained_variance"):
         assert again[key] == pytest.approx(written[key], rel=1e-5), key
+    assert again["mean_ablation"] == written["mean_ablation"] == f"training activations ({written['tokens']} tokens)"
     assert cli.main(["run", *settings]) == 2  # a finished run is not overwritten
     assert "--overwrite" in capsys.readouterr().err
 

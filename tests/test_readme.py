@@ -154,6 +154,10 @@ def test_evaluate_against_run_names_exactly_the_numbers_that_differ():
     assert "held-out tokens" in text  # the reason, given only for this one difference
     text = tables.evaluate_vs_run(run, dict(same, ce_spliced=4.1, ce_mean_ablated=8.4))
     assert "the others differ (CE spliced: 4.100" in text and "held-out tokens" not in text
+    # evaluate's label of the mean is not a number to compare; with the run's mean all agree.
+    label = "training activations (100 tokens)"
+    text = tables.evaluate_vs_run(dict(run, mean_ablation=label), dict(same, mean_ablation=label))
+    assert "the same 4 of its 4 numbers (all of them)" in text and label in text
 
 
 def test_render_replaces_only_known_blocks_and_refuses_a_missing_one():

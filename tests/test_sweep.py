@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -37,11 +38,12 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 def write_sweep(root: Path, alphas: str = "[0.0, 0.2]", variants: str = "[vanilla, mixed]", tokens: int = 3200) -> Path:
-    (root / "base.yaml").write_text(textwrap.dedent(f"""
+    (root / "base.yaml").write_text(
+        textwrap.dedent(f"""
         sae: {{architecture: bilinear, d_in: 32, d_sae: 64, variant: vanilla, lifted: true, alpha: 0.1}}
-        model_name: {root / 'model'}
+        model_name: {root / "model"}
         hook_name: blocks.1.hook_resid_pre
-        dataset_path: {root / 'corpus.txt'}
+        dataset_path: {root / "corpus.txt"}
         context_size: 32
         prepend_bos: true
         train_batch_size_tokens: 64
@@ -52,7 +54,8 @@ def write_sweep(root: Path, alphas: str = "[0.0, 0.2]", variants: str = "[vanill
         dead_feature_window: 20
         feature_sampling_window: 50
         logger: {{log_to_wandb: false}}
-        """))
+        """)
+    )
     path = root / f"sweep-{abs(hash((alphas, variants, tokens)))}.yaml"
     path.write_text(f"base: base.yaml\nsweep:\n  sae.variant: {variants}\n  sae.alpha: {alphas}\n")
     return path
@@ -135,8 +138,13 @@ def test_killed_driver_rerun_finishes_the_rest_without_retraining(tiny_folder, t
         "from pathlib import Path; from sae_bilinear import sweep; "
         f"sweep.run_sweep({str(path)!r}, sweep.SweepOptions(out=Path({str(out)!r}), local=True, n_checkpoints=8))"
     )
-    driver = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while len(_finished(out)) < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
@@ -169,6 +177,7 @@ def test_member_resumes_from_its_checkpoint_with_the_same_result(tiny_folder, tm
             original()
             if len(self.checkpoint_thresholds) < before:
                 raise KeyboardInterrupt  # stands in for SIGKILL right after the first checkpoint
+
         self._checkpoint_if_needed = checkpoint_then_die
         return original_fit(self)
 
@@ -208,8 +217,64 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch):
 
 
 def test_markdown_table_lists_failures():
-    text = sweep_report.markdown_table([
-        {"name": "a", "status": "done", "error": 0.1, "hoyer_density": 0.5},
-        {"name": "b", "status": "failed", "error": "ConfigError: alpha must be >= 0"},
-    ])
+    text = sweep_report.markdown_table(
+        [
+            {"name": "a", "status": "done", "error": 0.1, "hoyer_density": 0.5},
+            {"name": "b", "status": "failed", "error": "ConfigError: alpha must be >= 0"},
+        ]
+    )
     assert "| a | done |" in text and "`b`: ConfigError: alpha" in text
+
+
+def test_lifted_members_get_spliced_ce_from_one_model_load(tiny_folder, tmp_path, monkeypatch):
+    loads: list[str] = []
+    original = models.load_model
+
+    def counting(name, *args, **kwargs):
+        loads.append(str(name))
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", counting)
+    write_sweep(tiny_folder)
+    path = tiny_folder / "sweep-lifted.yaml"
+    path.write_text("base: base.yaml\nsweep:\n  sae.variant: [vanilla, mixed]\n  sae.lifted: [true, false]\n")
+    options = sweep.SweepOptions(out=tmp_path, local=True, eval_contexts=4)
+    result = sweep.run_sweep(path, options)
+    rows = result["members"]
+    assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
+    # one load of the language model for the activation pass and every splice
+    assert loads == [str(tiny_folder / "model")] and result["models_loaded"] == 1
+    lifted = [row for row in rows if row["lifted"]]
+    unlifted = [row for row in rows if not row["lifted"]]
+    assert len(lifted) == 2 and len(unlifted) == 2 and result["spliced"] == 2
+    for row in lifted:
+        assert math.isfinite(row["ce_spliced"]) and row["ce_spliced"] > 0 and row["kl"] >= 0
+        assert math.isfinite(row["ce_loss_recovered"]) and row["eval_contexts"] == 4
+        assert 0 < row["eval_tokens"] <= 4 * 31  # 4 contexts of 32, BOS (start, document breaks) not scored
+        assert row["mean_ablation"].startswith("training activations (")
+        assert "splice_skipped" not in row
+    for row in unlifted:
+        assert row["ce_spliced"] is None and "unlifted" in row["splice_skipped"]
+    table = json.loads((tmp_path / "sweep.json").read_text())
+    assert {r["name"]: r["ce_spliced"] for r in table["members"]} == {r["name"]: r["ce_spliced"] for r in rows}
+    text = (tmp_path / "sweep.md").read_text()
+    assert "ce_spliced" in text.splitlines()[4] and f"{lifted[0]['ce_spliced']:.4g}" in text
+    assert f"`{unlifted[0]['name']}`: unlifted bilinear SAE" in text
+    # a rerun reads each member's splice.json: no model at all, the same numbers
+    loads.clear()
+    again = sweep.run_sweep(path, options)
+    assert loads == [] and again["spliced"] == 0
+    assert [r["ce_spliced"] for r in again["members"]] == [r["ce_spliced"] for r in rows]
+    # other contexts are measured again (one load); 0 turns the splice off
+    more = sweep.run_sweep(path, sweep.SweepOptions(out=tmp_path, local=True, eval_contexts=6))
+    assert len(loads) == 1 and more["spliced"] == 2
+    before = {r["name"]: r["eval_tokens"] for r in rows if r["lifted"]}
+    assert all(before[r["name"]] < r["eval_tokens"] <= 6 * 31 for r in more["members"] if r["lifted"])
+    off = sweep.run_sweep(path, sweep.SweepOptions(out=tmp_path, local=True, eval_contexts=0))
+    assert all(r["ce_spliced"] is None and r["splice_skipped"] for r in off["members"])
+    assert "eval_contexts=0" in next(r for r in off["members"] if r["lifted"])["splice_skipped"]
+
+
+def test_a_negative_eval_contexts_is_named(tiny_folder, tmp_path):
+    with pytest.raises(errors.ConfigError, match="eval_contexts"):
+        sweep.run_sweep(write_sweep(tiny_folder), sweep.SweepOptions(out=tmp_path, local=True, eval_contexts=-1))

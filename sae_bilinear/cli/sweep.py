@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sae_bilinear.cli import options, paths
+from sae_bilinear.cli import options, paths, sources
 
 NAME = "sweep"
 HELP = "train a sweep's members as Ray tasks from one model pass per group"
@@ -22,8 +22,12 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="sweep file (YAML/JSON: base + sweep), or a packaged name")
-    parser.add_argument("--out", type=paths.output_folder, default=None,
-                        help="output folder (default: the file's output_root, else runs/sweep-<file stem>)")
+    parser.add_argument(
+        "--out",
+        type=paths.output_folder,
+        default=None,
+        help="output folder (default: the file's output_root, else runs/sweep-<file stem>)",
+    )
     parser.add_argument("--workers", type=options.positive_int, default=2, help="CPUs of the in-process local Ray")
     parser.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
     parser.add_argument("--local", action="store_true", help="no Ray: run the members one after another here")
@@ -40,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoints", type=options.integer(0), default=4, help="checkpoints per member (what a kill can lose)"
+    )
+    parser.add_argument(
+        "--eval-contexts",
+        type=options.integer(0),
+        default=sources.constant("sweep_splice", "DEFAULT_EVAL_CONTEXTS"),
+        help="held-out contexts on which each finished lifted member is spliced into the model for ce_spliced, "
+        "CE recovered and KL (the model is loaded once for all members); 0 skips it",
     )
     parser.add_argument("--only", nargs="+", default=(), metavar="NAME", help="run only these members")
 
@@ -59,9 +70,16 @@ def execute(args: argparse.Namespace) -> int:
         check_run(raw, name, allow_remote_code=False)
     out = args.out if args.out is not None else default_out(Path(config))
     options_ = sweep.SweepOptions(
-        out=out, workers=args.workers, address=args.address, local=args.local,
+        out=out,
+        workers=args.workers,
+        address=args.address,
+        local=args.local,
         resources=Resources(num_cpus=args.num_cpus, num_gpus=args.num_gpus, memory_gb=args.memory_gb),
-        device=args.device, threads=args.member_threads, n_checkpoints=args.checkpoints, only=tuple(args.only),
+        device=args.device,
+        threads=args.member_threads,
+        n_checkpoints=args.checkpoints,
+        only=tuple(args.only),
+        eval_contexts=args.eval_contexts,
     )
     result = sweep.run_sweep(config, options_)
     return 0 if all(row["status"] == "done" for row in result["members"]) else 1
