@@ -563,3 +563,23 @@ def test_convert_bae_refuses_to_clobber_and_replaces_atomically(tmp_path):
     assert sae.cfg.dtype == "float64" and sae.cfg.metadata.model_name == "my/model"
     x = torch.randn(4, 8, dtype=torch.float64)
     torch.testing.assert_close(sae.encode(x), naive_latents(x, tensors), rtol=1e-12, atol=1e-12)
+
+
+def test_push_sends_the_training_mean_and_refuses_a_damaged_one(stand_in, tmp_path):
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import save_file
+
+    run, _ = main_job_run(tmp_path)
+    d_in = json.loads((run / "sae" / "cfg.json").read_text())["d_in"]
+    mean = torch.arange(d_in, dtype=torch.float32)
+    save_file({"mean": mean}, str(run / "sae" / hub_upload.TRAINING_MEAN_FILENAME), metadata={"n_tokens": "10"})
+    hub.push(run / "sae", "lab/with-mean", "l18")
+    pushed = load_bytes(stand_in.files("lab/with-mean")[f"l18/{hub_upload.TRAINING_MEAN_FILENAME}"])
+    assert torch.equal(pushed["mean"], mean)
+    save_file({"mean": torch.full((d_in,), float("nan"))}, str(run / "sae" / hub_upload.TRAINING_MEAN_FILENAME))
+    with pytest.raises(WeightFileError, match="training_mean.safetensors.*NaN"):
+        hub.push(run / "sae", "lab/with-mean", "l18-bad")
+    save_file({"mean": torch.zeros(d_in + 1)}, str(run / "sae" / hub_upload.TRAINING_MEAN_FILENAME))
+    with pytest.raises(WeightFileError, match="training_mean.safetensors"):
+        hub.push(run / "sae", "lab/with-mean", "l18-bad")
+    assert not any(name.startswith("l18-bad/") for name in stand_in.files("lab/with-mean"))

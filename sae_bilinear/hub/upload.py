@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from sae_lens.constants import RUNNER_CFG_FILENAME, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
@@ -34,13 +35,24 @@ from sae_bilinear.hub.files import (
     download,
     read_json,
     read_sparsity,
+    read_tensors,
 )
 
 __all__ = ["METRICS_FILENAME", "PushResult", "push", "push_many", "run_metrics"]
 
 METRICS_FILENAME = "metrics.json"
-UPLOADED_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME, RUNNER_CFG_FILENAME)
-"""The files of an SAE folder that SAELens's ``upload_saes_to_huggingface`` sends; we add ``metrics.json``."""
+TRAINING_MEAN_FILENAME = "training_mean.safetensors"
+"""The training activations' mean that ``sae-bilinear run`` saves beside its SAE (the name
+``sae_bilinear.evaluate.TRAINING_MEAN_FILENAME`` reads; a sibling module, so not imported here)."""
+UPLOADED_FILES = (
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    SPARSITY_FILENAME,
+    RUNNER_CFG_FILENAME,
+    TRAINING_MEAN_FILENAME,
+)
+"""The files of an SAE folder that SAELens's ``upload_saes_to_huggingface`` sends, plus the training
+mean (so ``evaluate`` of a downloaded SAE mean-ablates as its run did); we add ``metrics.json``."""
 CommitOperation = CommitOperationAdd | CommitOperationDelete
 _SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -170,6 +182,11 @@ def _stage(ref: Any, staging: Path, index: int) -> tuple[Path, dict[str, Any]]:
     sparsity = folder / SPARSITY_FILENAME
     if sparsity.exists():
         read_sparsity(sparsity, str(sparsity), int(cfg_dict["d_sae"]), "cpu")
+    mean = folder / TRAINING_MEAN_FILENAME
+    if mean.exists():  # validated like the weights: a damaged file is named before anything is sent
+        values = read_tensors(mean, str(mean), {"mean": (int(cfg_dict["d_in"]),)}, torch.float32, "cpu")["mean"]
+        if not bool(torch.isfinite(values).all()):
+            raise WeightFileError(mean, "holds NaN or inf values")
     runner_cfg = folder / RUNNER_CFG_FILENAME
     if runner_cfg.exists():
         read_json(runner_cfg, str(runner_cfg))
