@@ -27,10 +27,12 @@ extrapolation to 8.4 M), ``pareto.png`` (density against error at the long budge
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for run in plan[stage]:
             if train_now(stage) or (folder / run.name / "run.json").is_file():
                 saes[run.name], records[run.name] = cached_run(run, folder, train_x, heldout, first_eval)
-    results = report(args, plan, records, saes, info, lrs)
+    results = report(args, plan, records, saes, info, lrs, heldout)
     return results
 
 
@@ -315,7 +317,22 @@ def _at_seconds(curve: list[dict[str, Any]], seconds: float) -> float | None:
     return None
 
 
-def report(args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict) -> dict[str, Any]:
+def _sibling(name: str) -> Any:
+    """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(
+    args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict, heldout: torch.Tensor
+) -> dict[str, Any]:
+    # A lifted SAE's own error is relative to ||ũ||⁴ = 4 and counts the easy constant corner of ũ⊗ũ;
+    # the u⊗u block's error (lift_scale.py's xx_errors) is the one comparable with unlifted SAEs.
+    xx_errors = _sibling("lift_scale").xx_errors
     rows = []
     for stage, runs in plan.items():
         for run in runs:
@@ -324,6 +341,8 @@ def report(args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, inf
                 rows.append({"stage": stage, "run": run.label, "tokens": run.tokens, "lr": run.lr,
                              **{k: r["final"][k] for k in ("reconstruction_error", "hoyer_density", "tokens_below_0.1",
                                                            "dead_fraction")},
+                             "xx_block_error": (xx_errors(saes[run.name], heldout)["xx_error"] if run.lifted
+                                                else r["final"]["reconstruction_error"]),
                              "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"]})  # fmt: skip
     results: dict[str, Any] = {"args": vars(args), "data": info, "lrs": lrs, "rows": rows,
                                "runs": {name: records[name] for name in records}}  # fmt: skip
@@ -360,8 +379,8 @@ def report(args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, inf
             },
         }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    columns = ["stage", "run", "tokens", "lr", "reconstruction_error", "hoyer_density", "tokens_below_0.1",
-               "dead_fraction", "seconds", "tokens_per_second"]  # fmt: skip
+    columns = ["stage", "run", "tokens", "lr", "reconstruction_error", "xx_block_error", "hoyer_density",
+               "tokens_below_0.1", "dead_fraction", "seconds", "tokens_per_second"]  # fmt: skip
     table = _common.markdown_table(rows, columns)
     (args.out / "table.md").write_text(table + "\n")
     plot_curves(plan, records, results, args.out / "curves.png")

@@ -79,6 +79,12 @@ def test_long_run_tiny(tmp_path):
     curves = [r["curve"] for r in results["runs"].values() if len(r["curve"]) >= 3]
     # Training lowers the held-out error along every curve (a broken trainer or callback would not).
     assert curves and all(c[-1]["reconstruction_error"] < c[0]["reconstruction_error"] for c in curves)
+    for row in results["rows"]:  # unlifted: the model's own error is the x⊗x error; lifted: the u⊗u block's
+        assert math.isfinite(row["xx_block_error"]) and row["xx_block_error"] > 0
+        if "unlifted" in row["run"]:
+            assert row["xx_block_error"] == row["reconstruction_error"]
+    lifted = [row for row in results["rows"] if " lifted" in row["run"]]
+    assert lifted and all(row["xx_block_error"] != row["reconstruction_error"] for row in lifted)
     assert 0 < results["seeds"]["paper_formula"] <= 1.0 + 1e-6
     assert set(results["optimizers"]["equal_steps"]) == {"adam", "muon"}
     assert results["extrapolation"]["final"] > 0
