@@ -18,7 +18,8 @@ Sources:
 * ``benchmarks/results/loss_benchmark.json`` — ``python benchmarks/loss_benchmark.py``;
 * ``benchmarks/results/perf_benchmark.json`` — ``python benchmarks/perf_benchmark.py``;
 * ``benchmarks/results/atlas_benchmark.json`` — ``python benchmarks/atlas_benchmark.py --sae RUN_DIR/sae``;
-* ``benchmarks/results/optimizer_comparison_tiny.json`` — ``python benchmarks/optimizer_comparison.py --model tiny``;
+* ``benchmarks/results/optimizer_comparison_smollm2-135m.json`` — ``python benchmarks/optimizer_comparison.py``;
+* ``experiments/results/long_run/results.json`` — ``python experiments/long_run.py`` (see its ``--help``);
 * the bad-input test cases: ``pytest --collect-only -q`` of ``tests/test_bad_inputs*.py`` and
   ``tests/test_checks.py`` (every parametrized case counts once), and of the kill/resume and
   output-safety tests.
@@ -57,7 +58,8 @@ MAIN_JOB_EVALUATE = ROOT / "docs" / "results" / "main_job_evaluate.json"
 LOSS_BENCHMARK = ROOT / "benchmarks" / "results" / "loss_benchmark.json"
 PERF_BENCHMARK = ROOT / "benchmarks" / "results" / "perf_benchmark.json"
 ATLAS_BENCHMARK = ROOT / "benchmarks" / "results" / "atlas_benchmark.json"
-OPTIMIZER_COMPARISON = ROOT / "benchmarks" / "results" / "optimizer_comparison_tiny.json"
+OPTIMIZER_COMPARISON = ROOT / "benchmarks" / "results" / "optimizer_comparison_smollm2-135m.json"
+LONG_RUN = ROOT / "experiments" / "results" / "long_run" / "results.json"
 
 BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py")
 """The bad-input suite: table-driven cases, each asserting the error type and what it names."""
@@ -345,11 +347,33 @@ def atlas_benchmark_text(bench: Mapping[str, Any]) -> str:
 
 
 def optimizer_table(comparison: Mapping[str, Any]) -> str:
-    header = ["optimizer", "lr", "held-out x⊗x error", "x̂ explained variance"]
+    header = ["optimizer", "lr", "held-out x⊗x error", "Hoyer density", "s / step"]
     rows = [
-        [r["optimizer"], f"{r['lr']:g}", fmt(r["heldout_error"], 4), fmt(r["heldout_explained_variance"])]
+        [r["optimizer"], f"{r['lr']:g}", fmt(r["heldout_error"], 4), fmt(r["hoyer_density"]),
+         fmt(r["seconds"] / r["steps"], 2)]
         for r in comparison["rows"]
-    ]
+    ]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def optimizer_text(comparison: Mapping[str, Any]) -> str:
+    steps, clock = comparison["equal_steps"], comparison["equal_wall_clock"]
+    lr = comparison["best_lr"]
+    return (
+        f"Best of each (Adam lr {lr['adam']:g}, Muon lr {lr['muon']:g}; Muon's Newton–Schulz in "
+        f"{comparison['ns_dtype']}): at equal steps ({comparison['tokens']:,} tokens) Adam {fmt(steps['adam'], 4)}, "
+        f"Muon {fmt(steps['muon'], 4)}; at equal wall-clock ({comparison['equal_wall_clock_seconds']:.0f} s, "
+        f"when the faster finished) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}."
+    )
+
+
+def long_run_table(results: Mapping[str, Any]) -> str:
+    header = ["stage", "run", "tokens", "own error", "x⊗x (u⊗u) error", "Hoyer density", "tokens/s"]
+    rows = [
+        [r["stage"], r["run"], f"{r['tokens']:,}", fmt(r["reconstruction_error"], 4), fmt(r["xx_block_error"], 4),
+         fmt(r["hoyer_density"]), f"{r['tokens_per_second']:,.0f}"]
+        for r in results["rows"] if r["stage"] != "probe"
+    ]  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -414,6 +438,8 @@ def renderers(with_counts: bool) -> dict[str, Callable[[], str]]:
         "table:perf-steps": lambda: perf_steps_table(load_json(PERF_BENCHMARK)),
         "text:atlas-benchmark": lambda: atlas_benchmark_text(load_json(ATLAS_BENCHMARK)),
         "table:optimizer-comparison": lambda: optimizer_table(load_json(OPTIMIZER_COMPARISON)),
+        "text:optimizer-comparison": lambda: optimizer_text(load_json(OPTIMIZER_COMPARISON)),
+        "table:long-run": lambda: long_run_table(load_json(LONG_RUN)),
     }
     if with_counts:
         counts: dict[str, dict[str, int]] = {}
