@@ -350,8 +350,12 @@ def report(
     if main_run.name in records:
         curve = records[main_run.name]["curve"]
         decay_start = main_run.tokens * (1 - TrainingSettings().lr_decay_fraction)
+        # Two fits before the LR decays (the last point taken is at most 5 % into the decay): the
+        # late one, through the part where the curve has flattened, is the credible forecast; the
+        # early one shows how much an extrapolation from short runs would have promised.
         results["extrapolation"] = {
-            "constant_lr_fit": power_law(curve, main_run.tokens // 32, int(decay_start)),
+            "constant_lr_fit": power_law(curve, main_run.tokens // 8, int(decay_start * 1.1)),
+            "early_fit": power_law(curve, main_run.tokens // 32, main_run.tokens // 4),
             "final": records[main_run.name]["final"]["reconstruction_error"],
             "full_run": records[plan["full"][0].name]["final"] if plan["full"][0].name in records else None,
         }

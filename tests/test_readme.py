@@ -318,3 +318,13 @@ def test_the_qwen3_block_builds_a_valid_runner_config(monkeypatch):
     assert same_cfg is cfg and kwargs == {"optimizer": "muon"}
     assert cfg.sae.architecture() == "bilinear" and (cfg.sae.d_in, cfg.sae.d_sae) == (1024, 16384)
     assert cfg.hook_name == "blocks.18.hook_resid_pre" and cfg.prepend_bos is False
+
+
+def test_every_generated_block_of_the_results_doc_equals_what_its_source_renders():
+    doc = (ROOT / "docs" / "results.md").read_text()
+    present = tables.readme_blocks(doc)
+    for name, make in tables.doc_renderers().items():
+        assert name in present, f"docs/results.md lacks the block {name}"
+        assert present[name] == tables.block_text(name, make()), (
+            f"docs/results.md block {name} is stale: run python scripts/readme_tables.py"
+        )
