@@ -388,7 +388,7 @@ def report(
     table = _common.markdown_table(rows, columns)
     (args.out / "table.md").write_text(table + "\n")
     plot_curves(plan, records, results, args.out / "curves.png")
-    plot_pareto(plan, records, args.out / "pareto.png")
+    plot_pareto(rows, args.out / "pareto.png")
     _common.write_json(args.out / "results.json", results)
     print(table, flush=True)
     return results
@@ -405,7 +405,8 @@ def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: 
     for run in runs:
         curve = records[run.name]["curve"]
         tokens = [c["tokens"] for c in curve]
-        ax_e.plot(tokens, [c["reconstruction_error"] for c in curve], "o-", ms=3, label=run.label)
+        own = " (own lifted error: counts ũ⊗ũ's constant corner)" if run.lifted else ""
+        ax_e.plot(tokens, [c["reconstruction_error"] for c in curve], "o-", ms=3, label=run.label + own)
         ax_d.plot(tokens, [c["hoyer_density"] for c in curve], "o-", ms=3, label=run.label)
     fit = (results.get("extrapolation") or {}).get("constant_lr_fit")
     if fit:
@@ -424,26 +425,31 @@ def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: 
     _common.save_figure(fig, path)
 
 
-def plot_pareto(plan: dict[str, list[Run]], records: dict, path: Path) -> None:
+def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+    """Density against the u⊗u-block error (comparable lifted or not) of the α and width runs."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(5.8, 4.2), dpi=100, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    for variant, marker in (("vanilla", "o"), ("mixed", "s")):
-        for stage, fill in (("probe", "none"), ("curves", None)):
-            runs = [r for r in plan[stage] if r.variant == variant and r.name in records and r.optimizer == "adam"]
-            if not runs:
-                continue
-            pts = sorted((records[r.name]["final"]["hoyer_density"], records[r.name]["final"]["reconstruction_error"],
-                          r.alpha) for r in runs)  # fmt: skip
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls="-" if fill is None else ":",
-                    mfc=fill, label=f"{variant}, {runs[0].tokens:,} tokens")  # fmt: skip
-            for d, e, a in pts:
-                ax.annotate(f"α={a:g}", (d, e), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    groups = {
+        "vanilla, α sweep": [r for r in rows if r["stage"] == "curves" and r["run"].startswith("vanilla")],
+        "mixed lifted": [r for r in rows if r["stage"] == "curves" and r["run"].startswith("mixed")],
+        "vanilla α=0.1, width ×2/×4/×8": [r for r in rows if r["stage"] == "width"],
+    }
+    for (label, group), marker in zip(groups.items(), ("o", "s", "^"), strict=True):
+        if not group:
+            continue
+        group = sorted(group, key=lambda r: r["hoyer_density"])
+        ax.plot([r["hoyer_density"] for r in group], [r["xx_block_error"] for r in group], marker=marker,
+                label=f"{label} ({group[0]['tokens']:,} tokens)")  # fmt: skip
+        for r in group:
+            name = r["run"].split(" ")[3] if label.startswith("vanilla α=0.1, width") else r["run"].split(" ")[2]
+            ax.annotate(name, (r["hoyer_density"], r["xx_block_error"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
     ax.axhline(ERROR_GOAL, color="#c33", lw=0.7, ls=":")
     ax.axvspan(*DENSITY_GOAL, color="#c33", alpha=0.06)
     ax.set_xlabel("Hoyer density (held-out)")
-    ax.set_ylabel("x⊗x reconstruction error (held-out)")
+    ax.set_ylabel("x⊗x error, u⊗u block (held-out)")
     ax.set_title("density against error (shaded: the paper's goal region)", fontsize=9)
     ax.legend(fontsize=7)
     _common.save_figure(fig, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -328,3 +329,37 @@ def test_every_generated_block_of_the_results_doc_equals_what_its_source_renders
         assert present[name] == tables.block_text(name, make()), (
             f"docs/results.md block {name} is stale: run python scripts/readme_tables.py"
         )
+
+
+def test_the_reproducing_summary_quotes_the_results_files():
+    """The README's short list of results quotes numbers that the committed results files hold."""
+    section = README.split("### Reproducing the paper")[1].split("### Long runs")[0]
+    load = lambda *parts: json.loads(ROOT.joinpath(*parts).read_text())  # noqa: E731
+    long_run = load("experiments", "results", "long_run", "results.json")
+    main = next(
+        r for r in long_run["rows"] if r["stage"] == "curves" and r["run"].startswith("vanilla unlifted α=0.1 ")
+    )
+    widest = max((r for r in long_run["rows"] if r["stage"] == "width"), key=lambda r: int(r["run"].split(" ")[3][1:]))
+    stability = load("experiments", "results", "stability", "results.json")["seed_pairs"][0]
+    circles = {
+        r["name"]: r for r in load("experiments", "results", "real_manifolds", "share30", "results.json")["table"]
+    }
+    lift = load("experiments", "results", "lift_scale", "results.json")["rows"]
+    decoder = [
+        r["ce_loss_recovered"] for r in lift if r["readout"] == "decoder" and r["c"] is not None and r["meets_goal"]
+    ]
+    topk = next(r for r in lift if r["c"] is None)
+    quoted = {
+        "2 M error": f"{main['xx_block_error']:.3f}",
+        "2 M density": f"density {main['hoyer_density']:.2f}",
+        "the widest run": f"{widest['xx_block_error']:.3f} at density {widest['hoyer_density']:.2f}",
+        "seeds at 2 M": f"{long_run['seeds']['paper_formula']:.3f}",
+        "seeds at 51 k": f"{stability['operator_similarity_unsymmetrised']:.3f}",
+        "week, bilinear": f"{max(r['week_pair_angle_r2'] for n, r in circles.items() if 'TopK' not in n):.2f} / "
+        f"{max(r['year_pair_angle_r2'] for n, r in circles.items() if 'TopK' not in n):.2f}",
+        "TopK circles": f"{circles['SAELens TopK k=32']['week_pair_angle_r2']:.2f} / "
+        f"{circles['SAELens TopK k=32']['year_pair_angle_r2']:.2f}",
+        "lift CE": f"{min(decoder):.2f}–{max(decoder):.3f} against {topk['ce_loss_recovered']:.3f}",
+    }
+    for what, text in quoted.items():
+        assert text in section, f"README 'Reproducing the paper' should quote {what} as {text!r}"
