@@ -377,7 +377,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
         "",
         f"Goal ({results['goal']}): met by {', '.join(results['goal_met_by']) or 'none'}.",
         "",
-        "Command: `OMP_NUM_THREADS=1 nice -n 19 python experiments/lift_scale.py`",
+        f"Command: `python experiments/lift_scale.py --scales {' '.join(f'{c:g}' for c in results['scales'])}`",
     ]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(results, out / "lift_scale.png")

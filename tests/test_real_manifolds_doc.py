@@ -20,7 +20,8 @@ def doc_tables() -> list[tuple[str, list[list[str]]]]:
     for match in re.finditer(r"\| dictionary \| week \| year[^\n]*\n\|[-|]+\|\n((?:\|[^\n]*\n)+)", text):
         before = text[: match.start()]
         folder = re.findall(r"--out experiments/results/real_manifolds/(\w+)", before[-600:])
-        rows = [[c.strip().strip("*") for c in line.strip().strip("|").split("|")] for line in match.group(1).splitlines()]
+        lines = match.group(1).splitlines()
+        rows = [[c.strip().strip("*") for c in line.strip().strip("|").split("|")] for line in lines]
         tables.append((folder[-1] if folder else "", rows))
     return tables
 
