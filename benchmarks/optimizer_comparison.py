@@ -24,9 +24,7 @@ Writes ``benchmarks/results/optimizer_comparison_<model>.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +37,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 
 def _long_run() -> Any:
     """``experiments/long_run.py`` as a module, loaded by path (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location("experiments_long_run", ROOT / "experiments" / "long_run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return _common.load_script(ROOT / "experiments" / "long_run.py", "experiments_long_run")
 
 def compare(records: dict[str, dict[str, Any]], at_seconds: Any) -> dict[str, Any]:
     """Equal-steps and equal-wall-clock comparison of the best run of each optimiser."""

@@ -27,12 +27,10 @@ extrapolation to 8.4 M), ``pareto.png`` (density against error at the long budge
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -319,13 +317,7 @@ def _at_seconds(curve: list[dict[str, Any]], seconds: float) -> float | None:
 
 def _sibling(name: str) -> Any:
     """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", Path(__file__).resolve().parent / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return _common.load_script(Path(__file__).resolve().parent / f"{name}.py", f"experiments_{name}")
 
 def report(
     args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict, heldout: torch.Tensor

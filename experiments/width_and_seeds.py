@@ -20,8 +20,6 @@ Writes ``results.json``, ``table.md`` and ``width.png`` into ``--out``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +34,7 @@ NAME = "real_manifolds/width_and_seeds"
 
 def _sibling(name: str) -> Any:
     """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", Path(__file__).resolve().parent / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return _common.load_script(Path(__file__).resolve().parent / f"{name}.py", f"experiments_{name}")
 
 rm = _sibling("real_manifolds")
 

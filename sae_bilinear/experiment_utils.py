@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,18 @@ from sae_bilinear.train import TrainingSettings, collect_activations, train_on_a
 
 HOOK = "blocks.15.hook_resid_pre"
 """The embedded SmolLM2-135M's middle layer (30 blocks)."""
+
+
+def load_script(path: Path, module_name: str) -> ModuleType:
+    """The script at ``path`` (``experiments/``, ``benchmarks/`` and ``hooks/`` are not packages) as a
+    fresh module, registered in ``sys.modules`` as ``module_name`` so that its dataclasses resolve
+    their module. No ``sys.path`` edit: one script reaches another by its path."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def setup(seed: int = 0, threads: int = 1) -> None:

@@ -3,10 +3,8 @@ hand-made perfect and random SAEs (perfect scores 1, random near chance)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +14,7 @@ import torch
 from sae_bilinear import experiment_utils
 from sae_bilinear.bilinear import default_alpha_warm_up_steps
 from sae_bilinear.errors import ConfigError
+from sae_bilinear.experiment_utils import load_script
 from sae_bilinear.synthetic import Manifold, PlantedManifolds
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -23,12 +22,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 def load_experiment(name: str) -> ModuleType:
     """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve their module)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return load_script(EXPERIMENTS / f"{name}.py", f"experiments_{name}")
 
 kernel_trick = load_experiment("kernel_trick")
 manifold_view = load_experiment("manifold_view")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +13,14 @@ import pytest
 import torch
 from sae_lens.saes.sae import SAEMetadata
 
-from sae_bilinear import BilinearSAE, BilinearSAEConfig, UnliftedDecodeError, hook_experiments, loading
+from sae_bilinear import (
+    BilinearSAE,
+    BilinearSAEConfig,
+    UnliftedDecodeError,
+    experiment_utils,
+    hook_experiments,
+    loading,
+)
 from sae_bilinear import toy as toy_setting
 from sae_bilinear.errors import ConfigError, DataFileError, OutputExistsError
 
@@ -26,11 +32,7 @@ COMMAND = {"ablate_latents": "ablate", "steer": "steer", "walk_manifold": "walk"
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"hooks_{name}", HOOKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+    return experiment_utils.load_script(HOOKS / f"{name}.py", f"hooks_{name}")
 
 def strict_json(path: Path) -> dict:
     def refuse(constant: str):

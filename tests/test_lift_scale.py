@@ -3,10 +3,8 @@ c = 1 unchanged, the version-2 format, and experiments/lift_scale.py in its --ti
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +23,7 @@ from sae_bilinear import (
 )
 from sae_bilinear.bilinear_config import FORMAT_VERSION
 from sae_bilinear.errors import ConfigError
+from sae_bilinear.experiment_utils import load_script
 
 SCALES = [0.5, 2.0, 3.0]
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -32,13 +31,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 def load_experiment(name: str) -> ModuleType:
     """``experiments/<name>.py`` as a module, by path (as tests/test_experiments.py loads them)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return load_script(EXPERIMENTS / f"{name}.py", f"experiments_{name}")
 
 def exact_lifted_sae(d: int, lift_scale: float) -> BilinearSAE:
     """Latent (a, b) = ũ_a ũ_b for every pair of coordinates of ũ = [c, u]: X̂ = ũ⊗ũ exactly."""

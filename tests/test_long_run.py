@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.errors import ConfigError
+from sae_bilinear.experiment_utils import load_script
 from sae_bilinear.train import TrainingSettings, train_on_activations
-from tests.test_experiments import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+long_run = load_script(ROOT / "experiments" / "long_run.py", "experiments_long_run")
 
 
 def load_benchmark(name: str):
     """``benchmarks/<name>.py`` as a module, loaded by path."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    return load_script(ROOT / "benchmarks" / f"{name}.py", f"benchmarks_{name}")
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
-long_run = load_experiment("long_run")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 

@@ -3,11 +3,9 @@ whole script on its --tiny setting."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,13 +19,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 def load_experiment(name: str) -> ModuleType:
     """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve their module)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+    return _common.load_script(EXPERIMENTS / f"{name}.py", f"experiments_{name}")
 
 rm = load_experiment("real_manifolds")
 
