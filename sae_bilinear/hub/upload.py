@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from sae_lens.constants import RUNNER_CFG_FILENAME, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
 from sae_lens.saes.sae import SAE, TrainingSAE
 
 from sae_bilinear.bilinear import ARCHITECTURE
-from sae_bilinear.errors import ConfigError, OfflineError, UserError
+from sae_bilinear.errors import ConfigError, DataFileError, OfflineError, UserError
+from sae_bilinear.evaluate import TRAINING_MEAN_FILENAME, load_training_mean
 from sae_bilinear.hub.card import README_FILENAME, card_rows, jsonable, model_card, summary
 from sae_bilinear.hub.files import (
     MissingWeightFileError,
@@ -35,15 +35,11 @@ from sae_bilinear.hub.files import (
     download,
     read_json,
     read_sparsity,
-    read_tensors,
 )
 
 __all__ = ["METRICS_FILENAME", "PushResult", "push", "push_many", "run_metrics"]
 
 METRICS_FILENAME = "metrics.json"
-TRAINING_MEAN_FILENAME = "training_mean.safetensors"
-"""The training activations' mean that ``sae-bilinear run`` saves beside its SAE (the name
-``sae_bilinear.evaluate.TRAINING_MEAN_FILENAME`` reads; a sibling module, so not imported here)."""
 UPLOADED_FILES = (
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -183,10 +179,11 @@ def _stage(ref: Any, staging: Path, index: int) -> tuple[Path, dict[str, Any]]:
     if sparsity.exists():
         read_sparsity(sparsity, str(sparsity), int(cfg_dict["d_sae"]), "cpu")
     mean = folder / TRAINING_MEAN_FILENAME
-    if mean.exists():  # validated like the weights: a damaged file is named before anything is sent
-        values = read_tensors(mean, str(mean), {"mean": (int(cfg_dict["d_in"]),)}, torch.float32, "cpu")["mean"]
-        if not bool(torch.isfinite(values).all()):
-            raise WeightFileError(mean, "holds NaN or inf values")
+    if mean.exists():  # validated by evaluate's own reader: a damaged file is named before anything is sent
+        try:
+            load_training_mean(mean, int(cfg_dict["d_in"]))
+        except DataFileError as error:  # push reports every bad file of the folder as a WeightFileError
+            raise WeightFileError(mean, str(error).removeprefix(f"{mean}: ")) from error
     runner_cfg = folder / RUNNER_CFG_FILENAME
     if runner_cfg.exists():
         read_json(runner_cfg, str(runner_cfg))
