@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                lr=rate, tokens=args.tokens)
         for o, rates in (("adam", args.adam_lrs), ("muon", args.muon_lrs)) for rate in rates
     ]  # fmt: skip
-    first_eval = 1 if args.tiny else max(1, 16384 // opts.batch_size)
+    first_eval = lr.first_eval_step(opts.batch_size, args.tiny)
     records = {run.name: lr.cached_run(run, folder, train_x, heldout, first_eval)[1] for run in runs}
     result = {
         "model": "tiny-qwen3" if args.tiny else "smollm2-135m",

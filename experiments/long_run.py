@@ -96,6 +96,11 @@ def eval_points(steps: int, first: int) -> list[int]:
     return [*points, steps]
 
 
+def first_eval_step(batch_size: int, tiny: bool) -> int:
+    """The first step a curve is measured at: about 16 k tokens in (every step in --tiny)."""
+    return 1 if tiny else max(1, 16384 // batch_size)
+
+
 def train(run: Run, train_x: torch.Tensor, heldout: torch.Tensor, first_eval: int) -> tuple[Any, dict[str, Any]]:
     """Train ``run`` on ``train_x``; return the SAE and its record (curve, seconds)."""
     torch.manual_seed(run.seed)
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_x, heldout, info = activations(args)
     folder = Path(args.cache) / NAME / info["store"]
     folder.mkdir(parents=True, exist_ok=True)
-    first_eval = max(1, 16384 // args.batch_size) if not args.tiny else 1
+    first_eval = first_eval_step(args.batch_size, args.tiny)
     records: dict[str, dict[str, Any]] = {}
     saes: dict[str, Any] = {}
 
