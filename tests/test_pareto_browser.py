@@ -9,30 +9,10 @@ missing: run ``bash scripts/install_browser.sh`` (CI does; there a missing brows
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
+from browser_check import needs_browser, run_check
 
 from sae_bilinear import sweep_report
-
-BROWSER_DIR = Path(__file__).resolve().parent / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NODE = shutil.which("node")
-PUPPETEER = BROWSER_DIR / "node_modules" / "puppeteer-core" / "package.json"
-
-
-def _missing() -> str | None:
-    if CHROMIUM is None:
-        return "chromium is not installed"
-    if NODE is None:
-        return "node is not installed"
-    if not PUPPETEER.is_file():
-        return f"puppeteer-core is not installed under {BROWSER_DIR / 'node_modules'}"
-    return None
 
 
 def _members() -> list[dict]:
@@ -73,11 +53,7 @@ def _members() -> list[dict]:
 
 
 @pytest.mark.slow
-# In CI (CI=true) the browser is installed by scripts/test.sh, so a missing one fails there.
-@pytest.mark.skipif(
-    _missing() is not None and os.environ.get("CI") != "true",
-    reason=f"{_missing()}: run `bash scripts/install_browser.sh`",
-)
+@needs_browser
 def test_every_member_is_a_point_whose_tooltip_names_it(tmp_path):
     result = {
         "config": "sweep.yaml",
@@ -89,25 +65,7 @@ def test_every_member_is_a_point_whose_tooltip_names_it(tmp_path):
     }
     sweep_report.write_results(tmp_path, result)
     shot = tmp_path / "pareto.png.browser.png"
-    done = subprocess.run(  # pyright: ignore[reportCallIssue]
-        [
-            NODE,
-            str(BROWSER_DIR / "check_pareto.mjs"),
-            str(tmp_path),
-            "--screenshot",
-            str(shot),
-            "--chromium",
-            str(CHROMIUM),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output from the browser check; stderr:\n{done.stderr[-2000:]}"
-    summary = json.loads(lines[-1])
-    assert summary["problems"] == [] and done.returncode == 0, summary
+    summary = run_check("check_pareto.mjs", str(tmp_path), "--screenshot", str(shot))
     for name in (
         "one legend entry per curve",
         "every member drawn",
