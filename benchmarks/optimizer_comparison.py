@@ -39,27 +39,6 @@ def _long_run() -> Any:
     """``experiments/long_run.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(ROOT / "experiments" / "long_run.py", "experiments_long_run")
 
-def compare(records: dict[str, dict[str, Any]], at_seconds: Any) -> dict[str, Any]:
-    """Equal-steps and equal-wall-clock comparison of the best run of each optimiser."""
-    best = {
-        opt: min((r for r in records.values() if r["run"]["optimizer"] == opt),
-                 key=lambda r: r["final"]["reconstruction_error"])
-        for opt in ("adam", "muon")
-    }  # fmt: skip
-    budget = min(r["seconds"] for r in best.values())
-    return {
-        "best_lr": {opt: r["run"]["lr"] for opt, r in best.items()},
-        "equal_steps": {opt: r["final"]["reconstruction_error"] for opt, r in best.items()},
-        "seconds": {opt: r["seconds"] for opt, r in best.items()},
-        "seconds_per_step": {opt: r["seconds"] / r["curve"][-1]["step"] for opt, r in best.items()},
-        "equal_wall_clock_seconds": budget,
-        "equal_wall_clock": {
-            opt: at_seconds(r["curve"], budget) if r["seconds"] > budget else r["final"]["reconstruction_error"]
-            for opt, r in best.items()
-        },
-    }
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=262_144, help="training tokens of each run")
@@ -102,8 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ns_dtype": resolve_ns_dtype("auto", "cpu"),
         "rows": [{"optimizer": r["run"]["optimizer"], "lr": r["run"]["lr"], "steps": r["curve"][-1]["step"],
                   "heldout_error": r["final"]["reconstruction_error"], "hoyer_density": r["final"]["hoyer_density"],
-                  "seconds": r["seconds"]} for r in records.values()],  # fmt: skip
-        **compare(records, lr._at_seconds),
+                  "seconds": r["seconds"], "first_curve_seconds": r["curve"][0]["seconds"]}
+                 for r in records.values()],  # fmt: skip
+        **lr.compare_optimizers(list(records.values())),
     }
     lines = ["| optimizer | lr | held-out x⊗x error | Hoyer density | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['hoyer_density']:.3f} | "

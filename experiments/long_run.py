@@ -9,9 +9,11 @@ a learning curve (held-out x⊗x error and Hoyer density at log-spaced token cou
   used by the runs below.
 * ``curves``: vanilla (unlifted, the paper's) at α 0.03 / 0.1 / 0.3 and mixed (lifted, the main
   job's) at α 0.1, each for ``--tokens`` training tokens (default 2 M, a quarter of the paper's 8.4 M).
-* ``seed``: vanilla α 0.1 again with another seed: the paper's similarity formula between the two.
+* ``seed``: vanilla α 0.1 again with another seed, at expansion 2 (``--tokens``) and at the widest
+  expansion (``--width-tokens``, paired with the ``width`` run): the paper's similarity formula
+  between the two of each pair.
 * ``muon``: vanilla α 0.1 with Muon: Adam against Muon at equal steps and at equal wall-clock.
-* ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each.
+* ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each (default 500 k).
 * ``full``: vanilla α 0.1 for the paper's 8.4 M tokens, checking the extrapolation.
 
 Each finished run is saved under ``--cache`` and skipped on a rerun, so a killed queue resumes at
@@ -222,7 +224,9 @@ def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
                        lr=_common.LR_MIXED, tokens=t),
                    Run(**van, alpha=0.03, optimizer="adam", lr=lrs["adam"], tokens=t),  # type: ignore[arg-type]
                    Run(**van, alpha=0.3, optimizer="adam", lr=lrs["adam"], tokens=t)],  # type: ignore[arg-type]
-        "seed": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t, seed=1)],  # type: ignore[arg-type]
+        "seed": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t, seed=1),  # type: ignore[arg-type]
+                 Run(**{**van, "expansion": max(args.expansions)}, alpha=0.1, optimizer="adam",  # type: ignore[arg-type]
+                     lr=lrs["adam"], tokens=args.width_tokens, seed=1)],
         "muon": [Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t)],  # type: ignore[arg-type]
         "width": [Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam", lr=lrs["adam"],  # type: ignore[arg-type]
                       tokens=args.width_tokens) for e in args.expansions],
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens of each curve run")
     p.add_argument("--probe-tokens", type=int, default=262_144, help="training tokens of each LR-probe run")
-    p.add_argument("--width-tokens", type=int, default=1_000_000, help="training tokens of each width run")
+    p.add_argument("--width-tokens", type=int, default=500_000, help="training tokens of each width run")
     p.add_argument("--full-tokens", type=int, default=PAPER_TOKENS, help="training tokens of the 'full' run")
     p.add_argument("--expansions", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2])
@@ -320,6 +324,33 @@ def _at_seconds(curve: list[dict[str, Any]], seconds: float) -> float | None:
     return None
 
 
+def compare_optimizers(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adam against Muon: the best run of each (lowest final error), at equal steps and equal wall-clock.
+
+    At equal wall-clock each optimiser is read off its learning curve at the moment the faster of
+    the two best runs finished. Where that moment falls before the slower run's first curve point
+    its error there was never measured: the value is None ("–" in tables), never a stand-in.
+    """
+    best = {}
+    for opt in ("adam", "muon"):
+        runs = [r for r in records if r["run"]["optimizer"] == opt]
+        if not runs:
+            raise ValueError(f"no {opt} run among the records to compare")
+        best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])
+    budget = min(r["seconds"] for r in best.values())
+    return {
+        "best_lr": {opt: r["run"]["lr"] for opt, r in best.items()},
+        "equal_steps": {opt: r["final"]["reconstruction_error"] for opt, r in best.items()},
+        "seconds": {opt: r["seconds"] for opt, r in best.items()},
+        "seconds_per_step": {opt: r["seconds"] / r["curve"][-1]["step"] for opt, r in best.items()},
+        "equal_wall_clock_seconds": budget,
+        "equal_wall_clock": {
+            opt: _at_seconds(r["curve"], budget) if r["seconds"] > budget else r["final"]["reconstruction_error"]
+            for opt, r in best.items()
+        },
+    }
+
+
 def _sibling(name: str) -> Any:
     """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(Path(__file__).resolve().parent / f"{name}.py", f"experiments_{name}")
@@ -361,24 +392,18 @@ def report(
             "error_below_0.1": final["reconstruction_error"] < ERROR_GOAL,
             "density_in_0.2_0.6": DENSITY_GOAL[0] <= final["hoyer_density"] <= DENSITY_GOAL[1],
         }
-    seed_runs = [plan["curves"][0], plan["seed"][0]]
-    if all(r.name in saes for r in seed_runs):
-        sim = similarity.compare(saes[seed_runs[0].name], saes[seed_runs[1].name], matched=False)
-        results["seeds"] = {"paper_formula": sim["paper_similarity"],
+    # Seed pairs: expansion 2 at the long budget, and the widest expansion at the width budget.
+    pairs = {"seeds": (plan["curves"][0], plan["seed"][0]), "seeds_wide": (plan["width"][-1], plan["seed"][-1])}
+    for key, (a_run, b_run) in pairs.items():
+        if a_run.name in saes and b_run.name in saes:
+            sim = similarity.compare(saes[a_run.name], saes[b_run.name], matched=False)
+            results[key] = {"expansion": a_run.expansion, "tokens": a_run.tokens,
+                            "paper_formula": sim["paper_similarity"],
                             "operator_similarity_symmetrised": sim["operator_similarity_symmetrised"],
                             "goal": SIMILARITY_GOAL}  # fmt: skip
     adam, muon = plan["curves"][0], plan["muon"][0]
     if adam.name in records and muon.name in records:
-        a, m = records[adam.name], records[muon.name]
-        results["optimizers"] = {
-            "equal_steps": {"adam": a["final"]["reconstruction_error"], "muon": m["final"]["reconstruction_error"]},
-            "seconds": {"adam": a["seconds"], "muon": m["seconds"]},
-            "equal_wall_clock": {
-                "seconds": min(a["seconds"], m["seconds"]),
-                "adam": _at_seconds(a["curve"], min(a["seconds"], m["seconds"])) or a["final"]["reconstruction_error"],
-                "muon": _at_seconds(m["curve"], min(a["seconds"], m["seconds"])) or m["final"]["reconstruction_error"],
-            },
-        }  # fmt: skip
+        results["optimizers"] = compare_optimizers([records[adam.name], records[muon.name]])
     args.out.mkdir(parents=True, exist_ok=True)
     columns = ["stage", "run", "tokens", "lr", "reconstruction_error", "xx_block_error", "hoyer_density",
                "tokens_below_0.1", "dead_fraction", "seconds", "tokens_per_second"]  # fmt: skip

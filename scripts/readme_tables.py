@@ -366,8 +366,16 @@ def optimizer_text(comparison: Mapping[str, Any]) -> str:
         f"Best of each (Adam lr {lr['adam']:g}, Muon lr {lr['muon']:g}; Muon's Newton–Schulz in "
         f"{comparison['ns_dtype']}): at equal steps ({comparison['tokens']:,} tokens) Adam {fmt(steps['adam'], 4)}, "
         f"Muon {fmt(steps['muon'], 4)}; at equal wall-clock ({comparison['equal_wall_clock_seconds']:.0f} s, "
-        f"when the faster finished) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}."
+        f"when the faster finished) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}.{unmeasured(clock)}"
     )
+
+
+def unmeasured(clock: Mapping[str, float | None]) -> str:
+    """The note a table needs where an optimiser's equal-wall-clock error was never measured."""
+    missing = [name.capitalize() for name, value in clock.items() if value is None]
+    if not missing:
+        return ""
+    return f" ({' and '.join(missing)}: – because the faster run finished before its first curve point.)"
 
 
 def long_run_table(results: Mapping[str, Any]) -> str:
@@ -440,7 +448,8 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
         "it rises with training and is not there at 2 M.",
         f"* **Adam against Muon** (`benchmarks/optimizer_comparison.py`, {optimizers['tokens']:,} tokens, best LR of "
         f"each): equal steps Adam {fmt(steps['adam'])}, Muon {fmt(steps['muon'])}; equal wall-clock "
-        f"({optimizers['equal_wall_clock_seconds']:.0f} s) Adam {fmt(clock['adam'])}, Muon {fmt(clock['muon'])}. "
+        f"({optimizers['equal_wall_clock_seconds']:.0f} s) Adam {fmt(clock['adam'])}, Muon {fmt(clock['muon'])}."
+        f"{unmeasured(clock)} "
         f"Muon ends sparser at the same α (density {fmt(sparsest['muon'])} "
         f"against {fmt(sparsest['adam'])}).",
     ])  # fmt: skip

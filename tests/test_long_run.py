@@ -62,6 +62,35 @@ def test_at_seconds_interpolates_inside_the_curve_only():
     assert long_run._at_seconds(curve, 4.0) is None
 
 
+def _record(optimizer, lr, final, curve):
+    points = [{"step": i + 1, "seconds": s, "reconstruction_error": e} for i, (s, e) in enumerate(curve)]
+    return {"run": {"optimizer": optimizer, "lr": lr}, "final": {"reconstruction_error": final},
+            "seconds": curve[-1][0], "curve": points}  # fmt: skip
+
+
+def test_compare_optimizers_reads_the_slower_off_its_curve_at_the_faster_finish():
+    records = [
+        _record("adam", 0.01, 0.2, [(1.0, 0.5), (2.0, 0.2)]),
+        _record("adam", 0.003, 0.3, [(1.0, 0.6), (2.0, 0.3)]),
+        _record("muon", 0.1, 0.1, [(1.0, 0.4), (3.0, 0.1)]),
+    ]
+    result = long_run.compare_optimizers(records)
+    assert result["best_lr"] == {"adam": 0.01, "muon": 0.1}
+    assert result["equal_steps"] == {"adam": 0.2, "muon": 0.1}
+    assert result["equal_wall_clock_seconds"] == 2.0
+    assert result["equal_wall_clock"]["adam"] == 0.2
+    assert math.isclose(result["equal_wall_clock"]["muon"], math.sqrt(0.4 * 0.1))  # halfway in log space
+
+
+def test_compare_optimizers_never_stands_in_a_value_it_did_not_measure():
+    # Adam finished (0.5 s) before Muon's first curve point (1 s): Muon's error then is unknown.
+    records = [_record("adam", 0.01, 0.2, [(0.25, 0.5), (0.5, 0.2)]),
+               _record("muon", 0.1, 0.1, [(1.0, 0.4), (3.0, 0.1)])]  # fmt: skip
+    assert long_run.compare_optimizers(records)["equal_wall_clock"] == {"adam": 0.2, "muon": None}
+    with pytest.raises(ValueError, match="no muon run"):
+        long_run.compare_optimizers(records[:1])
+
+
 @pytest.mark.slow
 def test_long_run_tiny(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -80,6 +109,9 @@ def test_long_run_tiny(tmp_path):
     lifted = [row for row in results["rows"] if " lifted" in row["run"]]
     assert lifted and all(row["xx_block_error"] != row["reconstruction_error"] for row in lifted)
     assert 0 < results["seeds"]["paper_formula"] <= 1.0 + 1e-6
+    # The wide pair is the widest width run and its second seed, at the width budget.
+    assert results["seeds_wide"]["expansion"] == 2 and results["seeds_wide"]["tokens"] == 4096
+    assert 0 < results["seeds_wide"]["paper_formula"] <= 1.0 + 1e-6
     assert set(results["optimizers"]["equal_steps"]) == {"adam", "muon"}
     assert results["extrapolation"]["final"] > 0
     for name in ("results.json", "table.md", "curves.png", "pareto.png"):
@@ -101,5 +133,10 @@ def test_optimizer_comparison_tiny(tmp_path):
     # At equal wall-clock the slower optimiser is read off its curve at the faster one's finish.
     slower = max(result["seconds"], key=result["seconds"].get)
     assert result["equal_wall_clock_seconds"] == pytest.approx(min(result["seconds"].values()))
-    assert result["equal_wall_clock"][slower] >= result["equal_steps"][slower] - 1e-12
+    clock = result["equal_wall_clock"][slower]
+    if clock is None:  # the faster finished before the slower's first curve point: never measured
+        record = next(r for r in result["rows"] if r["optimizer"] == slower)
+        assert record["first_curve_seconds"] > result["equal_wall_clock_seconds"]
+    else:
+        assert clock >= result["equal_steps"][slower] - 1e-12
     assert json.loads(out.read_text())["table"] == result["table"]

@@ -16,7 +16,6 @@ Python blocks carry a marker comment on the line above the fence saying how they
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from hub_server import redirect_hub
 
 from sae_bilinear import hook_experiments, train
 from sae_bilinear.cli import parser as cli_parser
+from sae_bilinear.experiment_utils import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 README_PATH = ROOT / "README.md"
@@ -39,10 +39,7 @@ TEST_KINDS = ("run", "fresh", "hub-cache", "stub-runner")
 OTHER_TOOLS_OPTIONS = {"--no-deps", "--collect-only"}
 """Options the README names that belong to other tools (pip, pytest), not to sae-bilinear."""
 
-_spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
-assert _spec is not None and _spec.loader is not None
-tables = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tables)
+tables = load_script(ROOT / "scripts" / "readme_tables.py", "readme_tables")
 
 FENCE = re.compile(r"^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"<!-- readme-test: (?P<kind>[a-z-]+) -->\s*\Z")
@@ -363,3 +360,10 @@ def test_the_reproducing_summary_quotes_the_results_files():
     }
     for what, text in quoted.items():
         assert text in section, f"README 'Reproducing the paper' should quote {what} as {text!r}"
+
+
+def test_an_unmeasured_equal_wall_clock_error_is_explained_not_hidden():
+    assert tables.unmeasured({"adam": 0.2, "muon": 0.1}) == ""
+    note = tables.unmeasured({"adam": 0.2, "muon": None})
+    assert "Muon" in note and "Adam" not in note and "first curve point" in note
+
