@@ -54,23 +54,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tokens < 1:
         parser.error("--tokens must be >= 1")
     lr = _long_run()
-    opts = argparse.Namespace(
-        tiny=args.tiny, hook=_common.HOOK, cache=args.cache, train_contexts=None, heldout_contexts=128,
-        context_size=128, batch_size=1024,
-    )  # fmt: skip
+    opts = lr.DataOptions.small(Path(args.cache)) if args.tiny else lr.DataOptions(cache=Path(args.cache))
+    batch_size = 256 if args.tiny else 1024
     if args.tiny:
-        opts.train_contexts, opts.heldout_contexts, opts.context_size, opts.batch_size = 48, 8, 32, 256
         args.tokens = min(args.tokens, 4096)
     _common.setup(0, threads=args.threads)
     train_x, heldout, info = lr.activations(opts)
     folder = Path(args.cache) / lr.NAME / info["store"]
     folder.mkdir(parents=True, exist_ok=True)
     runs = [
-        lr.Run(variant="vanilla", lifted=False, expansion=2, batch_size=opts.batch_size, alpha=0.1, optimizer=o,
+        lr.Run(variant="vanilla", lifted=False, expansion=2, batch_size=batch_size, alpha=0.1, optimizer=o,
                lr=rate, tokens=args.tokens)
         for o, rates in (("adam", args.adam_lrs), ("muon", args.muon_lrs)) for rate in rates
     ]  # fmt: skip
-    first_eval = lr.first_eval_step(opts.batch_size, args.tiny)
+    first_eval = lr.first_eval_step(batch_size, args.tiny)
     records = {run.name: lr.cached_run(run, folder, train_x, heldout, first_eval)[1] for run in runs}
     result = {
         "model": "tiny-qwen3" if args.tiny else "smollm2-135m",

@@ -173,7 +173,36 @@ def cached_run(run: Run, folder: Path, train_x: torch.Tensor, heldout: torch.Ten
 # ----------------------------------------------------------------------------------------
 
 
-def activations(args: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the activations come from (shared with ``benchmarks/optimizer_comparison.py``)."""
+
+    cache: Path
+    """Folder of the activation store and the held-out activations."""
+    tiny: bool = False
+    """A random tiny Qwen3 and a few short contexts instead of SmolLM2-135M (tests)."""
+    hook: str = _common.HOOK
+    """SmolLM2-135M's hook (the tiny model always uses ``blocks.1.hook_resid_pre``)."""
+    train_contexts: int | None = None
+    """KJV training contexts stored (None: all of them)."""
+    heldout_contexts: int = 128
+    """Held-out KJV contexts the curves are measured on."""
+    context_size: int = 128
+    """Tokens per context."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_contexts", "heldout_contexts", "context_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"DataOptions.{name} must be an int >= 1, got {value!r}")
+
+    @classmethod
+    def small(cls, cache: Path) -> DataOptions:
+        """The tiny model's sizes (seconds, for tests)."""
+        return cls(cache=cache, tiny=True, train_contexts=48, heldout_contexts=8, context_size=32)
+
+
+def activations(args: DataOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Training activations (the store, in memory) and held-out activations; a description."""
     model = _common.load_model(_common.TINY_MODEL if args.tiny else "smollm2-135m")
     hook = "blocks.1.hook_resid_pre" if args.tiny else args.hook
@@ -281,7 +310,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     _common.setup(args.seed, threads=args.threads)
-    train_x, heldout, info = activations(args)
+    opts = (DataOptions.small(Path(args.cache)) if args.tiny else
+            DataOptions(cache=Path(args.cache), hook=args.hook, train_contexts=args.train_contexts,
+                        heldout_contexts=args.heldout_contexts, context_size=args.context_size))  # fmt: skip
+    train_x, heldout, info = activations(opts)
     folder = Path(args.cache) / NAME / info["store"]
     folder.mkdir(parents=True, exist_ok=True)
     first_eval = first_eval_step(args.batch_size, args.tiny)

@@ -62,6 +62,12 @@ def test_at_seconds_interpolates_inside_the_curve_only():
     assert long_run._at_seconds(curve, 4.0) is None
 
 
+def test_data_options_refuse_a_nonsense_size(tmp_path):
+    with pytest.raises(ValueError, match="heldout_contexts must be an int >= 1"):
+        long_run.DataOptions(cache=tmp_path, heldout_contexts=0)
+    assert long_run.DataOptions.small(tmp_path).tiny
+
+
 def _record(optimizer, lr, final, curve):
     points = [{"step": i + 1, "seconds": s, "reconstruction_error": e} for i, (s, e) in enumerate(curve)]
     return {"run": {"optimizer": optimizer, "lr": lr}, "final": {"reconstruction_error": final},
