@@ -165,13 +165,14 @@ def main_job_setup(metrics: Mapping[str, Any]) -> str:
         f"{c['context_size']}, BOS dropped), {c['steps']} {c['optimizer'].capitalize()} steps of {c['batch_size']} "
         f"tokens at lr {c['lr']:g}, α {c['alpha']:g} (seed {c['seed']}); splice evaluation on "
         f"{metrics['eval_tokens']} held-out tokens ({c['eval_contexts']} contexts). The run took "
-        f"{metrics['seconds']:.0f} s inside `run` on a loaded 2-core machine (the bilinear training "
-        f"{metrics['training_seconds']:.0f} s{baseline_time})."
+        f"{metrics['seconds']:.0f} s inside `run` on a loaded 2-core machine, from loading the model to the last "
+        f"metric (the bilinear training {metrics['training_seconds']:.0f} s{baseline_time}); the atlas and "
+        "`report.html` are built after that and are not counted."
         + (
             ""
             if "atlas" in c
-            else " This run predates the atlas in `run`: the atlas is built after every number here is computed, "
-            "and adds its own time (see [the atlas](#browsing-latents-the-atlas-not-saedashboard))."
+            else " This run predates the atlas in `run` (see [the atlas](#browsing-latents-the-atlas-not-saedashboard) "
+            "for its cost)."
         )
     )
 
