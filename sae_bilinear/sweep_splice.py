@@ -10,8 +10,10 @@ mean of the group's training activations when their store is there. The models c
 :class:`ModelCache`, which the activation pass uses too: one load per model per sweep run.
 
 Each member's result is kept in ``<member>/splice.json`` (written through a temporary file and a
-rename) with the number of contexts it used, so a rerun with the same ``eval_contexts`` reads it
-instead of loading the model. Members that cannot be spliced (unlifted bilinear SAEs: no
+rename) with the number of contexts it used and ``splice_seconds`` (loading the member and the
+four passes of :func:`~sae_bilinear.evaluate.evaluate_splice`; the shared model load and
+held-out tokens are not counted), so a rerun with the same ``eval_contexts`` reads it instead of
+loading the model. Members that cannot be spliced (unlifted bilinear SAEs: no
 activation-space decoder; failed members; ``eval_contexts=0``) get ``ce_spliced: null`` and a
 ``splice_skipped`` reason in the table; a splice that fails (e.g. NaN) is that member's
 ``splice_error``, not the sweep's.
@@ -20,7 +22,9 @@ activation-space decoder; failed members; ``eval_contexts=0``) get ``ce_spliced:
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +137,9 @@ def _read_cached(folder: Path, n_contexts: int) -> dict[str, Any] | None:
         return None
     if not all(isinstance(cached.get(k), (int, float)) or cached.get(k) is None for k in SPLICE_KEYS):
         return None
+    seconds = cached.get("splice_seconds")  # absent in files written before it was recorded
+    if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        return None
     return cached
 
 
@@ -177,6 +184,7 @@ class GroupInputs:
 
 def _splice_one(folder: Path, inputs: GroupInputs, device: str) -> dict[str, Any]:
     model, tokens, ignore, mean, label = inputs.get()
+    started = time.perf_counter()  # the member's own cost: its load and splice, not the shared inputs
     sae = hub.load_any_from_disk(folder, device=device)
     metrics = evaluate.evaluate_splice(
         model,
@@ -193,6 +201,7 @@ def _splice_one(folder: Path, inputs: GroupInputs, device: str) -> dict[str, Any
         "eval_contexts": inputs.n_contexts,
         "eval_tokens": metrics.n_tokens,
         "mean_ablation": label,
+        "splice_seconds": time.perf_counter() - started,
     }
 
 

@@ -253,6 +253,7 @@ def test_lifted_members_get_spliced_ce_from_one_model_load(tiny_folder, tmp_path
         assert 0 < row["eval_tokens"] <= 4 * 31  # 4 contexts of 32, BOS (start, document breaks) not scored
         assert row["mean_ablation"].startswith("training activations (")
         assert "splice_skipped" not in row
+        assert math.isfinite(row["splice_seconds"]) and row["splice_seconds"] > 0
     for row in unlifted:
         assert row["ce_spliced"] is None and "unlifted" in row["splice_skipped"]
     table = json.loads((tmp_path / "sweep.json").read_text())
