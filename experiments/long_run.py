@@ -14,6 +14,8 @@ a learning curve (held-out x⊗x error and Hoyer density at log-spaced token cou
   between the two of each pair.
 * ``muon``: vanilla α 0.1 with Muon: Adam against Muon at equal steps and at equal wall-clock.
 * ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each (default 500 k).
+* ``wide``: vanilla α 0.03 and 0.3 at the widest expansion (``--width-tokens``): with the ``width``
+  run at α 0.1, the density–error trade-off where the error goal is within reach.
 * ``full``: vanilla α 0.1 for the paper's 8.4 M tokens, checking the extrapolation.
 
 Each finished run is saved under ``--cache`` and skipped on a rerun, so a killed queue resumes at
@@ -51,7 +53,7 @@ from sae_bilinear.train import TrainingSettings, collect_activations, train_on_a
 NAME = "long_run"
 PAPER_TOKENS = 8_400_000
 """The paper's training tokens per SAE."""
-STAGES = ("probe", "curves", "seed", "muon", "width", "full")
+STAGES = ("probe", "curves", "seed", "muon", "width", "wide", "full")
 ERROR_GOAL = 0.1
 DENSITY_GOAL = (0.2, 0.6)
 SIMILARITY_GOAL = 0.98
@@ -259,6 +261,8 @@ def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
         "muon": [Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t)],  # type: ignore[arg-type]
         "width": [Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam", lr=lrs["adam"],  # type: ignore[arg-type]
                       tokens=args.width_tokens) for e in args.expansions],
+        "wide": [Run(**{**van, "expansion": max(args.expansions)}, alpha=a, optimizer="adam",  # type: ignore[arg-type]
+                     lr=lrs["adam"], tokens=args.width_tokens) for a in (0.03, 0.3)],
         "full": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=args.full_tokens)],  # type: ignore[arg-type]
     }  # fmt: skip
 
@@ -442,7 +446,7 @@ def report(
     table = _common.markdown_table(rows, columns)
     (args.out / "table.md").write_text(table + "\n")
     plot_curves(plan, records, results, args.out / "curves.png")
-    plot_pareto(rows, args.out / "pareto.png")
+    plot_pareto(rows, args.out / "pareto.png", max(args.expansions))
     _common.write_json(args.out / "results.json", results)
     print(table, flush=True)
     return results
@@ -479,7 +483,7 @@ def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: 
     _common.save_figure(fig, path)
 
 
-def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_pareto(rows: list[dict[str, Any]], path: Path, widest: int) -> None:
     """Density against the u⊗u-block error (comparable lifted or not) of the α and width runs."""
     from matplotlib.figure import Figure
 
@@ -489,15 +493,17 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
         "vanilla, α sweep": [r for r in rows if r["stage"] == "curves" and r["run"].startswith("vanilla")],
         "mixed lifted": [r for r in rows if r["stage"] == "curves" and r["run"].startswith("mixed")],
         "vanilla α=0.1, width ×2/×4/×8": [r for r in rows if r["stage"] == "width"],
-    }
-    for (label, group), marker in zip(groups.items(), ("o", "s", "^"), strict=True):
+        f"vanilla ×{widest}, α sweep": [r for r in rows if r["stage"] in ("width", "wide")
+                                        and r["run"].split(" ")[3] == f"×{widest}"],
+    }  # fmt: skip
+    for (label, group), marker in zip(groups.items(), ("o", "s", "^", "D"), strict=True):
         if not group:
             continue
         group = sorted(group, key=lambda r: r["hoyer_density"])
         ax.plot([r["hoyer_density"] for r in group], [r["xx_block_error"] for r in group], marker=marker,
                 label=f"{label} ({group[0]['tokens']:,} tokens)")  # fmt: skip
         for r in group:
-            name = r["run"].split(" ")[3] if label.startswith("vanilla α=0.1, width") else r["run"].split(" ")[2]
+            name = r["run"].split(" ")[3] if "width" in label else r["run"].split(" ")[2]
             ax.annotate(name, (r["hoyer_density"], r["xx_block_error"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
     ax.axhline(ERROR_GOAL, color="#c33", lw=0.7, ls=":")
