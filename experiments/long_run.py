@@ -9,9 +9,9 @@ a learning curve (held-out x⊗x error and Hoyer density at log-spaced token cou
   used by the runs below.
 * ``curves``: vanilla (unlifted, the paper's) at α 0.03 / 0.1 / 0.3 and mixed (lifted, the main
   job's) at α 0.1, each for ``--tokens`` training tokens (default 2 M, a quarter of the paper's 8.4 M).
-* ``seed``: vanilla α 0.1 again with another seed, at expansion 2 (``--tokens``) and at the widest
-  expansion (``--width-tokens``, paired with the ``width`` run): the paper's similarity formula
-  between the two of each pair.
+* ``seed``: vanilla α 0.1 again with another seed, at expansion 2 (``--tokens``), at the widest
+  expansion (``--width-tokens``, paired with the ``width`` run) and with Muon (paired with the
+  ``muon`` run): the paper's similarity formula between the two of each pair.
 * ``muon``: vanilla α 0.1 with Muon: Adam against Muon at equal steps and at equal wall-clock.
 * ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each (default 500 k).
 * ``wide``: vanilla α 0.03 and 0.3 at the widest expansion (``--width-tokens``): with the ``width``
@@ -257,7 +257,8 @@ def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
                    Run(**van, alpha=0.3, optimizer="adam", lr=lrs["adam"], tokens=t)],  # type: ignore[arg-type]
         "seed": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t, seed=1),  # type: ignore[arg-type]
                  Run(**{**van, "expansion": max(args.expansions)}, alpha=0.1, optimizer="adam",  # type: ignore[arg-type]
-                     lr=lrs["adam"], tokens=args.width_tokens, seed=1)],
+                     lr=lrs["adam"], tokens=args.width_tokens, seed=1),
+                 Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t, seed=1)],  # type: ignore[arg-type]
         "muon": [Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t)],  # type: ignore[arg-type]
         "width": [Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam", lr=lrs["adam"],  # type: ignore[arg-type]
                       tokens=args.width_tokens) for e in args.expansions],
@@ -429,11 +430,12 @@ def report(
             "density_in_0.2_0.6": DENSITY_GOAL[0] <= final["hoyer_density"] <= DENSITY_GOAL[1],
         }
     # Seed pairs: expansion 2 at the long budget, and the widest expansion at the width budget.
-    pairs = {"seeds": (plan["curves"][0], plan["seed"][0]), "seeds_wide": (plan["width"][-1], plan["seed"][-1])}
+    pairs = {"seeds": (plan["curves"][0], plan["seed"][0]), "seeds_wide": (plan["width"][-1], plan["seed"][1]),
+             "seeds_muon": (plan["muon"][0], plan["seed"][2])}  # fmt: skip
     for key, (a_run, b_run) in pairs.items():
         if a_run.name in saes and b_run.name in saes:
             sim = similarity.compare(saes[a_run.name], saes[b_run.name], matched=False)
-            results[key] = {"expansion": a_run.expansion, "tokens": a_run.tokens,
+            results[key] = {"expansion": a_run.expansion, "tokens": a_run.tokens, "optimizer": a_run.optimizer,
                             "paper_formula": sim["paper_similarity"],
                             "operator_similarity_symmetrised": sim["operator_similarity_symmetrised"],
                             "goal": SIMILARITY_GOAL}  # fmt: skip

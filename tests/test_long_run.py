@@ -118,6 +118,7 @@ def test_long_run_tiny(tmp_path):
     # The wide pair is the widest width run and its second seed, at the width budget.
     assert results["seeds_wide"]["expansion"] == 2 and results["seeds_wide"]["tokens"] == 4096
     assert 0 < results["seeds_wide"]["paper_formula"] <= 1.0 + 1e-6
+    assert results["seeds_muon"]["optimizer"] == "muon" and 0 < results["seeds_muon"]["paper_formula"] <= 1 + 1e-6
     assert set(results["optimizers"]["equal_steps"]) == {"adam", "muon"}
     assert results["extrapolation"]["final"] > 0
     for name in ("results.json", "table.md", "curves.png", "pareto.png"):
