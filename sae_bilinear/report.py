@@ -18,21 +18,11 @@ from plotly.subplots import make_subplots
 
 from sae_bilinear import plots
 from sae_bilinear.errors import DataFileError
+from sae_bilinear.evaluate import METRIC_KEYS
 
 CE_KEYS = ("ce_clean", "ce_spliced", "ce_mean_ablated", "ce_zero_ablated")
-TABLE_KEYS = (
-    "ce_clean",
-    "ce_spliced",
-    "ce_zero_ablated",
-    "ce_mean_ablated",
-    "ce_loss_recovered",
-    "kl",
-    "explained_variance",
-    "reconstruction_error",
-    "hoyer_density",
-    "l0",
-    "dead_fraction",
-)
+TABLE_KEYS = tuple(key for key in METRIC_KEYS if key != "n_tokens")
+"""The splice metrics in the report's table, in :data:`~sae_bilinear.evaluate.METRIC_KEYS` order."""
 
 
 def curves_figure(history: Sequence[dict[str, float]]) -> go.Figure:
