@@ -9,9 +9,8 @@ a learning curve (held-out x⊗x error and Hoyer density at log-spaced token cou
   used by the runs below.
 * ``curves``: vanilla (unlifted, the paper's) at α 0.03 / 0.1 / 0.3 and mixed (lifted, the main
   job's) at α 0.1, each for ``--tokens`` training tokens (default 2 M, a quarter of the paper's 8.4 M).
-* ``seed``: vanilla α 0.1 again with another seed, at expansion 2 (``--tokens``), at the widest
-  expansion (``--width-tokens``, paired with the ``width`` run) and with Muon (paired with the
-  ``muon`` run): the paper's similarity formula between the two of each pair.
+* ``seed``: vanilla α 0.1 again with another seed: the main run (``--tokens``), each ``width`` run
+  (``--width-tokens``) and the ``muon`` run; the paper's similarity formula between the two of each pair.
 * ``muon``: vanilla α 0.1 with Muon: Adam against Muon at equal steps and at equal wall-clock.
 * ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each (default 500 k).
 * ``wide``: vanilla α 0.03 and 0.3 at the widest expansion (``--width-tokens``): with the ``width``
@@ -255,9 +254,10 @@ def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
                        lr=_common.LR_MIXED, tokens=t),
                    Run(**van, alpha=0.03, optimizer="adam", lr=lrs["adam"], tokens=t),  # type: ignore[arg-type]
                    Run(**van, alpha=0.3, optimizer="adam", lr=lrs["adam"], tokens=t)],  # type: ignore[arg-type]
+        # The second seed of: the main run, each width run, the Muon run (see seed_pairs).
         "seed": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=t, seed=1),  # type: ignore[arg-type]
-                 Run(**{**van, "expansion": max(args.expansions)}, alpha=0.1, optimizer="adam",  # type: ignore[arg-type]
-                     lr=lrs["adam"], tokens=args.width_tokens, seed=1),
+                 *[Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam",  # type: ignore[arg-type]
+                       lr=lrs["adam"], tokens=args.width_tokens, seed=1) for e in args.expansions],
                  Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t, seed=1)],  # type: ignore[arg-type]
         "muon": [Run(**van, alpha=0.1, optimizer="muon", lr=lrs["muon"], tokens=t)],  # type: ignore[arg-type]
         "width": [Run(**{**van, "expansion": e}, alpha=0.1, optimizer="adam", lr=lrs["adam"],  # type: ignore[arg-type]
@@ -392,6 +392,25 @@ def _sibling(name: str) -> Any:
     """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(Path(__file__).resolve().parent / f"{name}.py", f"experiments_{name}")
 
+def seed_pairs(plan: dict[str, list[Run]]) -> dict[str, list[tuple[Run, Run]]]:
+    """The pairs of runs that differ only in their seed: ``seeds`` (the main run), ``seeds_width``
+    (each width run, at equal tokens) and ``seeds_muon`` (the Muon run)."""
+    seconds = plan["seed"]
+    return {
+        "seeds": [(plan["curves"][0], seconds[0])],
+        "seeds_width": list(zip(plan["width"], seconds[1:-1], strict=True)),
+        "seeds_muon": [(plan["muon"][0], seconds[-1])],
+    }
+
+
+def _seed_similarity(saes: dict[str, Any], a: Run, b: Run) -> dict[str, Any]:
+    sim = similarity.compare(saes[a.name], saes[b.name], matched=False)
+    return {"expansion": a.expansion, "tokens": a.tokens, "optimizer": a.optimizer,
+            "paper_formula": sim["paper_similarity"],
+            "operator_similarity_symmetrised": sim["operator_similarity_symmetrised"],
+            "goal": SIMILARITY_GOAL}  # fmt: skip
+
+
 def report(
     args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict, heldout: torch.Tensor
 ) -> dict[str, Any]:
@@ -429,16 +448,10 @@ def report(
             "error_below_0.1": final["reconstruction_error"] < ERROR_GOAL,
             "density_in_0.2_0.6": DENSITY_GOAL[0] <= final["hoyer_density"] <= DENSITY_GOAL[1],
         }
-    # Seed pairs: expansion 2 at the long budget, and the widest expansion at the width budget.
-    pairs = {"seeds": (plan["curves"][0], plan["seed"][0]), "seeds_wide": (plan["width"][-1], plan["seed"][1]),
-             "seeds_muon": (plan["muon"][0], plan["seed"][2])}  # fmt: skip
-    for key, (a_run, b_run) in pairs.items():
-        if a_run.name in saes and b_run.name in saes:
-            sim = similarity.compare(saes[a_run.name], saes[b_run.name], matched=False)
-            results[key] = {"expansion": a_run.expansion, "tokens": a_run.tokens, "optimizer": a_run.optimizer,
-                            "paper_formula": sim["paper_similarity"],
-                            "operator_similarity_symmetrised": sim["operator_similarity_symmetrised"],
-                            "goal": SIMILARITY_GOAL}  # fmt: skip
+    for key, pairs in seed_pairs(plan).items():
+        done = [_seed_similarity(saes, a, b) for a, b in pairs if a.name in saes and b.name in saes]
+        if done:
+            results[key] = done if key == "seeds_width" else done[0]
     adam, muon = plan["curves"][0], plan["muon"][0]
     if adam.name in records and muon.name in records:
         results["optimizers"] = compare_optimizers([records[adam.name], records[muon.name]])
