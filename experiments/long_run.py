@@ -429,6 +429,8 @@ def report(
                                                 else r["final"]["reconstruction_error"]),
                              "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"]})  # fmt: skip
     results: dict[str, Any] = {"args": vars(args), "data": info, "lrs": lrs, "rows": rows,
+                               "goal_values": {"error_below": ERROR_GOAL, "density_within": list(DENSITY_GOAL),
+                                               "similarity_above": SIMILARITY_GOAL},
                                "runs": {name: records[name] for name in records}}  # fmt: skip
     main_run = plan["curves"][0]
     if main_run.name in records:
