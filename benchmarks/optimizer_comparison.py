@@ -42,8 +42,10 @@ def _long_run() -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=262_144, help="training tokens of each run")
-    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1])
+    # The grids reach past long_run's probe (3e-3/1e-2, 0.03/0.1, whose best were both at the
+    # edge) up to the paper's Muon lr 1.0, so the best of each is inside the grid or says so.
+    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
     parser.add_argument("--tiny", action="store_true", help="random tiny Qwen3, seconds (tests)")
     parser.add_argument("--cache", type=Path, default=ROOT / "experiments" / "cache", help="long_run.py's cache")
     parser.add_argument("--threads", type=int, default=2)
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "seconds": r["seconds"], "first_curve_seconds": r["curve"][0]["seconds"]}
                  for r in records.values()],  # fmt: skip
         **lr.compare_optimizers(list(records.values())),
+    }
+    grids = {"adam": sorted(args.adam_lrs), "muon": sorted(args.muon_lrs)}
+    # A best LR at either end of its grid means the grid, not the optimiser, may have set the result.
+    result["best_lr_at_grid_edge"] = {
+        opt: len(grid) > 1 and result["best_lr"][opt] in (grid[0], grid[-1]) for opt, grid in grids.items()
     }
     lines = ["| optimizer | lr | held-out x⊗x error | Hoyer density | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['optimizer']} | {r['lr']:g} | {r['heldout_error']:.4f} | {r['hoyer_density']:.3f} | "

@@ -363,8 +363,11 @@ def optimizer_table(comparison: Mapping[str, Any]) -> str:
 def optimizer_text(comparison: Mapping[str, Any]) -> str:
     steps, clock = comparison["equal_steps"], comparison["equal_wall_clock"]
     lr = comparison["best_lr"]
+    at_edge = comparison.get("best_lr_at_grid_edge", {})
+    edge = lambda opt: ", at the grid's edge" if at_edge.get(opt) else ""  # noqa: E731
     return (
-        f"Best of each (Adam lr {lr['adam']:g}, Muon lr {lr['muon']:g}; Muon's Newton–Schulz in "
+        f"Best of each (Adam lr {lr['adam']:g}{edge('adam')}, Muon lr {lr['muon']:g}{edge('muon')}; "
+        "Muon's Newton–Schulz in "
         f"{comparison['ns_dtype']}): at equal steps ({comparison['tokens']:,} tokens) Adam {fmt(steps['adam'], 4)}, "
         f"Muon {fmt(steps['muon'], 4)}; at equal wall-clock ({comparison['equal_wall_clock_seconds']:.0f} s, "
         f"when the faster finished) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}.{unmeasured(clock)}"

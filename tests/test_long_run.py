@@ -134,7 +134,9 @@ def test_optimizer_comparison_tiny(tmp_path):
     benchmark = load_benchmark("optimizer_comparison")
     out = tmp_path / "comparison.json"
     result = benchmark.main(["--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--threads", "1"])
-    assert {r["optimizer"] for r in result["rows"]} == {"adam", "muon"} and len(result["rows"]) == 4
+    assert {r["optimizer"] for r in result["rows"]} == {"adam", "muon"} and len(result["rows"]) == 7  # 3 + 4 LRs
+    for opt, grid in (("adam", [3e-3, 1e-2, 3e-2]), ("muon", [0.03, 0.1, 0.3, 1.0])):
+        assert result["best_lr_at_grid_edge"][opt] == (result["best_lr"][opt] in (grid[0], grid[-1]))
     best = {o: min(r["heldout_error"] for r in result["rows"] if r["optimizer"] == o) for o in ("adam", "muon")}
     assert result["equal_steps"] == pytest.approx(best)
     # At equal wall-clock the slower optimiser is read off its curve at the faster one's finish.
