@@ -10,6 +10,7 @@ import torch
 
 from sae_bilinear import activation_store as store
 from sae_bilinear.errors import ConfigError, DataFileError
+from sae_bilinear.models import qwen3_tiny
 
 torch.set_num_threads(1)
 
@@ -176,7 +177,6 @@ def test_bad_reader_arguments(tmp_path):
 @pytest.mark.slow
 def test_collect_from_a_tiny_model(tmp_path):
     """collect() runs the model once, matches a direct run, and then reuses the store."""
-    from sae_bilinear.models import qwen3_tiny
 
     model = qwen3_tiny(n_layers=2, d_model=16, n_heads=2, n_kv_heads=1, d_mlp=32)
     tokens = torch.randint(5, 500, (5, 6))

@@ -19,6 +19,7 @@ import yaml
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, cli
+from sae_bilinear.cli import compare
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,6 @@ def test_releases_into_a_closed_pipe_subprocess():
 
 def test_a_bug_keeps_its_traceback(files, monkeypatch):
     # An exception that is not a user error propagates (pytest sees it), it is not printed away.
-    from sae_bilinear.cli import compare
 
     def broken(args):
         raise RuntimeError("a bug")
@@ -217,7 +217,6 @@ def test_a_value_error_from_a_library_is_a_bug(files, monkeypatch):
     # A ValueError raised inside a third-party library is a bug, not bad input.
     import numpy as np
 
-    from sae_bilinear.cli import compare
 
     monkeypatch.setattr(compare, "execute", lambda args: np.zeros(3).reshape(2, 2))
     with pytest.raises(ValueError, match="reshape"):

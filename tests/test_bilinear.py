@@ -22,6 +22,7 @@ from sae_bilinear import (
     UnliftedDecodeError,
     kernels,
 )
+from sae_bilinear.bilinear_config import BilinearFields
 from sae_bilinear.errors import ConfigError
 
 
@@ -268,7 +269,6 @@ def test_default_alpha_warm_up_is_a_quarter_of_the_run():
 
 
 def test_kernel_knobs_are_documented_config_fields(tmp_path):
-    from sae_bilinear.bilinear_config import BilinearFields
 
     sae = BilinearSAE(BilinearSAEConfig(d_in=4, d_sae=8, kernel_backward="autograd", kernel_tile_size=4))
     assert (sae.kernel_backward, sae.kernel_tile_size, sae.sparse_kernel) == ("autograd", 4, True)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, cli, kernels, models, train
-from sae_bilinear.cli import options, parser, run, runtime, sources
+from sae_bilinear.cli import options, parser, paths, run, runtime, sources
 from sae_bilinear.cli import train as train_command
 from sae_bilinear.cli.user_errors import is_user_error
 from sae_bilinear.errors import ConfigError, OutputExistsError
@@ -243,7 +243,6 @@ def test_library_flags_pass_only_what_is_on_and_refuse_what_is_unsupported():
 
 
 def test_existing_outputs_are_refused_unless_asked(tmp_path):
-    from sae_bilinear.cli import paths
 
     paths.refuse_existing_output(tmp_path / "new", option="--out", overwrite=False, resume=False)
     paths.refuse_existing_output(tmp_path, option="--out", overwrite=False, resume=False)  # empty folder

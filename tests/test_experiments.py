@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sae_bilinear import experiment_utils
-from sae_bilinear.bilinear import default_alpha_warm_up_steps
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.errors import ConfigError
 from sae_bilinear.experiment_utils import load_script
 from sae_bilinear.synthetic import Manifold, PlantedManifolds
@@ -236,7 +236,6 @@ def test_oracle_bilinear_recovers_every_manifold(clean_data):
 
 def test_untrained_bilinear_is_near_chance(clean_data):
     gen, batch = clean_data
-    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 
     torch.manual_seed(0)
     sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=gen.d, d_sae=48, lifted=True))

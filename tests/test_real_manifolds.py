@@ -12,7 +12,9 @@ from types import ModuleType
 import pytest
 import torch
 
+from sae_bilinear import analysis
 from sae_bilinear import experiment_utils as _common
+from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -178,8 +180,6 @@ def test_tiny_run(tmp_path, tiny_model):
 
 
 def test_plane_rows_matches_the_composites_energy():
-    from sae_bilinear import analysis
-    from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 
     torch.manual_seed(0)
     sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(d_in=12, d_sae=20, variant="mixed", lifted=True, bottleneck=8))

@@ -13,6 +13,7 @@ from sae_lens.evals import EvalConfig, get_eval_everything_config
 from sae_lens.training.activation_scaler import ActivationScaler
 
 from sae_bilinear import BilinearTrainingSAEConfig, UnliftedDecodeError, saelens_evals
+from sae_bilinear.errors import ConfigError
 from sae_bilinear.saelens_evals import BilinearEvaluator, run_evals
 
 D_MODEL, D_SAE = 32, 64
@@ -131,7 +132,6 @@ def test_default_config_trains_with_wandb_logging_on(tiny_model, token_dataset, 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_an_sae_without_a_hook_name_is_a_clear_error(tiny_model, token_dataset):
-    from sae_bilinear.errors import ConfigError
 
     run = runner(tiny_model, token_dataset)
     run.sae.cfg.metadata.hook_name = None

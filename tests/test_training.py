@@ -11,11 +11,13 @@ from sae_lens.config import LoggingConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
 from sae_bilinear import BilinearSAE, BilinearTrainingSAE, BilinearTrainingSAEConfig
+from sae_bilinear.errors import ConfigError
 from sae_bilinear.train import (
     BilinearTrainingRunner,
     MuonWithAdamW,
     ShuffledBatches,
     TrainingSettings,
+    runner_config_from_dict,
     train_on_activations,
 )
 
@@ -167,8 +169,6 @@ def _raw_config(output_path, steps: int = 20, **top) -> dict:
     ],
 )
 def test_unknown_train_config_keys_are_named_with_a_suggestion(tmp_path, edit, named, suggestion):
-    from sae_bilinear.errors import ConfigError
-    from sae_bilinear.train import runner_config_from_dict
 
     raw = _raw_config(tmp_path / "out")
     edit(raw)
@@ -186,8 +186,6 @@ def test_unknown_train_config_keys_are_named_with_a_suggestion(tmp_path, edit, n
     ],
 )
 def test_remote_code_in_a_train_config_needs_an_explicit_flag(tmp_path, edit, named):
-    from sae_bilinear.errors import ConfigError
-    from sae_bilinear.train import runner_config_from_dict
 
     raw = _raw_config(tmp_path / "out")
     edit(raw)
@@ -198,7 +196,6 @@ def test_remote_code_in_a_train_config_needs_an_explicit_flag(tmp_path, edit, na
 
 
 def test_train_configs_do_not_trust_remote_code_by_default(tmp_path):
-    from sae_bilinear.train import runner_config_from_dict
 
     raw = _raw_config(tmp_path / "out")
     raw.pop("dataset_trust_remote_code")  # SAELens's own default is True
