@@ -14,7 +14,7 @@ did-you-mean where that says how to fix it.
   :func:`did_you_mean`;
 * tensors and results: :func:`check_finite_tensor`, :func:`check_finite_result`;
 * argparse ``type=`` functions built on these checks, for scripts' options: :func:`int_at_least`,
-  :func:`finite_float`, :func:`comma_list` (a failed check is argparse's usage error, which names
+  :func:`finite_float`, :func:`one_of`, :func:`comma_list` (a failed check is argparse's usage error, which names
   the option and exits 2).
 
 This module imports nothing of ours but :mod:`sae_bilinear.errors`, so every layer (the model's
@@ -50,18 +50,23 @@ __all__ = [
     "did_you_mean",
     "finite_float",
     "int_at_least",
+    "one_of",
 ]
 
 T = TypeVar("T")
 
 
+def _bound(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"  # an int bound in full (2**32 - 1)
+
+
 def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{_bound(lo)}, {_bound(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{'>' if lo_open else '≥'} {lo:g}"
+        return f"{'>' if lo_open else '≥'} {_bound(lo)}"
     if hi is not None:
-        return f"{'<' if hi_open else '≤'} {hi:g}"
+        return f"{'<' if hi_open else '≤'} {_bound(hi)}"
     return ""
 
 
@@ -220,6 +225,20 @@ def finite_float(
     )
 
 
+def one_of(choices: Collection[str]) -> Callable[[str], str]:
+    """An argparse ``type=``: one of ``choices`` (surrounding spaces ignored), for an item of
+    :func:`comma_list`, where argparse's own ``choices=`` does not reach."""
+    return _argument(str.strip, lambda value: check_choice("the value", value, choices), "one of the choices")
+
+
 def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """An argparse ``type=`` for ``"1,2, 5"``: each comma-separated item through ``convert``."""
-    return lambda text: [convert(part) for part in text.split(",") if part.strip()]
+    """An argparse ``type=`` for ``"1,2, 5"``: each comma-separated item through ``convert`` (an
+    argparse type itself); at least one item."""
+
+    def convert_all(text: str) -> list[Any]:
+        items = [convert(part) for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected one or more comma-separated values, got {text!r}")
+        return items
+
+    return convert_all
