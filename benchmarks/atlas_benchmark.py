@@ -22,6 +22,7 @@ from sae_lens import SAE
 
 from sae_bilinear import BilinearSAE, BilinearSAEConfig, analysis, atlas, data
 from sae_bilinear.models import load_model
+from sae_bilinear.values import int_at_least
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,14 +44,18 @@ def describe(sae: object) -> str:
     return f"{analysis.variant_name(sae)}, lifted={lifted}, {sizes}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sae", default=None, help="SAE folder (SAELens layout); default: random, SmolLM2 shape")
     parser.add_argument("--hook", default="blocks.15.hook_resid_pre", help="hook of the random SAE")
-    parser.add_argument("--contexts", type=int, default=32, help="held-out KJV contexts of --context-size tokens")
-    parser.add_argument("--context-size", type=int, default=128)
+    parser.add_argument(
+        "--contexts", type=int_at_least(1), default=32, help="held-out KJV contexts of --context-size tokens (≥ 1)"
+    )
+    parser.add_argument(
+        "--context-size", type=int_at_least(2), default=128, help="tokens per context, BOS included (≥ 2)"
+    )
     parser.add_argument("--out", default="runs/atlas_benchmark", help="site folder (replaced)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     sae = SAE.load_from_disk(args.sae) if args.sae else random_sae(args.hook)
     model = load_model("smollm2-135m")

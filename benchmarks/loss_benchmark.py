@@ -22,9 +22,12 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 
 from sae_bilinear import kernels
 from sae_bilinear.experiment_utils import best_time
+from sae_bilinear.values import comma_list, int_at_least, one_of
 
 SIZES = [(64, 512, 256), (128, 2048, 512), (256, 4096, 1024)]
 RESULTS = Path(__file__).parent / "results" / "loss_benchmark.json"
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""The dtypes ``--dtypes`` may name."""
 
 
 def kernel_step(x, W_left, W_right) -> Callable[[], None]:
@@ -107,18 +110,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the smallest size")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on shared CPUs)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (best is kept)")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
+    parser.add_argument(
+        "--threads", type=int_at_least(1), default=1, help="torch threads, ≥ 1 (default 1: steadier on shared CPUs)"
+    )
+    parser.add_argument(
+        "--repeats", type=int_at_least(1), default=3, help="timed repeats per measurement, ≥ 1 (best is kept)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=comma_list(one_of(DTYPES)),
+        default="float32,bfloat16",
+        help=f"comma-separated dtypes, each one of {', '.join(DTYPES)}",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = SIZES[:1] if args.quick else SIZES
     rows = []
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for d, F, B in sizes:
             rows.append(measure(d, F, B, dtype, args.repeats))

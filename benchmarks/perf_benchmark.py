@@ -51,6 +51,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, kernel_autograd, kernels
 from sae_bilinear.train import ShuffledBatches
+from sae_bilinear.values import comma_list, int_at_least, one_of
 
 RESULTS = Path(__file__).parent / "results" / "perf_benchmark.json"
 KERNEL_SIZES = {
@@ -62,6 +63,8 @@ QUICK_KERNEL = {"float32": [(128, 2048, 512)], "bfloat16": [(64, 512, 256)]}
 QUICK_STEP = [(128, 2048, 512)]
 TINY_KERNEL = {"float32": [(32, 256, 64)], "bfloat16": [(32, 256, 64)]}
 TINY_STEP = [(32, 256, 64)]
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""The dtypes ``--dtypes`` may name."""
 COLD_ONLY_F = 8192
 """From this F on, F×F buffers dominate and one cold run per child is timed (no warm run)."""
 WARMUP_SIZE = (16, 128, 16)
@@ -159,9 +162,7 @@ def _run_once(run: Callable[[], Any], device: torch.device, warm: bool, warmup: 
     return Sample(seconds, peak)
 
 
-def sample(
-    run: Callable[[], Any], device: torch.device, warm: bool, warmup: Callable[[], Any] | None = None
-) -> Sample:
+def sample(run: Callable[[], Any], device: torch.device, warm: bool, warmup: Callable[[], Any] | None = None) -> Sample:
     """One measurement; on the CPU in a forked child so that its peak memory is its own."""
     if device.type != "cpu" or not hasattr(os, "fork"):
         return _run_once(run, device, warm, warmup)
@@ -516,8 +517,20 @@ def format_step_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_sizes(text: str) -> list[tuple[int, int, int]]:
-    return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+def size(text: str) -> tuple[int, int, int]:
+    """An argparse ``type=`` for one ``DxFxB`` size: three integers ≥ 1 (input width, latents, tokens)."""
+    parts = text.strip().split("x")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected a size DxFxB such as 512x8192x2048, got {text.strip()!r}")
+    try:
+        d, F, B = (int_at_least(1)(part) for part in parts)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"size {text.strip()!r}: each of D, F, B: {error}") from None
+    return d, F, B
+
+
+parse_sizes = comma_list(size)
+"""An argparse ``type=`` for comma-separated ``DxFxB`` sizes (at least one)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -527,25 +540,39 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a dry run of every code path")
     parser.add_argument("--sizes", type=parse_sizes, help="kernel sizes, e.g. 512x8192x2048,256x4096x1024")
     parser.add_argument("--step-sizes", type=parse_sizes, help="whole-step sizes (default: as per mode)")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--k", type=int, default=32, help="TopK latents per token")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best time is kept")
-    parser.add_argument("--steps", type=int, default=3, help="timed trainer steps per model")
     parser.add_argument(
-        "--dense-steps", type=int, default=2, help="timed steps for bilinear dense (the slow one; default 2)"
+        "--dtypes",
+        type=comma_list(one_of(DTYPES)),
+        default="float32,bfloat16",
+        help=f"comma-separated kernel dtypes, each one of {', '.join(DTYPES)} (others than "
+        f"{', '.join(KERNEL_SIZES)} need --sizes)",
+    )
+    parser.add_argument("--k", type=int_at_least(1), default=32, help="TopK latents per token (≥ 1)")
+    parser.add_argument(
+        "--repeats", type=int_at_least(1), default=2, help="interleaved rounds, ≥ 1; the best time is kept"
+    )
+    parser.add_argument("--steps", type=int_at_least(1), default=3, help="timed trainer steps per model (≥ 1)")
+    parser.add_argument(
+        "--dense-steps",
+        type=int_at_least(1),
+        default=2,
+        help="timed steps for bilinear dense (the slow one; ≥ 1, at most --steps are run; default 2)",
     )
     parser.add_argument("--autocast", action="store_true", help="trainer steps under bf16 autocast")
     parser.add_argument("--skip-kernel", action="store_true")
     parser.add_argument("--skip-steps", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads on the CPU (≥ 1; default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    unsized = [name for name in args.dtypes if name not in KERNEL_SIZES]
+    if unsized and not args.sizes and not args.skip_kernel:  # the default kernel sizes are per dtype
+        parser.error(f"argument --dtypes: {', '.join(unsized)} has no default kernel sizes; give --sizes")
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     kernel_sizes = TINY_KERNEL if args.tiny else QUICK_KERNEL if args.quick else KERNEL_SIZES
     step_sizes = args.step_sizes or (TINY_STEP if args.tiny else QUICK_STEP if args.quick else STEP_SIZES)
-    dtypes = args.dtypes.split(",")
+    dtypes = args.dtypes
     started = time.perf_counter()
 
     kernel_rows = []
@@ -559,7 +586,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_steps:
         for d, F, B in step_sizes:
             steps += step_rows(
-                d, F, B, min(args.k, F), device, args.autocast, args.steps,
+                d,
+                F,
+                B,
+                min(args.k, F),
+                device,
+                args.autocast,
+                args.steps,
                 min(args.dense_steps, args.steps),
             )
             print(f"steps d={d} F={F} B={B}: {time.perf_counter() - started:.0f}s", flush=True)

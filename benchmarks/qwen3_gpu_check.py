@@ -21,27 +21,31 @@ import torch
 
 from sae_bilinear import models
 from sae_bilinear.main_job import MainJobConfig, run_main_job
+from sae_bilinear.train_config import OPTIMIZERS
+from sae_bilinear.values import int_at_least
 
 
 def qwen3_shaped_random(device: str, dtype: str, tiny: bool):
     """A random Qwen3ForCausalLM with Qwen3-0.6B's shape (or a toy one with ``tiny``)."""
-    sizes = dict(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128) if tiny else dict(
-        n_layers=28, d_model=1024, n_heads=16, n_kv_heads=8, d_mlp=3072
+    sizes = (
+        dict(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
+        if tiny
+        else dict(n_layers=28, d_model=1024, n_heads=16, n_kv_heads=8, d_mlp=3072)
     )
     hf_model, tokenizer = models.qwen3_tiny_hf(**sizes)
     return models.model_from_hf(hf_model, tokenizer, device=device, dtype=dtype, model_name="qwen3-0.6b-shaped-random")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--random", action="store_true", help="random weights of Qwen3-0.6B's shape (no Hub)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU dry run")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--expansion", type=int, default=16)
-    parser.add_argument("--optimizer", default="muon")
+    parser.add_argument("--steps", type=int_at_least(1), default=300, help="training steps (≥ 1; --tiny: 10)")
+    parser.add_argument("--expansion", type=int_at_least(1), default=16, help="d_sae / d_model (≥ 1; --tiny: 2)")
+    parser.add_argument("--optimizer", default="muon", choices=OPTIMIZERS)
     parser.add_argument("--out", type=Path, default=Path("runs/qwen3-gpu-check"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.time()
     if args.random:
         model = qwen3_shaped_random(args.device, "float32", args.tiny)
@@ -75,8 +79,18 @@ def main() -> None:
         "tokens_per_step": config.batch_size,
         "d_sae": config.expansion * model.cfg.d_model,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
-        **{k: metrics[k] for k in ("ce_clean", "ce_spliced", "ce_loss_recovered", "explained_variance",
-                                   "reconstruction_error", "hoyer_density", "seconds")},
+        **{
+            k: metrics[k]
+            for k in (
+                "ce_clean",
+                "ce_spliced",
+                "ce_loss_recovered",
+                "explained_variance",
+                "reconstruction_error",
+                "hoyer_density",
+                "seconds",
+            )
+        },
     }
     print(json.dumps(summary, indent=2))
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2))

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sae_bilinear.values import finite_float, int_at_least
+
 
 def fused_flops(d: int, F: int, B: int, tile: int = 1024) -> float:
     """FLOPs of the fused kernel per step (perf_benchmark.fused_flops, saved Grams)."""
@@ -34,8 +36,18 @@ def step_flops(d: int, F: int, B: int) -> float:
 
 
 def estimate(
-    d: int, F: int, B: int, tokens: int, variants: int, alphas: int, layers: int, gpus: int,
-    gpu_tflops: float, lm_params: float, bytes_per_value: int, cpu_tokens_per_second: float | None,
+    d: int,
+    F: int,
+    B: int,
+    tokens: int,
+    variants: int,
+    alphas: int,
+    layers: int,
+    gpus: int,
+    gpu_tflops: float,
+    lm_params: float,
+    bytes_per_value: int,
+    cpu_tokens_per_second: float | None,
 ) -> dict[str, Any]:
     steps = tokens // B
     member_flops = steps * step_flops(d, F, B)
@@ -48,8 +60,16 @@ def estimate(
     storage_per_layer = tokens * d * bytes_per_value
     total_gpu_s = members * member_gpu_s + layers * lm_pass_s
     result = {
-        "assumptions": {"d_in": d, "d_sae": F, "batch": B, "tokens": tokens, "gpu_tflops": gpu_tflops,
-                        "lm_params": lm_params, "bytes_per_value": bytes_per_value, "gpus": gpus},
+        "assumptions": {
+            "d_in": d,
+            "d_sae": F,
+            "batch": B,
+            "tokens": tokens,
+            "gpu_tflops": gpu_tflops,
+            "lm_params": lm_params,
+            "bytes_per_value": bytes_per_value,
+            "gpus": gpus,
+        },
         "members": members,
         "steps_per_member": steps,
         "member_tflop": member_flops / 1e12,
@@ -67,24 +87,54 @@ def estimate(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d-in", type=int, default=1024, help="Qwen3-0.6B residual width")
-    parser.add_argument("--d-sae", type=int, default=16384, help="expansion 16, as the paper")
-    parser.add_argument("--batch", type=int, default=4096, help="tokens per step")
-    parser.add_argument("--tokens", type=int, default=8_400_000, help="training tokens per member (the paper's 8.4 M)")
-    parser.add_argument("--variants", type=int, default=4)
-    parser.add_argument("--alphas", type=int, default=11)
-    parser.add_argument("--layers", type=int, default=28)
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--gpu-tflops", type=float, default=300.0, help="effective TFLOP/s per GPU")
+    count = int_at_least(1)
+    parser.add_argument("--d-in", type=count, default=1024, help="residual width, ≥ 1 (Qwen3-0.6B's)")
+    parser.add_argument("--d-sae", type=count, default=16384, help="latents, ≥ 1 (expansion 16, as the paper)")
+    parser.add_argument("--batch", type=count, default=4096, help="tokens per step (≥ 1)")
     parser.add_argument(
-        "--lm-params", type=float, default=0.6e9, help="language-model parameters (forward ≈ 2·params FLOPs/token)"
+        "--tokens",
+        type=count,
+        default=8_400_000,
+        help="training tokens per member, at least --batch (the paper's 8.4 M)",
     )
-    parser.add_argument("--bytes-per-value", type=int, default=2, help="stored activation bytes (bf16 = 2)")
-    parser.add_argument("--cpu-tokens-per-second", type=float, default=None, help="measured member throughput on a CPU")
+    parser.add_argument("--variants", type=count, default=4, help="bilinear variants in the grid (≥ 1)")
+    parser.add_argument("--alphas", type=count, default=11, help="α values in the grid (≥ 1)")
+    parser.add_argument("--layers", type=count, default=28, help="layers in the grid (≥ 1)")
+    parser.add_argument("--gpus", type=count, default=8, help="GPUs the grid is spread over (≥ 1)")
+    parser.add_argument(
+        "--gpu-tflops", type=finite_float(0.0, strict=True), default=300.0, help="effective TFLOP/s per GPU (> 0)"
+    )
+    parser.add_argument(
+        "--lm-params",
+        type=finite_float(0.0),
+        default=0.6e9,
+        help="language-model parameters, ≥ 0 (forward ≈ 2·params FLOPs/token)",
+    )
+    parser.add_argument("--bytes-per-value", type=count, default=2, help="stored activation bytes, ≥ 1 (bf16 = 2)")
+    parser.add_argument(
+        "--cpu-tokens-per-second",
+        type=finite_float(0.0, strict=True),
+        default=None,
+        help="measured member throughput on a CPU (> 0)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    result = estimate(args.d_in, args.d_sae, args.batch, args.tokens, args.variants, args.alphas, args.layers,
-                      args.gpus, args.gpu_tflops, args.lm_params, args.bytes_per_value, args.cpu_tokens_per_second)
+    if args.tokens < args.batch:  # tokens // batch steps: none would be trained
+        parser.error(f"argument --tokens: {args.tokens} is fewer than one batch (--batch {args.batch})")
+    result = estimate(
+        args.d_in,
+        args.d_sae,
+        args.batch,
+        args.tokens,
+        args.variants,
+        args.alphas,
+        args.layers,
+        args.gpus,
+        args.gpu_tflops,
+        args.lm_params,
+        args.bytes_per_value,
+        args.cpu_tokens_per_second,
+    )
     for key, value in result.items():
         if key != "assumptions":
             print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")

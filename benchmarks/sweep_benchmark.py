@@ -32,8 +32,11 @@ from typing import Any
 import torch
 
 from sae_bilinear import models, sweep
+from sae_bilinear.values import int_at_least
 
 RESULTS = Path(__file__).parent / "results" / "sweep_benchmark.json"
+BATCH, TINY_BATCH = 1024, 64
+"""Tokens per training step (SmolLM2 run, ``--tiny`` run)."""
 
 
 def _tiny_model(root: Path) -> tuple[str, str, int, str]:
@@ -52,7 +55,8 @@ def write_sweep(
 ) -> Path:
     """A sweep file of ``members`` members (2 variants × members/2 α values)."""
     alphas = [round(0.1 * i, 1) for i in range(members // 2)]
-    (root / "base.yaml").write_text(textwrap.dedent(f"""
+    (root / "base.yaml").write_text(
+        textwrap.dedent(f"""
         sae: {{architecture: bilinear, d_in: {d_in}, d_sae: {2 * d_in}, variant: vanilla, lifted: true, alpha: 0.1}}
         model_name: {model}
         hook_name: {hook}
@@ -67,7 +71,8 @@ def write_sweep(
         dead_feature_window: 50
         feature_sampling_window: 100
         logger: {{log_to_wandb: false}}
-        """))
+        """)
+    )
     path = root / f"sweep{members}.yaml"
     path.write_text(f"base: base.yaml\nsweep:\n  sae.variant: [vanilla, mixed]\n  sae.alpha: {alphas}\n")
     return path
@@ -80,8 +85,11 @@ def timed_sweep(path: Path, out: Path, **options: Any) -> dict[str, Any]:
     failed = [row["name"] for row in result["members"] if row["status"] != "done"]
     if failed:
         raise RuntimeError(f"members failed in the benchmark: {failed}")
-    return {"seconds": time.perf_counter() - started, "model_passes": result["model_passes"],
-            "members": len(result["members"])}
+    return {
+        "seconds": time.perf_counter() - started,
+        "model_passes": result["model_passes"],
+        "members": len(result["members"]),
+    }
 
 
 def multi_runner(
@@ -101,14 +109,27 @@ def multi_runner(
         data.tokenize_contexts(texts.train, model.tokenizer, 128, max_contexts=tokens // 127 + 8)
     )
     alphas = [round(0.1 * i, 1) for i in range(members // 2)]
-    saes = {f"{v}-{a}": BilinearTrainingSAEConfig(d_in=d_in, d_sae=2 * d_in, variant=v, lifted=True, alpha=a)
-            for v in ("vanilla", "mixed") for a in alphas}
+    saes = {
+        f"{v}-{a}": BilinearTrainingSAEConfig(d_in=d_in, d_sae=2 * d_in, variant=v, lifted=True, alpha=a)
+        for v in ("vanilla", "mixed")
+        for a in alphas
+    }
     cfg = MultiSAETrainingRunnerConfig(
-        saes=saes, hook_names=hook, model_name=model_name, dataset_path="",
-        context_size=128, training_tokens=tokens, train_batch_size_tokens=batch, store_batch_size_prompts=8,
-        n_batches_in_buffer=max(4, 2 * batch // 128), lr=0.003,  # SAELens: the buffer must hold a batch
-        device="cpu", logger=LoggingConfig(log_to_wandb=False), output_path=None,
-        checkpoint_path=None, n_batches_for_norm_estimate=2,
+        saes=saes,
+        hook_names=hook,
+        model_name=model_name,
+        dataset_path="",
+        context_size=128,
+        training_tokens=tokens,
+        train_batch_size_tokens=batch,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=max(4, 2 * batch // 128),  # SAELens: the buffer must hold a batch
+        lr=0.003,
+        device="cpu",
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=None,
+        checkpoint_path=None,
+        n_batches_for_norm_estimate=2,
     )
     started = time.perf_counter()
     MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=model).run()
@@ -118,21 +139,28 @@ def multi_runner(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny random Qwen3 instead of SmolLM2 (seconds, for tests)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray workers (CPUs)")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="Ray workers (CPUs, ≥ 1)")
     parser.add_argument(
-        "--tokens", type=int, default=None, help="training tokens per member (default 20480; tiny 2560)"
+        "--tokens",
+        type=int_at_least(1),
+        default=None,
+        help=f"training tokens per member, at least one batch of {BATCH} ({TINY_BATCH} with --tiny); "
+        "default 20480 (2560 with --tiny)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args(argv)
+    batch = TINY_BATCH if args.tiny else BATCH
+    if args.tokens is not None and args.tokens < batch:  # no training step would run
+        parser.error(f"argument --tokens: {args.tokens} is fewer than one batch ({batch} tokens)")
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="sweep_benchmark_"))
     try:
         if args.tiny:
             model, hook, d_in, corpus = _tiny_model(work)
-            tokens, batch = args.tokens or 2560, 64
+            tokens = args.tokens or 2560
         else:
             model, hook, d_in, corpus = "smollm2-135m", "blocks.15.hook_resid_pre", 576, "kjv"
-            tokens, batch = args.tokens or 20480, 1024
+            tokens = args.tokens or 20480
         rows = []
         store = work / "shared-activations"
         for members in (4, 8):
@@ -157,9 +185,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         by = {(r["members"], r["runner"]): r["seconds"] for r in rows}
         result = {
-            "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                        "torch": torch.__version__, "load_average": list(os.getloadavg())},
-            "model": model, "hook": hook, "tokens_per_member": tokens, "workers": args.workers, "rows": rows,
+            "machine": {
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "load_average": list(os.getloadavg()),
+            },
+            "model": model,
+            "hook": hook,
+            "tokens_per_member": tokens,
+            "workers": args.workers,
+            "rows": rows,
             "ray_speedup": {str(m): by[(m, "local")] / by[(m, "ray")] for m in (4, 8)},
         }
         print("\n| members | local s | Ray s | local/Ray |\n|---|---|---|---|")

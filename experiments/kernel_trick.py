@@ -32,6 +32,7 @@ import torch
 
 from sae_bilinear import experiment_utils as common
 from sae_bilinear import kernels
+from sae_bilinear.values import finite_float
 
 HERE = Path(__file__).resolve().parent
 NAME = "kernel_trick"
@@ -220,13 +221,27 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__, NAME, HERE)
-    p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128, 256, 384, 512, 768, 1024])
     p.add_argument(
-        "--expansion", type=int, default=2, help="F = expansion·d (the paper uses 16; naive memory grows with F)"
+        "--dims",
+        type=common.count_argument,
+        nargs="+",
+        default=[16, 32, 64, 128, 256, 384, 512, 768, 1024],
+        help="input dimensions d to time (each ≥ 1)",
     )
-    p.add_argument("--batch", type=int, default=256, help="tokens per batch")
-    p.add_argument("--memory-cap-gib", type=float, default=4.0, help="skip the naive loss above this estimated memory")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--expansion",
+        type=common.count_argument,
+        default=2,
+        help="F = expansion·d, ≥ 1 (the paper uses 16; naive memory grows with F)",
+    )
+    p.add_argument("--batch", type=common.count_argument, default=256, help="tokens per batch (≥ 1)")
+    p.add_argument(
+        "--memory-cap-gib",
+        type=finite_float(0.0, strict=True),
+        default=4.0,
+        help="skip the naive loss above this estimated memory (GiB, > 0)",
+    )
+    p.add_argument("--repeats", type=common.count_argument, default=3, help="timed runs per measurement (≥ 1)")
     args = p.parse_args(argv)
     common.setup(args.seed)
     if args.tiny:
@@ -243,7 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
         naive = "skipped" if row["naive_seconds"] is None else f"{row['naive_seconds']:.3f}s"
         print(f"d={d}: kernel {row['kernel_seconds']:.4f}s, naive {naive}", flush=True)
     paper = {  # not measured: what the naive loss would need at the paper's size
-        "d": 1024, "F": 16 * 1024, "B": 32 * 256,
+        "d": 1024,
+        "F": 16 * 1024,
+        "B": 32 * 256,
         "naive_bytes_estimate": naive_bytes(1024, 16 * 1024, 32 * 256),
         "atoms_bytes": 16 * 1024 * 1024 * 1024 * 4,
     }

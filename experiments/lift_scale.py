@@ -57,15 +57,33 @@ RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
 
 def arguments(argv: list[str] | None) -> Any:
     p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
-    p.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="lift scales c to train")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps per SAE (main job: 150)")
-    p.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the main job's)")
-    p.add_argument("--alpha", type=float, default=0.1, help="Hoyer density weight")
-    p.add_argument("--expansion", type=int, default=2, help="d_sae / d_in")
-    p.add_argument("--baseline-k", type=int, default=32, help="k of the TopK baseline (the main job's)")
-    p.add_argument("--train-contexts", type=int, default=256, help="training contexts of 128 tokens (main job: 256)")
-    p.add_argument("--eval-contexts", type=int, default=32, help="held-out contexts for the splice evaluation")
+    p.add_argument(
+        "--scales", type=_common.positive_argument, nargs="+", default=list(SCALES), help="lift scales c to train (> 0)"
+    )
+    p.add_argument(
+        "--steps", type=_common.count_argument, default=600, help="optimiser steps per SAE, ≥ 1 (main job: 150)"
+    )
+    p.add_argument("--batch-size", type=_common.count_argument, default=1024, help="tokens per step (≥ 1)")
+    p.add_argument(
+        "--lr", type=_common.positive_argument, default=1e-3, help="Adam learning rate, > 0 (the main job's)"
+    )
+    p.add_argument("--alpha", type=_common.nonnegative_argument, default=0.1, help="Hoyer density weight (≥ 0)")
+    p.add_argument("--expansion", type=_common.count_argument, default=2, help="d_sae / d_in (≥ 1)")
+    p.add_argument(
+        "--baseline-k", type=_common.count_argument, default=32, help="k of the TopK baseline, ≥ 1 (the main job's)"
+    )
+    p.add_argument(
+        "--train-contexts",
+        type=_common.count_argument,
+        default=256,
+        help="training contexts of 128 tokens, ≥ 1 (main job: 256)",
+    )
+    p.add_argument(
+        "--eval-contexts",
+        type=_common.count_argument,
+        default=32,
+        help="held-out contexts for the splice evaluation (≥ 1)",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.steps, args.batch_size = 12, 64

@@ -35,6 +35,7 @@ import torch
 
 from sae_bilinear import analysis, plots
 from sae_bilinear import experiment_utils as common
+from sae_bilinear.values import int_at_least
 
 HERE = Path(__file__).resolve().parent
 NAME = "manifold_view"
@@ -95,8 +96,14 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
             if seen[text] >= 2:  # label each token string at most twice
                 continue
             seen[text] += 1
-            a.annotate(text, (xyz[k, i], xyz[k, j]), fontsize=6, xytext=(4, 2), textcoords="offset points",
-                       bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.7, "lw": 0})
+            a.annotate(
+                text,
+                (xyz[k, i], xyz[k, j]),
+                fontsize=6,
+                xytext=(4, 2),
+                textcoords="offset points",
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.7, "lw": 0},
+            )
             if sum(seen.values()) >= n_labels:
                 break
         labels = list(top.axis_labels)
@@ -109,12 +116,14 @@ def plot_tokens(top: analysis.TopActivations, path: Path, title: str, n_labels: 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--variant", default="mixed", choices=["mixed", "combined"])
-    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--alpha", type=common.nonnegative_argument, default=0.1, help="α of the sweep's SAE (≥ 0)")
     p.add_argument(
         "--lifted", action="store_true", help="use the lifted SAE of the sweep (default: unlifted, as the paper)"
     )
-    p.add_argument("--view-contexts", type=int, default=64, help="held-out contexts whose tokens are shown")
-    p.add_argument("--n", type=int, default=400, help="tokens in the 3D view (half top, half bottom)")
+    p.add_argument(
+        "--view-contexts", type=common.count_argument, default=64, help="held-out contexts whose tokens are shown (≥ 1)"
+    )
+    p.add_argument("--n", type=int_at_least(2), default=400, help="tokens in the 3D view (half top, half bottom; ≥ 2)")
     common.add_training_arguments(p)
     args = p.parse_args(argv)
     common.setup(args.seed)
@@ -161,8 +170,13 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     coordinates = u @ eig.eigenvectors[:, :3].double()
     # Is an eigenvector the direction every token shares? cos(v_k, mean of u) and the mean |u·v_k|.
     mean_u = u.mean(0)
-    shared = [{"cos_with_mean_token": float(mean_u @ eig.eigenvectors[:, k].double() / mean_u.norm()),
-               "mean_abs_projection": float(coordinates[:, k].abs().mean())} for k in range(3)]
+    shared = [
+        {
+            "cos_with_mean_token": float(mean_u @ eig.eigenvectors[:, k].double() / mean_u.norm()),
+            "mean_abs_projection": float(coordinates[:, k].abs().mean()),
+        }
+        for k in range(3)
+    ]
     probes = {"activation": correlations(composite, props)}
     for k in range(3):
         probes[f"v{k}"] = correlations(coordinates[:, k], props)
@@ -184,7 +198,8 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     members = cluster.nonzero(as_tuple=True)[0].tolist()
     cluster_values = cluster_eig.eigenvalues.double()
     cluster_fig = plots.latent_png_figure(
-        cluster_top, cluster_values[cluster_values.abs() > 1e-9 * cluster_values.abs().max()],
+        cluster_top,
+        cluster_values[cluster_values.abs() > 1e-9 * cluster_values.abs().max()],
         interactions=(analysis.interaction_matrix(sae, members), [str(m) for m in members]),
         title=f"authors' view: latent {strongest} and its 10 partners in normalised DᵀD",
     )

@@ -42,6 +42,7 @@ Writes ``results.json``, ``table.md`` and the PNGs into ``--out``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ from torch import Tensor
 from sae_bilinear import analysis, kernels
 from sae_bilinear import experiment_utils as common
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
+from sae_bilinear.errors import ConfigError, UserError
 from sae_bilinear.synthetic import Manifold, PlantedBatch, PlantedManifolds
 from sae_bilinear.train import TrainingSettings, train_on_activations
+from sae_bilinear.values import check_finite_float, check_int, finite_float, int_at_least
 
 HERE = Path(__file__).resolve().parent
 NAME = "planted_manifolds"
@@ -72,16 +75,33 @@ MANIFOLDS = (
     Manifold("paraboloid", dim=2, probability=0.15, radius=1.0, offset=0.5, curvature=1.0, scale=2.0),
 )
 LABELS = ("circle", "offset circle", "sphere S²", "paraboloid")
+MIN_D = sum(m.ambient_dim for m in MANIFOLDS)
+"""The smallest ``--d``: the manifolds' subspaces are mutually orthogonal."""
 MANIFOLD_COLUMNS = (
-    "coord_r2@1", "coord_r2@2", "coord_r2@4", "coord_r2@8", "k90", "member_r2@2", "angle_max", "tiling", "recovered"
+    "coord_r2@1",
+    "coord_r2@2",
+    "coord_r2@4",
+    "coord_r2@8",
+    "k90",
+    "member_r2@2",
+    "angle_max",
+    "tiling",
+    "recovered",
 )
 """The per-manifold scores of the results table."""
 
 
-def make_generator(d: int = 48, n_linear: int = 32, linear_probability: float = 0.08, noise: float = 0.02,
-                   seed: int = 0, manifolds: tuple[Manifold, ...] = MANIFOLDS) -> PlantedManifolds:
-    return PlantedManifolds(d=d, manifolds=manifolds, n_linear=n_linear, linear_probability=linear_probability,
-                            noise=noise, seed=seed)
+def make_generator(
+    d: int = 48,
+    n_linear: int = 32,
+    linear_probability: float = 0.08,
+    noise: float = 0.02,
+    seed: int = 0,
+    manifolds: tuple[Manifold, ...] = MANIFOLDS,
+) -> PlantedManifolds:
+    return PlantedManifolds(
+        d=d, manifolds=manifolds, n_linear=n_linear, linear_probability=linear_probability, noise=noise, seed=seed
+    )
 
 
 def coordinate_target(manifold: Manifold, coordinates: Tensor) -> Tensor:
@@ -191,6 +211,7 @@ class BilinearView:
 
     def in_share(self, basis: Tensor) -> Tensor:
         """Share of ``||Q̃_j||²_F`` (constant entry excluded) inside the lifted subspace ``[1] ⊕ span(basis)``."""
+
         def frob(left: Tensor, right: Tensor) -> Tensor:  # ||½(l rᵀ + r lᵀ)||²_F
             return 0.5 * (left.pow(2).sum(-1) * right.pow(2).sum(-1) + (left * right).sum(-1).pow(2))
 
@@ -230,8 +251,10 @@ def oracle_bilinear(gen: PlantedManifolds) -> SimpleNamespace:
             add(b, zero, 0.0, 1.0)
             add(b, b, 0.0, 0.0)
     return SimpleNamespace(
-        W_left=torch.stack(rows_l), W_right=torch.stack(rows_r),
-        b_left=torch.tensor(bias_l, dtype=torch.float64), b_right=torch.tensor(bias_r, dtype=torch.float64),
+        W_left=torch.stack(rows_l),
+        W_right=torch.stack(rows_r),
+        b_left=torch.tensor(bias_l, dtype=torch.float64),
+        b_right=torch.tensor(bias_r, dtype=torch.float64),
     )
 
 
@@ -317,8 +340,9 @@ def readout_geometry(view: Any, chosen: list[int], coef: Tensor, basis: Tensor) 
     return analysis.subspace_angles(subspace_of(stacked, basis.shape[1]), basis)
 
 
-def manifold_metrics(view: Any, f: Tensor, active: Tensor, batch: PlantedBatch, gen: PlantedManifolds,
-                     index: int, rng: torch.Generator) -> dict[str, Any]:
+def manifold_metrics(
+    view: Any, f: Tensor, active: Tensor, batch: PlantedBatch, gen: PlantedManifolds, index: int, rng: torch.Generator
+) -> dict[str, Any]:
     """Recovery metrics of one planted manifold (see the module docstring)."""
     manifold = gen.manifolds[index]
     basis = gen.basis(index).double()
@@ -435,8 +459,13 @@ def train(sae: Any, x: Tensor, steps: int, batch_size: int, lr: float, seed: int
 
     started = time.time()
     with contextlib.redirect_stderr(io.StringIO()):
-        train_on_activations(sae, x, TrainingSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                                       dead_feature_window=max(10, steps // 4)))
+        train_on_activations(
+            sae,
+            x,
+            TrainingSettings(
+                steps=steps, batch_size=batch_size, lr=lr, seed=seed, dead_feature_window=max(10, steps // 4)
+            ),
+        )
     return time.time() - started
 
 
@@ -455,9 +484,18 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
         topk = {"sparsity": "topk", "k": int(rest[1])} if kind == "bilinear-topk" else {}
         bottleneck = max(1, d // 2) if variant in ("mixed", "combined") else None
         width = budget.mixed_latents(bottleneck) if bottleneck else budget.bilinear_latents
-        sae = BilinearTrainingSAE(BilinearTrainingSAEConfig(
-            d_in=d, d_sae=width, variant=variant, lifted=True, alpha=alpha, bottleneck=bottleneck,
-            alpha_warm_up_steps=default_alpha_warm_up_steps(steps), **topk))
+        sae = BilinearTrainingSAE(
+            BilinearTrainingSAEConfig(
+                d_in=d,
+                d_sae=width,
+                variant=variant,
+                lifted=True,
+                alpha=alpha,
+                bottleneck=bottleneck,
+                alpha_warm_up_steps=default_alpha_warm_up_steps(steps),
+                **topk,
+            )
+        )
         return sae, BilinearView(sae)
     width = budget.linear_latents()
     if kind == "topk" or spec == "init:topk":
@@ -468,6 +506,41 @@ def build_saes(spec: str, budget: Budget, steps: int, seed: int) -> tuple[Any, A
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=width, l1_coefficient=float(rest[0])))
         return sae, LinearView(sae)
     raise ValueError(f"unknown SAE spec {spec!r}")
+
+
+SPEC_FORMS = "bilinear:VARIANT:ALPHA, bilinear-topk:VARIANT:K, topk:K, standard:L1 or init:bilinear|topk"
+"""The forms of an SAE spec of ``--saes`` (:func:`build_saes`)."""
+
+
+def check_spec(spec: str) -> str:
+    """``spec`` if :func:`build_saes` can build it: a known kind and variant, a finite α ≥ 0 or L1
+    ≥ 0, an integer k ≥ 1; else a :class:`~sae_bilinear.errors.ConfigError` naming the spec."""
+    kind, *rest = spec.split(":")
+    try:
+        if kind == "bilinear" and len(rest) == 2:
+            kernels.check_variant(rest[0])
+            check_finite_float("ALPHA", float(rest[1]), 0.0)
+        elif kind == "bilinear-topk" and len(rest) == 2:
+            kernels.check_variant(rest[0])
+            check_int("K", int(rest[1]), 1)
+        elif kind == "topk" and len(rest) == 1:
+            check_int("K", int(rest[0]), 1)
+        elif kind == "standard" and len(rest) == 1:
+            check_finite_float("L1", float(rest[0]), 0.0)
+        elif not (kind == "init" and rest in (["bilinear"], ["topk"])):
+            raise ValueError
+    except ValueError as error:  # a ConfigError is a ValueError: keep its message
+        detail = f" ({error})" if isinstance(error, UserError) else ""
+        raise ConfigError(f"bad SAE spec {spec!r}{detail}; expected {SPEC_FORMS}") from None
+    return spec
+
+
+def sae_spec_argument(text: str) -> str:
+    """The argparse ``type=`` of ``--saes``: :func:`check_spec` as a usage error."""
+    try:
+        return check_spec(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def label_of(spec: str) -> str:
@@ -574,20 +647,39 @@ def plot_circle(views: list[tuple[str, Any, dict]], batch: PlantedBatch, path: P
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__, NAME, HERE)
-    p.add_argument("--d", type=int, default=48)
-    p.add_argument("--n-linear", type=int, default=32)
-    p.add_argument("--linear-probability", type=float, default=0.08)
-    p.add_argument("--noise", type=float, default=0.02)
     p.add_argument(
-        "--latents", type=int, default=96, help="bilinear (vanilla) latents; the others match its parameters"
+        "--d",
+        type=int_at_least(MIN_D),
+        default=48,
+        help=f"activation dimension (≥ {MIN_D}, the manifolds' orthogonal subspaces)",
     )
-    p.add_argument("--train-tokens", type=int, default=65536)
-    p.add_argument("--test-tokens", type=int, default=16384)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n-linear", type=int_at_least(0), default=32, help="sparse linear features (≥ 0)")
+    p.add_argument(
+        "--linear-probability",
+        type=finite_float(0.0, maximum=1.0),
+        default=0.08,
+        help="firing probability of each linear feature (in [0, 1])",
+    )
+    p.add_argument("--noise", type=finite_float(0.0), default=0.02, help="std of the Gaussian noise (≥ 0)")
+    p.add_argument(
+        "--latents",
+        type=common.count_argument,
+        default=96,
+        help="bilinear (vanilla) latents, ≥ 1; the others match its parameters",
+    )
+    p.add_argument("--train-tokens", type=common.count_argument, default=65536, help="training tokens (≥ 1)")
+    p.add_argument(
+        "--test-tokens",
+        type=int_at_least(2),
+        default=16384,
+        help="held-out tokens, ≥ 2 (readouts are fitted on one half, scored on the other)",
+    )
+    p.add_argument("--steps", type=common.count_argument, default=2000, help="optimiser steps per SAE (≥ 1)")
+    p.add_argument("--batch-size", type=common.count_argument, default=512, help="tokens per step (≥ 1)")
+    p.add_argument("--lr", type=common.positive_argument, default=3e-3, help="Adam learning rate (> 0)")
     p.add_argument(
         "--saes",
+        type=sae_spec_argument,
         nargs="+",
         default=[
             "bilinear:vanilla:0.1",

@@ -32,6 +32,7 @@ Writes ``results.json``, ``table.md`` and PNGs into ``--out``; activations and S
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 import time
@@ -45,6 +46,8 @@ from torch import Tensor  # noqa: E402
 
 from sae_bilinear import activation_store, analysis, manifold_search  # noqa: E402
 from sae_bilinear import experiment_utils as _common
+from sae_bilinear.errors import ConfigError, UserError
+from sae_bilinear.values import check_finite_float, check_int, finite_float, int_at_least
 
 NAME = "real_manifolds"
 
@@ -903,18 +906,34 @@ class Run:
 
 
 def parse_run(spec: str) -> None:
+    """Nothing if :func:`train_run` can train ``spec``: a known variant, a finite α ≥ 0, an integer
+    k ≥ 1; else a :class:`~sae_bilinear.errors.ConfigError` (a ``ValueError``) naming the spec."""
     parts = spec.split(":")
-    if (
-        parts[0] == "bilinear"
-        and len(parts) == 4
-        and parts[1] in ("vanilla", "ordered", "mixed", "combined")
-        and parts[2] in ("lifted", "unlifted")
-    ):
-        float(parts[3])
-        return
-    if parts[0] == "topk" and len(parts) == 2 and parts[1].isdigit():
-        return
-    raise ValueError(f"bad run {spec!r}: expected bilinear:VARIANT:lifted|unlifted:ALPHA or topk:K")
+    try:
+        if (
+            parts[0] == "bilinear"
+            and len(parts) == 4
+            and parts[1] in ("vanilla", "ordered", "mixed", "combined")
+            and parts[2] in ("lifted", "unlifted")
+        ):
+            check_finite_float("ALPHA", float(parts[3]), 0.0)
+            return
+        if parts[0] == "topk" and len(parts) == 2:
+            check_int("K", int(parts[1]), 1)
+            return
+    except ValueError as error:  # a ConfigError is a ValueError: keep its message
+        if isinstance(error, UserError):
+            raise ConfigError(f"bad run {spec!r}: {error}") from None
+    raise ConfigError(f"bad run {spec!r}: expected bilinear:VARIANT:lifted|unlifted:ALPHA or topk:K")
+
+
+def run_argument(text: str) -> str:
+    """The argparse ``type=`` of ``--runs``: :func:`parse_run` as a usage error."""
+    try:
+        parse_run(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def train_run(run: Run, train: Tensor, folder: Path, lr: float, lr_mixed: float) -> tuple[Any, dict]:
@@ -1296,44 +1315,68 @@ def tables(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
     p.add_argument("--hook", default=DataSpec.hook, help="where to read the model (TransformerLens hook)")
-    p.add_argument("--train-contexts", type=int, default=DataSpec.train_contexts)
-    p.add_argument("--eval-contexts", type=int, default=DataSpec.eval_contexts)
-    p.add_argument("--context-size", type=int, default=DataSpec.context_size)
+    p.add_argument(
+        "--train-contexts", type=_common.count_argument, default=DataSpec.train_contexts, help="training contexts (≥ 1)"
+    )
+    p.add_argument(
+        "--eval-contexts", type=_common.count_argument, default=DataSpec.eval_contexts, help="held-out contexts (≥ 1)"
+    )
+    p.add_argument(
+        "--context-size",
+        type=int_at_least(2),
+        default=DataSpec.context_size,
+        help="tokens per context, BOS included (≥ 2: the BOS position is dropped)",
+    )
     p.add_argument(
         "--template-share",
-        type=float,
+        type=finite_float(0.0, strict=True, maximum=1.0, strict_maximum=True),
         default=DataSpec.template_share,
-        help="share of the training corpus's characters in weekday/month template paragraphs",
+        help="share of the training corpus's characters in weekday/month template paragraphs (in (0, 1))",
     )
     p.add_argument(
         "--runs",
+        type=run_argument,
         nargs="+",
         default=list(DEFAULT_RUNS),
         help="SAEs: bilinear:VARIANT:lifted|unlifted:ALPHA, topk:K (same d_sae, so same parameters as vanilla)",
     )
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--d-sae", type=int, default=1152)
-    p.add_argument("--lr", type=float, default=_common.LR, help="Adam LR of vanilla/ordered runs")
-    p.add_argument("--lr-mixed", type=float, default=_common.LR_MIXED, help="Adam LR of mixed/combined and TopK runs")
+    p.add_argument("--steps", type=_common.count_argument, default=400, help="optimiser steps per SAE (≥ 1)")
+    p.add_argument("--batch-size", type=_common.count_argument, default=512, help="tokens per step (≥ 1)")
+    p.add_argument("--d-sae", type=_common.count_argument, default=1152, help="latents per SAE (≥ 1)")
     p.add_argument(
-        "--background", type=int, default=6000, help="held-out non-name tokens for the feature R² and the search"
+        "--lr", type=_common.positive_argument, default=_common.LR, help="Adam LR of vanilla/ordered runs (> 0)"
+    )
+    p.add_argument(
+        "--lr-mixed",
+        type=_common.positive_argument,
+        default=_common.LR_MIXED,
+        help="Adam LR of mixed/combined and TopK runs (> 0)",
+    )
+    p.add_argument(
+        "--background",
+        type=_common.count_argument,
+        default=6000,
+        help="held-out non-name tokens for the feature R² and the search (≥ 1)",
     )
     p.add_argument(
         "--scan-layers",
-        type=int,
+        type=int_at_least(0),
         nargs="*",
         default=None,
-        help="only scan these layers' class-mean circles (hook_resid_pre), then stop",
+        help="only scan these layers' class-mean circles (hook_resid_pre), then stop (each ≥ 0, below the "
+        "model's layer count; none: every third layer)",
     )
-    p.add_argument("--scan-contexts", type=int, default=64)
+    p.add_argument(
+        "--scan-contexts", type=_common.count_argument, default=64, help="held-out contexts of the layer scan (≥ 1)"
+    )
     p.add_argument("--no-search", action="store_true", help="skip the unlabelled circle search")
     p.add_argument(
-        "--sae-seed", type=int, default=None, help="seed of the SAEs' initialisation and batch order (default: --seed)"
+        "--sae-seed",
+        type=_common.seed_argument,
+        default=None,
+        help="seed of the SAEs' initialisation and batch order (default: --seed)",
     )
     args = p.parse_args(argv)
-    for run in args.runs:
-        parse_run(run)
     _common.setup(args.seed, threads=int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
     started = time.time()
     if args.tiny:
@@ -1358,6 +1401,8 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     }
     if args.scan_layers is not None:
         layers = args.scan_layers or list(range(0, model.cfg.n_layers, 3))
+        if max(layers) >= model.cfg.n_layers:  # known once the model is loaded
+            p.error(f"argument --scan-layers: the model has layers 0 … {model.cfg.n_layers - 1}, got {max(layers)}")
         results["layers"] = scan_layers(
             model, splits["eval"].labelled, layers, args.scan_contexts, splits["eval"].skip_first
         )

@@ -39,6 +39,7 @@ from sae_bilinear import experiment_utils as common
 from sae_bilinear.evaluate import evaluate_splice
 from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.train import TrainingSettings, train_on_activations
+from sae_bilinear.values import int_at_least
 
 HERE = Path(__file__).resolve().parent
 NAME = "sparsity_sweep"
@@ -54,8 +55,12 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     ax = fig.subplots()
     ax.add_patch(
         __import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-            (PAPER["density_low"], 0), PAPER["density_high"] - PAPER["density_low"], PAPER["error_below"],
-            color="0.85", zorder=0, label="paper: error < 0.1 at density 0.2–0.6 (Qwen3-0.6B L18)",
+            (PAPER["density_low"], 0),
+            PAPER["density_high"] - PAPER["density_low"],
+            PAPER["error_below"],
+            color="0.85",
+            zorder=0,
+            label="paper: error < 0.1 at density 0.2–0.6 (Qwen3-0.6B L18)",
         )
     )
     for i, variant in enumerate(sorted({r["variant"] for r in rows}, key=VARIANTS.index)):
@@ -184,15 +189,30 @@ def cached_topk(activations: Any, k: int, n_params: int, args: Any, folder: Path
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p = common.parser(__doc__, NAME, HERE)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    p.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
-    p.add_argument("--lifted-variants", nargs="*", default=["mixed"], choices=VARIANTS,
-                   help="variants also trained lifted and spliced into the model (CE loss recovered)")
+    p.add_argument("--alphas", type=common.nonnegative_argument, nargs="+", default=ALPHAS, help="α grid (each ≥ 0)")
+    p.add_argument(
+        "--lifted-variants",
+        nargs="*",
+        default=["mixed"],
+        choices=VARIANTS,
+        help="variants also trained lifted and spliced into the model (CE loss recovered)",
+    )
     common.add_training_arguments(p)
-    p.add_argument("--baseline-k", type=int, nargs="*", default=[32],
-                   help="SAELens TopK baselines spliced next to the lifted runs (parameters of the first lifted SAE)")
-    p.add_argument("--train-contexts", type=int, default=192)
-    p.add_argument("--eval-contexts", type=int, default=8)
-    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument(
+        "--baseline-k",
+        type=common.count_argument,
+        nargs="*",
+        default=[32],
+        help="k (≥ 1) of SAELens TopK baselines spliced next to the lifted runs (parameters of the first lifted SAE)",
+    )
+    p.add_argument("--train-contexts", type=common.count_argument, default=192, help="training contexts (≥ 1)")
+    p.add_argument("--eval-contexts", type=common.count_argument, default=8, help="held-out contexts (≥ 1)")
+    p.add_argument(
+        "--context-size",
+        type=int_at_least(2),
+        default=128,
+        help="tokens per context, BOS included (≥ 2: the BOS position is dropped)",
+    )
     p.add_argument("--replot", action="store_true", help="only redraw the figures from --out/results.json")
     args = p.parse_args(argv)
     if args.replot:
@@ -224,14 +244,26 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     for variant, alpha, lifted in runs:
         run = common.run_spec(args, variant, alpha, lifted, args.seed)
         sae, seconds, cached = common.cached_bilinear(acts["train"], run, folder)
-        row: dict[str, Any] = {"variant": variant, "alpha": alpha, "lifted": lifted, "name": run.name,
-                               "train_seconds": seconds, "cached": cached}
+        row: dict[str, Any] = {
+            "variant": variant,
+            "alpha": alpha,
+            "lifted": lifted,
+            "name": run.name,
+            "train_seconds": seconds,
+            "cached": cached,
+        }
         row["n_params"] = sum(p.numel() for p in sae.parameters())
         row.update(common.heldout_metrics(sae, acts["heldout"]))
         if lifted:
             bos = acts.get("bos")
-            metrics = evaluate_splice(model, sae, acts["eval_tokens"], hook_name=spec.hook,
-                                      ignore_tokens=[bos] if bos is not None else None, progress=False).to_dict()
+            metrics = evaluate_splice(
+                model,
+                sae,
+                acts["eval_tokens"],
+                hook_name=spec.hook,
+                ignore_tokens=[bos] if bos is not None else None,
+                progress=False,
+            ).to_dict()
             row.update({f"splice_{k}": v for k, v in metrics.items()})
             row["ce_loss_recovered"] = metrics["ce_loss_recovered"]
             lifted_rows.append(row)
@@ -250,8 +282,14 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         for k in args.baseline_k:
             sae, seconds, cached = cached_topk(acts["train"], k, n_params, args, folder)
             bos = acts.get("bos")
-            metrics = evaluate_splice(model, sae, acts["eval_tokens"], hook_name=spec.hook,
-                                      ignore_tokens=[bos] if bos is not None else None, progress=False).to_dict()
+            metrics = evaluate_splice(
+                model,
+                sae,
+                acts["eval_tokens"],
+                hook_name=spec.hook,
+                ignore_tokens=[bos] if bos is not None else None,
+                progress=False,
+            ).to_dict()
             row = {
                 "variant": f"SAELens TopK k={k}",
                 "alpha": None,
@@ -270,8 +308,10 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
             )
 
     out = args.out
-    title = (f"{spec.model} {spec.hook}: d_sae={args.d_sae}, {args.steps} steps × {args.batch_size} tokens, "
-             f"{acts['train'].shape[0]} training / {acts['heldout'].shape[0]} held-out tokens")
+    title = (
+        f"{spec.model} {spec.hook}: d_sae={args.d_sae}, {args.steps} steps × {args.batch_size} tokens, "
+        f"{acts['train'].shape[0]} training / {acts['heldout'].shape[0]} held-out tokens"
+    )
     columns = [
         "variant",
         "alpha",
@@ -301,8 +341,12 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
     result = {
         "command": "python experiments/sparsity_sweep.py" + (" --tiny" if args.tiny else ""),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "activations": {"spec": spec.__dict__, "train_tokens": int(acts["train"].shape[0]),
-                        "heldout_tokens": int(acts["heldout"].shape[0]), "collect_seconds": acts["seconds"]},
+        "activations": {
+            "spec": spec.__dict__,
+            "train_tokens": int(acts["train"].shape[0]),
+            "heldout_tokens": int(acts["heldout"].shape[0]),
+            "collect_seconds": acts["seconds"],
+        },
         "paper": PAPER,
         "unlifted": rows,
         "lifted": lifted_rows,

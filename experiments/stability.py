@@ -69,8 +69,15 @@ def plot(
         image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="w" if matrix[i, j] < 0.6 else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w" if matrix[i, j] < 0.6 else "k",
+                )
         labels = [f"{a:g}" for a in alphas]
         ax.set_xticks(range(n), labels)
         ax.set_yticks(range(n), labels)
@@ -96,16 +103,32 @@ def plot(
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict:
     p = common.parser(__doc__, NAME, HERE)
-    p.add_argument("--variants", nargs="+", default=["vanilla", "mixed"])
+    p.add_argument("--variants", nargs="+", default=["vanilla", "mixed"], choices=kernels.VARIANTS)
     p.add_argument(
-        "--alphas", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.6, 1.0], help="α grid of the across-α comparison"
+        "--alphas",
+        type=common.nonnegative_argument,
+        nargs="+",
+        default=[0.0, 0.1, 0.3, 0.6, 1.0],
+        help="α grid of the across-α comparison (each ≥ 0)",
     )
     p.add_argument(
-        "--seed-alphas", type=float, nargs="+", default=[0.1, 0.6], help="α values trained with a second seed"
+        "--seed-alphas",
+        type=common.nonnegative_argument,
+        nargs="+",
+        default=[0.1, 0.6],
+        help="α values trained with a second seed (each ≥ 0)",
     )
-    p.add_argument("--other-seeds", type=int, nargs="+", default=[1])
+    p.add_argument(
+        "--other-seeds",
+        type=common.seed_argument,
+        nargs="+",
+        default=[1],
+        help="the second seeds of the seed pairs (each other than --seed)",
+    )
     common.add_training_arguments(p)
     args = p.parse_args(argv)
+    if args.seed in args.other_seeds:  # a pair of one seed compares an SAE with itself (similarity 1)
+        p.error(f"argument --other-seeds: {args.seed} is --seed; name seeds other than --seed")
     common.setup(args.seed)
     spec = common.ActivationSpec()
     if args.tiny:

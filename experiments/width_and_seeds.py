@@ -36,6 +36,7 @@ def _sibling(name: str) -> Any:
     """``experiments/<name>.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(Path(__file__).resolve().parent / f"{name}.py", f"experiments_{name}")
 
+
 rm = _sibling("real_manifolds")
 
 
@@ -59,15 +60,23 @@ def plot_width(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
-    p.add_argument("--expansions", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of the expansion-2 SAE")
-    p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--heldout", type=int, default=8000, help="held-out tokens for the error")
+    p.add_argument(
+        "--expansions", type=_common.count_argument, nargs="+", default=[1, 2, 4], help="d_sae / d_in (each ≥ 1)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=_common.seed_argument,
+        nargs="+",
+        default=[0, 1],
+        help="training seeds of the expansion-2 SAE (distinct; every pair is compared)",
+    )
+    p.add_argument("--alpha", type=_common.nonnegative_argument, default=0.1, help="Hoyer density weight (≥ 0)")
+    p.add_argument("--steps", type=_common.count_argument, default=400, help="optimiser steps per SAE (≥ 1)")
+    p.add_argument("--batch-size", type=_common.count_argument, default=512, help="tokens per step (≥ 1)")
+    p.add_argument("--heldout", type=_common.count_argument, default=8000, help="held-out tokens for the error (≥ 1)")
     args = p.parse_args(argv)
-    if any(e < 1 for e in args.expansions) or len(set(args.seeds)) < 2 and len(args.seeds) > 1:
-        raise ValueError("expansions must be >= 1 and seeds distinct")
+    if len(set(args.seeds)) < len(args.seeds):  # a repeated seed would compare an SAE with itself
+        p.error(f"argument --seeds: the seeds must be distinct, got {' '.join(map(str, args.seeds))}")
     _common.setup(0, threads=int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
     started = time.time()
     spec = rm.TINY_DATA if args.tiny else rm.DataSpec()

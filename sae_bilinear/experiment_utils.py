@@ -32,9 +32,20 @@ from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig
 from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.plots import write_png
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
+from sae_bilinear.values import finite_float, int_at_least
 
 HOOK = "blocks.15.hook_resid_pre"
 """The embedded SmolLM2-135M's middle layer (30 blocks)."""
+SEED_MAX = 2**32 - 1
+"""The largest seed: :func:`setup` seeds numpy, whose ``np.random.seed`` takes 0 … 2³² − 1."""
+seed_argument = int_at_least(0, SEED_MAX)
+"""The argparse ``type=`` of every seed option of the scripts (0 … :data:`SEED_MAX`)."""
+count_argument = int_at_least(1)
+"""The argparse ``type=`` of a count (steps, tokens, contexts, latents, repeats): an integer ≥ 1."""
+positive_argument = finite_float(0.0, strict=True)
+"""The argparse ``type=`` of a learning rate or a scale: a finite number > 0."""
+nonnegative_argument = finite_float(0.0)
+"""The argparse ``type=`` of a loss weight such as α: a finite number ≥ 0."""
 
 
 def load_script(path: Path, module_name: str) -> ModuleType:
@@ -79,7 +90,9 @@ def parser(docstring: str | None, name: str, folder: Path) -> argparse.ArgumentP
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=folder / "results" / name, help="folder for the JSON and PNG results")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke setting (tests); numbers are meaningless")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation")
+    p.add_argument(
+        "--seed", type=seed_argument, default=0, help=f"seed of data order and initialisation (0 … {SEED_MAX})"
+    )
     p.add_argument(
         "--cache", type=Path, default=folder / "cache", help="folder for cached activations and trained SAEs"
     )
@@ -265,11 +278,13 @@ def learning_rate(variant: str, lr: float = LR, lr_mixed: float = LR_MIXED) -> f
 
 def add_training_arguments(p: argparse.ArgumentParser, steps: int = 100) -> None:
     """The sweep's training settings, shared by the scripts that reuse its SAEs."""
-    p.add_argument("--d-sae", type=int, default=1152, help="latents (2 × d_model for SmolLM2)")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=LR, help="Adam learning rate, vanilla and ordered")
-    p.add_argument("--lr-mixed", type=float, default=LR_MIXED, help="Adam learning rate, mixed and combined")
+    p.add_argument("--d-sae", type=count_argument, default=1152, help="latents, ≥ 1 (2 × d_model for SmolLM2)")
+    p.add_argument("--steps", type=count_argument, default=steps, help="optimiser steps per SAE, ≥ 1")
+    p.add_argument("--batch-size", type=count_argument, default=512, help="tokens per step, ≥ 1")
+    p.add_argument("--lr", type=positive_argument, default=LR, help="Adam learning rate, vanilla and ordered (> 0)")
+    p.add_argument(
+        "--lr-mixed", type=positive_argument, default=LR_MIXED, help="Adam learning rate, mixed and combined (> 0)"
+    )
 
 
 def run_spec(args: argparse.Namespace, variant: str, alpha: float, lifted: bool, seed: int) -> RunSpec:

@@ -36,7 +36,7 @@ from sae_bilinear.errors import ConfigError, DataFileError, OutputExistsError, U
 from sae_bilinear.hook_figures import ablate_figure, steer_figure, walk_figure
 from sae_bilinear.loading import Loaded, Model, load_model_and_sae
 from sae_bilinear.plots import write_png
-from sae_bilinear.values import check_choice, check_finite_float, check_int
+from sae_bilinear.values import check_choice, check_finite_float, check_int, comma_list, finite_float, int_at_least
 
 DEFAULT_TEXT = (
     "The river ran fast after the spring rains, and the old mill by the bridge turned day and night. "
@@ -54,32 +54,6 @@ WALK_PROMPT = "On Monday the carts left at dawn, loaded with grain"
 
 
 # --- arguments ---------------------------------------------------------------------------------
-
-
-def _argument(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
-    """An argparse ``type=``: parse, then check; a failed check becomes argparse's usage error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return check(parse(text))
-        except (ValueError, TypeError) as error:
-            message = str(error) if isinstance(error, UserError) else f"not a number: {text!r}"
-            raise argparse.ArgumentTypeError(message) from None
-
-    return convert
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    return _argument(int, lambda value: check_int("the value", value, minimum))
-
-
-def finite_float(minimum: float | None = None, strict: bool = False) -> Callable[[str], float]:
-    return _argument(float, lambda value: check_finite_float("the value", value, minimum, lo_open=strict))
-
-
-def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """An argparse ``type=`` for ``"1,2, 5"``: each comma-separated item through ``convert``."""
-    return lambda text: [convert(part) for part in text.split(",") if part.strip()]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:

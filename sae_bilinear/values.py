@@ -12,7 +12,10 @@ did-you-mean where that says how to fix it.
   :func:`check_bool`;
 * strings and names: :func:`check_str`, :func:`check_choice`, :func:`check_known_keys`,
   :func:`did_you_mean`;
-* tensors and results: :func:`check_finite_tensor`, :func:`check_finite_result`.
+* tensors and results: :func:`check_finite_tensor`, :func:`check_finite_result`;
+* argparse ``type=`` functions built on these checks, for scripts' options: :func:`int_at_least`,
+  :func:`finite_float`, :func:`one_of`, :func:`comma_list` (a failed check is argparse's usage error, which names
+  the option and exits 2).
 
 This module imports nothing of ours but :mod:`sae_bilinear.errors`, so every layer (the model's
 config included) may use it. The checks of hooks, tokens, devices and SAEs against models, which
@@ -21,16 +24,17 @@ need a model, live in :mod:`sae_bilinear.checks`, which re-exports these.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import numbers
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from sae_bilinear.errors import ConfigError, ConfigTypeError, NonFiniteResultError
+from sae_bilinear.errors import ConfigError, ConfigTypeError, NonFiniteResultError, UserError
 
 __all__ = [
     "check_bool",
@@ -42,19 +46,27 @@ __all__ = [
     "check_known_keys",
     "check_optional_int",
     "check_str",
+    "comma_list",
     "did_you_mean",
+    "finite_float",
+    "int_at_least",
+    "one_of",
 ]
 
 T = TypeVar("T")
 
 
+def _bound(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"  # an int bound in full (2**32 - 1)
+
+
 def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{_bound(lo)}, {_bound(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{'>' if lo_open else '≥'} {lo:g}"
+        return f"{'>' if lo_open else '≥'} {_bound(lo)}"
     if hi is not None:
-        return f"{'<' if hi_open else '≤'} {hi:g}"
+        return f"{'<' if hi_open else '≤'} {_bound(hi)}"
     return ""
 
 
@@ -177,3 +189,56 @@ def check_finite_result(name: str, value: float | Tensor, cause: str = "") -> No
     if not finite:
         shown = "non-finite values" if isinstance(value, Tensor) else repr(value)
         raise NonFiniteResultError(f"{name} is {shown}, which is not a result" + (f": {cause}" if cause else ""))
+
+
+# --- argparse types ----------------------------------------------------------------------------
+
+
+def _argument(parse: Callable[[str], Any], check: Callable[[Any], Any], what: str) -> Callable[[str], Any]:
+    """An argparse ``type=``: parse, then check; a failed parse or check becomes argparse's usage
+    error (``argument --steps: the value must be ...``). ``what`` names the expected kind of text."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(parse(text))
+        except (ValueError, TypeError) as error:
+            message = str(error) if isinstance(error, UserError) else f"expected {what}, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return convert
+
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in ``[minimum, maximum]`` (no upper bound by default)."""
+    return _argument(int, lambda value: check_int("the value", value, minimum, maximum), "an integer")
+
+
+def finite_float(
+    minimum: float | None = None, strict: bool = False, *, maximum: float | None = None, strict_maximum: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number (``nan`` and ``inf`` refused), ``≥ minimum`` (``>``
+    when ``strict``) and ``≤ maximum`` (``<`` when ``strict_maximum``) where those are given."""
+    return _argument(
+        float,
+        lambda value: check_finite_float("the value", value, minimum, maximum, lo_open=strict, hi_open=strict_maximum),
+        "a number",
+    )
+
+
+def one_of(choices: Collection[str]) -> Callable[[str], str]:
+    """An argparse ``type=``: one of ``choices`` (surrounding spaces ignored), for an item of
+    :func:`comma_list`, where argparse's own ``choices=`` does not reach."""
+    return _argument(str.strip, lambda value: check_choice("the value", value, choices), "one of the choices")
+
+
+def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse ``type=`` for ``"1,2, 5"``: each comma-separated item through ``convert`` (an
+    argparse type itself); at least one item."""
+
+    def convert_all(text: str) -> list[Any]:
+        items = [convert(part) for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected one or more comma-separated values, got {text!r}")
+        return items
+
+    return convert_all
