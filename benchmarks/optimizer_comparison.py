@@ -41,20 +41,19 @@ def _long_run() -> Any:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=262_144, help="training tokens of each run")
+    parser.add_argument("--tokens", type=_common.count_argument, default=262_144, help="training tokens of each run")
     # The grids reach past long_run's probe (3e-3/1e-2, 0.03/0.1, whose best were both at the
     # edge) up to the paper's Muon lr 1.0, so the best of each is inside the grid or says so.
-    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
+    rate = _common.positive_argument
+    parser.add_argument("--adam-lrs", type=rate, nargs="+", default=[3e-3, 1e-2, 3e-2], help="Adam LRs (> 0)")
+    parser.add_argument("--muon-lrs", type=rate, nargs="+", default=[0.03, 0.1, 0.3, 1.0], help="Muon LRs (> 0)")
     parser.add_argument("--tiny", action="store_true", help="random tiny Qwen3, seconds (tests)")
     parser.add_argument("--cache", type=Path, default=ROOT / "experiments" / "cache", help="long_run.py's cache")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=_common.count_argument, default=2, help="torch CPU threads")
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON file (default: results/optimizer_comparison_<model>.json)"
     )
     args = parser.parse_args(argv)
-    if args.tokens < 1:
-        parser.error("--tokens must be >= 1")
     lr = _long_run()
     opts = lr.DataOptions.small(Path(args.cache)) if args.tiny else lr.DataOptions(cache=Path(args.cache))
     batch_size = 256 if args.tiny else 1024

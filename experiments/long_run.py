@@ -48,6 +48,7 @@ from sae_bilinear import experiment_utils as _common
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.hub import load_any_from_disk
 from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
+from sae_bilinear.values import int_at_least
 
 NAME = "long_run"
 PAPER_TOKENS = 8_400_000
@@ -292,28 +293,27 @@ def power_law(curve: list[dict[str, Any]], lo: int, hi: int) -> dict[str, float]
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = _common.parser(__doc__, NAME, Path(__file__).resolve().parent)
     p.add_argument("--hook", default=_common.HOOK, help="hook of SmolLM2-135M")
-    p.add_argument("--train-contexts", type=int, default=None, help="KJV training contexts stored (default: all)")
-    p.add_argument("--heldout-contexts", type=int, default=128, help="held-out contexts for the curves")
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens of each curve run")
-    p.add_argument("--probe-tokens", type=int, default=262_144, help="training tokens of each LR-probe run")
-    p.add_argument("--width-tokens", type=int, default=500_000, help="training tokens of each width run")
-    p.add_argument("--full-tokens", type=int, default=PAPER_TOKENS, help="training tokens of the 'full' run")
-    p.add_argument("--expansions", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-3, 1e-2])
-    p.add_argument("--muon-lrs", type=float, nargs="+", default=[0.03, 0.1])
-    p.add_argument("--batch-size", type=int, default=1024)
+    count, rate = _common.count_argument, _common.positive_argument
+    p.add_argument("--train-contexts", type=count, default=None, help="KJV training contexts stored (default: all)")
+    p.add_argument("--heldout-contexts", type=count, default=128, help="held-out contexts for the curves")
+    p.add_argument("--context-size", type=int_at_least(2), default=128, help="tokens per context, ≥ 2 (BOS dropped)")
+    p.add_argument("--tokens", type=count, default=2_000_000, help="training tokens of each curve run")
+    p.add_argument("--probe-tokens", type=count, default=262_144, help="training tokens of each LR-probe run")
+    p.add_argument("--width-tokens", type=count, default=500_000, help="training tokens of each width run")
+    p.add_argument("--full-tokens", type=count, default=PAPER_TOKENS, help="training tokens of the 'full' run")
+    p.add_argument("--expansions", type=count, nargs="+", default=[2, 4, 8], help="d_sae / d_in of the width runs")
+    p.add_argument("--adam-lrs", type=rate, nargs="+", default=[3e-3, 1e-2], help="the probe's Adam LRs (> 0)")
+    p.add_argument("--muon-lrs", type=rate, nargs="+", default=[0.03, 0.1], help="the probe's Muon LRs (> 0)")
+    p.add_argument("--batch-size", type=count, default=1024, help="tokens per step")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--report-only", action="store_true", help="only redraw the results from finished runs")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--threads", type=_common.count_argument, default=os.environ.get("OMP_NUM_THREADS", "2"),
+                   help="torch CPU threads (default: $OMP_NUM_THREADS, else 2)")
     args = p.parse_args(argv)
     if args.tiny:
         args.train_contexts, args.heldout_contexts, args.context_size = 48, 8, 32
         args.tokens, args.probe_tokens, args.width_tokens, args.full_tokens = 8192, 2048, 4096, 16384
         args.batch_size, args.expansions = 256, [1, 2]
-    for name in ("tokens", "probe_tokens", "width_tokens", "full_tokens", "batch_size", "heldout_contexts"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
     _common.setup(args.seed, threads=args.threads)
     opts = (DataOptions.small(Path(args.cache)) if args.tiny else
             DataOptions(cache=Path(args.cache), hook=args.hook, train_contexts=args.train_contexts,

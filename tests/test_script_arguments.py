@@ -5,8 +5,6 @@ error (code 2) naming the option and the value, before any work starts: the firs
 work (seeding, thread setup, model loading) is replaced by a stub that raises :class:`Reached`,
 so a value that slipped through shows up as ``Reached`` instead of ``SystemExit``. With valid
 values (the defaults, and every option at a non-default valid value) ``main`` reaches that stub.
-
-``experiments/long_run.py`` and ``benchmarks/optimizer_comparison.py`` are not listed here.
 """
 
 from __future__ import annotations
@@ -170,6 +168,27 @@ OPTIONS: dict[str, dict[str, str]] = {
         "--cpu-tokens-per-second": "positive",
     },
     "benchmarks/sweep_benchmark": {"--workers": "count", "--tokens": "sweep tokens"},
+    "experiments/long_run": {
+        **SHARED,
+        "--train-contexts": "count",
+        "--heldout-contexts": "count",
+        "--context-size": "two",
+        "--tokens": "count",
+        "--probe-tokens": "count",
+        "--width-tokens": "count",
+        "--full-tokens": "count",
+        "--expansions+": "count",
+        "--adam-lrs+": "positive",
+        "--muon-lrs+": "positive",
+        "--batch-size": "count",
+        "--threads": "count",
+    },
+    "benchmarks/optimizer_comparison": {
+        "--tokens": "count",
+        "--adam-lrs+": "positive",
+        "--muon-lrs+": "positive",
+        "--threads": "count",
+    },
 }
 """Every numeric option of every script, and its kind (:data:`KINDS`)."""
 
@@ -216,8 +235,10 @@ FIRST_STEP: dict[str, tuple[Any, str]] = {
             "sparsity_sweep",
             "real_manifolds",
             "lift_scale",
+            "long_run",
         )
     },
+    "benchmarks/optimizer_comparison": (experiment_utils, "setup"),
     "benchmarks/atlas_benchmark": ("module", "random_sae"),
     "benchmarks/loss_benchmark": (torch, "set_num_threads"),
     "benchmarks/perf_benchmark": (torch, "set_num_threads"),
