@@ -21,9 +21,9 @@ Sources:
 * ``benchmarks/results/atlas_benchmark.json`` — ``python benchmarks/atlas_benchmark.py --sae RUN_DIR/sae``;
 * ``benchmarks/results/optimizer_comparison_smollm2-135m.json`` — ``python benchmarks/optimizer_comparison.py``;
 * ``experiments/results/long_run/results.json`` — ``python experiments/long_run.py`` (see its ``--help``);
-* the bad-input test cases: ``pytest --collect-only -q`` of ``tests/test_bad_inputs*.py`` and
-  ``tests/test_checks.py`` (every parametrized case counts once), and of the kill/resume and
-  output-safety tests.
+* the bad-input test cases: ``pytest --collect-only -q`` of ``tests/test_bad_inputs*.py``,
+  ``tests/test_checks.py`` and ``tests/test_script_arguments.py`` (every parametrized case counts
+  once), and of the kill/resume and output-safety tests.
 
 Usage (from anywhere; paths are relative to the repository)::
 
@@ -64,7 +64,7 @@ LONG_RUN = ROOT / "experiments" / "results" / "long_run" / "results.json"
 LIFT_SCALE = ROOT / "experiments" / "results" / "lift_scale" / "results.json"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 
-BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py")
+BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py", "tests/test_script_arguments.py")
 """The bad-input suite: table-driven cases, each asserting the error type and what it names."""
 SAFETY_PATTERNS = ("tests/test_main_job_safety.py", "tests/test_resume.py")
 """Kill/resume, overwrite and atomic-write tests (counted apart from the bad-input cases)."""
@@ -75,6 +75,7 @@ TEST_FILE_TOPICS = {
     "tests/test_bad_inputs_model.py": "config fields, cfg.json values, weights vs config, tensors, norms, precision",
     "tests/test_bad_inputs_splice.py": "splice evaluation, interventions (NaN/inf results), model loading",
     "tests/test_checks.py": "the shared value, dtype/device, hook, remote-code and result checks",
+    "tests/test_script_arguments.py": "`experiments/` and `benchmarks/` scripts: every numeric option, before any work",
     "tests/test_main_job_safety.py": "main-job options, refused/overwritten folders, atomic publish, kill and resume",
     "tests/test_resume.py": "SIGKILL then resume (Adam and Muon) equals the uninterrupted run; damaged checkpoints",
 }
