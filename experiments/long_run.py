@@ -431,7 +431,8 @@ def report(
     results: dict[str, Any] = {"args": vars(args), "data": info, "lrs": lrs, "rows": rows,
                                "goal_values": {"error_below": ERROR_GOAL, "density_within": list(DENSITY_GOAL),
                                                "similarity_above": SIMILARITY_GOAL},
-                               "runs": {name: records[name] for name in records}}  # fmt: skip
+                               "runs": {name: records[name] for name in records},
+                               "training_hours": sum(r["seconds"] for r in records.values()) / 3600}  # fmt: skip
     main_run = plan["curves"][0]
     if main_run.name in records:
         curve = records[main_run.name]["curve"]
