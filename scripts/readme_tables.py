@@ -453,6 +453,8 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
         f"{unmeasured(clock)} "
         f"Muon ends sparser at the same α (density {fmt(sparsest['muon'])} "
         f"against {fmt(sparsest['adam'])}).{long_muon_text(results)}",
+        *([f"* **Cost.** The {len(results['runs'])} runs took {results['training_hours']:.1f} hours of training "
+           "on 2 shared CPU cores, plus the one collection of the store."] if "training_hours" in results else []),
     ])  # fmt: skip
 
 
