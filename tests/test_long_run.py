@@ -144,7 +144,7 @@ def test_optimizer_comparison_tiny(tmp_path):
     assert result["equal_wall_clock_seconds"] == pytest.approx(min(result["seconds"].values()))
     clock = result["equal_wall_clock"][slower]
     if clock is None:  # the faster finished before the slower's first curve point: never measured
-        record = next(r for r in result["rows"] if r["optimizer"] == slower)
+        record = next(r for r in result["rows"] if r["optimizer"] == slower and r["lr"] == result["best_lr"][slower])
         assert record["first_curve_seconds"] > result["equal_wall_clock_seconds"]
     else:
         assert clock >= result["equal_steps"][slower] - 1e-12
