@@ -15,7 +15,8 @@ a learning curve (held-out x⊗x error and Hoyer density at log-spaced token cou
 * ``width``: vanilla α 0.1 at expansion 2, 4, 8 for ``--width-tokens`` tokens each (default 500 k).
 * ``wide``: vanilla α 0.03 and 0.3 at the widest expansion (``--width-tokens``): with the ``width``
   run at α 0.1, the density–error trade-off where the error goal is within reach.
-* ``full``: vanilla α 0.1 for the paper's 8.4 M tokens, checking the extrapolation.
+* ``full``: vanilla α 0.1 for the paper's 8.4 M tokens, two seeds: the extrapolation checked, and
+  the seed similarity at the paper's budget.
 
 Each finished run is saved under ``--cache`` and skipped on a rerun, so a killed queue resumes at
 the run it was in. ``--report-only`` redraws the results from what has finished. Results: ``results.json``,
@@ -265,7 +266,8 @@ def queue(args: Any, lrs: dict[str, float]) -> dict[str, list[Run]]:
                       tokens=args.width_tokens) for e in args.expansions],
         "wide": [Run(**{**van, "expansion": max(args.expansions)}, alpha=a, optimizer="adam",  # type: ignore[arg-type]
                      lr=lrs["adam"], tokens=args.width_tokens) for a in (0.03, 0.3)],
-        "full": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=args.full_tokens)],  # type: ignore[arg-type]
+        "full": [Run(**van, alpha=0.1, optimizer="adam", lr=lrs["adam"], tokens=args.full_tokens, seed=s)  # type: ignore[arg-type]
+                 for s in (0, 1)],
     }  # fmt: skip
 
 
@@ -394,12 +396,13 @@ def _sibling(name: str) -> Any:
 
 def seed_pairs(plan: dict[str, list[Run]]) -> dict[str, list[tuple[Run, Run]]]:
     """The pairs of runs that differ only in their seed: ``seeds`` (the main run), ``seeds_width``
-    (each width run, at equal tokens) and ``seeds_muon`` (the Muon run)."""
+    (each width run, at equal tokens), ``seeds_muon`` (the Muon run) and ``seeds_full`` (8.4 M tokens)."""
     seconds = plan["seed"]
     return {
         "seeds": [(plan["curves"][0], seconds[0])],
         "seeds_width": list(zip(plan["width"], seconds[1:-1], strict=True)),
         "seeds_muon": [(plan["muon"][0], seconds[-1])],
+        "seeds_full": [(plan["full"][0], plan["full"][1])],
     }
 
 

@@ -503,7 +503,8 @@ def wide_alpha_text(results: Mapping[str, Any]) -> str:
 def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any]) -> str:
     """Seed-to-seed similarity of every pair the long run has, against the paper's > 0.98."""
     seeds = results["seeds"]
-    pairs = [seeds, *results.get("seeds_width", []), *([results["seeds_muon"]] if "seeds_muon" in results else [])]
+    singles = [results[key] for key in ("seeds_muon", "seeds_full") if key in results]
+    pairs = [seeds, *results.get("seeds_width", []), *singles]
     best = max(p["paper_formula"] for p in pairs)
     verdict = "reached" if best > results["goal_values"]["similarity_above"] else "not reached"
     width = "; ".join(f"×{p['expansion']} {fmt(p['paper_formula'])}" for p in results.get("seeds_width", []))
@@ -517,11 +518,16 @@ def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any]) -> str:
         f" Two Muon seeds at {muon['tokens']:,} tokens: {fmt(muon['paper_formula'])} "
         f"(symmetrised {fmt(muon['operator_similarity_symmetrised'])})." if muon else ""
     )  # fmt: skip
+    full = results.get("seeds_full")
+    full_text = (
+        f" Two seeds at the paper's {full['tokens']:,} tokens: **{fmt(full['paper_formula'])}** "
+        f"(symmetrised {fmt(full['operator_similarity_symmetrised'])})." if full else ""
+    )  # fmt: skip
     return (
         f"* **Seeds: {verdict}** (best pair {fmt(best)}; > 0.98 in the paper). Two Adam seeds at "
         f"{main['tokens']:,} tokens: the paper's formula 2‖K_ab‖/(‖K_aa‖+‖K_bb‖) gives "
         f"**{fmt(seeds['paper_formula'])}**, the symmetrised form {fmt(seeds['operator_similarity_symmetrised'])} "
-        f"(0.891 / 0.925 at 51 k tokens, §4).{width_text}{muon_text}"
+        f"(0.891 / 0.925 at 51 k tokens, §4).{full_text}{width_text}{muon_text}"
     )
 
 

@@ -118,6 +118,7 @@ def test_long_run_tiny(tmp_path):
     # Every width run has its second seed, at the width budget.
     assert [(p["expansion"], p["tokens"]) for p in results["seeds_width"]] == [(1, 4096), (2, 4096)]
     assert all(0 < p["paper_formula"] <= 1.0 + 1e-6 for p in results["seeds_width"])
+    assert results["seeds_full"]["tokens"] == 16384 and 0 < results["seeds_full"]["paper_formula"] <= 1 + 1e-6
     assert results["seeds_muon"]["optimizer"] == "muon" and 0 < results["seeds_muon"]["paper_formula"] <= 1 + 1e-6
     assert set(results["optimizers"]["equal_steps"]) == {"adam", "muon"}
     assert results["extrapolation"]["final"] > 0
