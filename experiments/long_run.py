@@ -406,6 +406,23 @@ def seed_pairs(plan: dict[str, list[Run]]) -> dict[str, list[tuple[Run, Run]]]:
     }
 
 
+def seed_forecast(results: dict[str, Any]) -> dict[str, Any] | None:
+    """How the paper's seed similarity of vanilla α 0.1 at expansion 2 (Adam) grows with tokens.
+
+    Fits 1 − similarity ≈ a · tokens^b through the pairs at different budgets (the width run's,
+    the main run's, the full run's) and reads off the tokens at which it would pass the goal.
+    None with fewer than two budgets; ``tokens_for_goal`` None when the fit does not fall."""
+    candidates = [*results.get("seeds_width", []), results.get("seeds"), results.get("seeds_full")]
+    points = sorted({(p["tokens"], p["paper_formula"]) for p in candidates
+                     if p and p["expansion"] == 2 and p["optimizer"] == "adam" and p["paper_formula"] < 1})  # fmt: skip
+    if len({t for t, _ in points}) < 2:
+        return None
+    b, log_a = np.polyfit(np.log([t for t, _ in points]), np.log([1 - s for _, s in points]), 1)
+    needed = math.exp((math.log(1 - SIMILARITY_GOAL) - log_a) / b) if b < 0 else None
+    return {"points": [list(p) for p in points], "exponent": float(b), "tokens_for_goal": needed,
+            "goal": SIMILARITY_GOAL}  # fmt: skip
+
+
 def _seed_similarity(saes: dict[str, Any], a: Run, b: Run) -> dict[str, Any]:
     sim = similarity.compare(saes[a.name], saes[b.name], matched=False)
     return {"expansion": a.expansion, "tokens": a.tokens, "optimizer": a.optimizer,
@@ -458,6 +475,7 @@ def report(
         done = [_seed_similarity(saes, a, b) for a, b in pairs if a.name in saes and b.name in saes]
         if done:
             results[key] = done if key == "seeds_width" else done[0]
+    results["seed_forecast"] = seed_forecast(results)
     adam, muon = plan["curves"][0], plan["muon"][0]
     if adam.name in records and muon.name in records:
         results["optimizers"] = compare_optimizers([records[adam.name], records[muon.name]])

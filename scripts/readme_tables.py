@@ -527,8 +527,24 @@ def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any]) -> str:
         f"* **Seeds: {verdict}** (best pair {fmt(best)}; > 0.98 in the paper). Two Adam seeds at "
         f"{main['tokens']:,} tokens: the paper's formula 2‖K_ab‖/(‖K_aa‖+‖K_bb‖) gives "
         f"**{fmt(seeds['paper_formula'])}**, the symmetrised form {fmt(seeds['operator_similarity_symmetrised'])} "
-        f"(0.891 / 0.925 at 51 k tokens, §4).{full_text}{width_text}{muon_text}"
+        f"(0.891 / 0.925 at 51 k tokens, §4).{full_text}{width_text}{muon_text}{forecast_text(results)}"
     )
+
+
+def forecast_text(results: Mapping[str, Any]) -> str:
+    """What the seed similarity's growth with tokens implies for the paper's > 0.98."""
+    forecast = results.get("seed_forecast")
+    if not forecast:
+        return ""
+    budgets = " → ".join(f"{fmt(s)} at {t / 1e6:g} M" for t, s in forecast["points"])
+    needed = forecast["tokens_for_goal"]
+    tail = (
+        f"at that rate > {forecast['goal']:g} needs about {needed / 1e6:.0f} M tokens at expansion 2 "
+        f"({needed / 8.4e6:.0f}× the paper's budget)."
+        if needed is not None
+        else "it does not fall with tokens, so more tokens will not reach the goal."
+    )
+    return f" By budget at ×2 ({budgets}), 1 − similarity ∝ T^{forecast['exponent']:.2f}: {tail}"
 
 
 def long_muon_text(results: Mapping[str, Any]) -> str:

@@ -68,6 +68,17 @@ def test_data_options_refuse_a_nonsense_size(tmp_path):
     assert long_run.DataOptions.small(tmp_path).tiny
 
 
+def test_seed_forecast_reads_the_tokens_off_a_power_law_in_one_minus_similarity():
+    pair = lambda tokens, sim: {"tokens": tokens, "paper_formula": sim, "expansion": 2, "optimizer": "adam"}  # noqa: E731
+    # 1 − s = 0.08, 0.04 at 1 k, 4 k tokens: halves per 4×, so 0.02 (the goal) at 16 k.
+    results = {"seeds_width": [pair(1000, 0.92), {**pair(1000, 0.5), "expansion": 8}], "seeds": pair(4000, 0.96)}
+    forecast = long_run.seed_forecast(results)
+    assert forecast["exponent"] == pytest.approx(-0.5) and forecast["tokens_for_goal"] == pytest.approx(16000)
+    assert long_run.seed_forecast({"seeds": pair(4000, 0.96)}) is None  # one budget: nothing to fit
+    flat = long_run.seed_forecast({"seeds_width": [pair(1000, 0.95)], "seeds": pair(4000, 0.94)})
+    assert flat["exponent"] > 0 and flat["tokens_for_goal"] is None
+
+
 def _record(optimizer, lr, final, curve):
     points = [{"step": i + 1, "seconds": s, "reconstruction_error": e} for i, (s, e) in enumerate(curve)]
     return {"run": {"optimizer": optimizer, "lr": lr}, "final": {"reconstruction_error": final},
