@@ -8,8 +8,11 @@ a small learning-rate grid; each run records its held-out x⊗x error against tr
 seconds (evaluation time excluded). Reported:
 
 * **equal steps**: the held-out error after the same number of steps;
-* **equal wall-clock**: each optimiser's error at the moment the faster of the two best runs
-  finished (read off its learning curve), so Muon's extra cost per step counts against it.
+* **equal wall-clock**: each optimiser's error at the time the faster of the two takes for the
+  runs' steps (read off its learning curve at the steps it completes in that time), so Muon's
+  extra cost per step counts against it. The cost per step is timed in this process with the
+  two optimisers' steps alternating (``long_run.measure_step_seconds``): the runs' own seconds
+  were recorded at different times on shared cores and cannot be compared with each other.
 
 Muon's Newton–Schulz iterations run in the dtype ``ns_dtype="auto"`` picks on this machine (the
 faster of float32 and bfloat16, measured once; see ``sae_bilinear/muon.py``).
@@ -38,6 +41,15 @@ RESULTS_DIR = Path(__file__).parent / "results"
 def _long_run() -> Any:
     """``experiments/long_run.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(ROOT / "experiments" / "long_run.py", "experiments_long_run")
+
+def best_lrs(records: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The learning rate of each optimiser's best run (lowest final error)."""
+    best: dict[str, float] = {}
+    for opt in ("adam", "muon"):
+        runs = [r for r in records.values() if r["run"]["optimizer"] == opt]
+        best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])["run"]["lr"]
+    return best
+
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,9 +91,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ns_dtype": resolve_ns_dtype("auto", "cpu"),
         "rows": [{"optimizer": r["run"]["optimizer"], "lr": r["run"]["lr"], "steps": r["curve"][-1]["step"],
                   "heldout_error": r["final"]["reconstruction_error"], "hoyer_density": r["final"]["hoyer_density"],
-                  "seconds": r["seconds"], "first_curve_seconds": r["curve"][0]["seconds"]}
+                  "seconds": r["seconds"], "first_curve_step": r["curve"][0]["step"]}
                  for r in records.values()],  # fmt: skip
-        **lr.compare_optimizers(list(records.values())),
+        **lr.compare_optimizers(
+            list(records.values()),
+            lr.measure_step_seconds(train_x, 2, batch_size, best_lrs(records), rounds=3 if args.tiny else 20),
+        ),
     }
     grids = {"adam": sorted(args.adam_lrs), "muon": sorted(args.muon_lrs)}
     # A best LR at either end of its grid means the grid, not the optimiser, may have set the result.

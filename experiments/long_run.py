@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from sae_lens.saes.sae import TrainStepInput
 from safetensors.torch import load_file, save_file
 
 from sae_bilinear import activation_store, data, models, similarity
 from sae_bilinear import experiment_utils as _common
 from sae_bilinear.bilinear import BilinearTrainingSAE, BilinearTrainingSAEConfig, default_alpha_warm_up_steps
 from sae_bilinear.hub import load_any_from_disk
-from sae_bilinear.train import TrainingSettings, collect_activations, train_on_activations
+from sae_bilinear.train import MuonWithAdamW, TrainingSettings, collect_activations, train_on_activations
 from sae_bilinear.values import int_at_least
 
 NAME = "long_run"
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for run in plan[stage]:
             if train_now(stage) or (folder / run.name / "run.json").is_file():
                 saes[run.name], records[run.name] = cached_run(run, folder, train_x, heldout, first_eval)
-    results = report(args, plan, records, saes, info, lrs, heldout)
+    results = report(args, plan, records, saes, info, lrs, heldout, train_x)
     return results
 
 
@@ -353,22 +354,59 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 
-def _at_seconds(curve: list[dict[str, Any]], seconds: float) -> float | None:
-    """The error on ``curve`` at wall-clock ``seconds`` (log-linear interpolation; None outside)."""
-    pts = [(c["seconds"], c["reconstruction_error"]) for c in curve]
+def _at_step(curve: list[dict[str, Any]], step: float) -> float | None:
+    """The error on ``curve`` at ``step`` (log–log interpolation between its points; None outside)."""
+    pts = [(c["step"], c["reconstruction_error"]) for c in curve]
     for (s0, e0), (s1, e1) in zip(pts, pts[1:], strict=False):
-        if s0 <= seconds <= s1 and s1 > s0:
-            w = (seconds - s0) / (s1 - s0)
+        if s0 <= step <= s1 and s1 > s0:
+            w = (math.log(step) - math.log(s0)) / (math.log(s1) - math.log(s0))
             return float(math.exp((1 - w) * math.log(e0) + w * math.log(e1)))
     return None
 
 
-def compare_optimizers(records: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_step_seconds(
+    train_x: torch.Tensor, expansion: int, batch_size: int, lrs: dict[str, float], rounds: int = 20
+) -> dict[str, float]:
+    """Seconds per training step of vanilla α 0.1 with Adam and with Muon, timed in one process.
+
+    The two optimisers' steps alternate (after one warm-up step each) and the median of each is
+    kept, so both see the same machine load. The runs' own recorded seconds cannot be compared
+    with each other: they were trained at different times on shared cores.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    torch.manual_seed(0)
+    d_in = train_x.shape[1]
+    cfg = BilinearTrainingSAEConfig(d_in=d_in, d_sae=expansion * d_in, variant="vanilla", lifted=False, alpha=0.1,
+                                    alpha_warm_up_steps=0)  # fmt: skip
+    saes = {opt: BilinearTrainingSAE(cfg) for opt in ("adam", "muon")}
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        "adam": torch.optim.Adam(saes["adam"].parameters(), lr=lrs["adam"]),
+        "muon": MuonWithAdamW(saes["muon"].parameters(), lr=lrs["muon"], ns_dtype="auto"),
+    }
+    times: dict[str, list[float]] = {opt: [] for opt in saes}
+    for i in range(rounds + 1):
+        start_row = (i * batch_size) % max(1, train_x.shape[0] - batch_size)
+        batch = train_x[start_row : start_row + batch_size]
+        for opt, sae in saes.items():
+            started = time.perf_counter()
+            out = sae.training_forward_pass(TrainStepInput(batch, {"alpha": 0.1}, None, i, False))
+            optimizers[opt].zero_grad()
+            out.loss.backward()
+            optimizers[opt].step()
+            if i > 0:  # the first step of each is a warm-up
+                times[opt].append(time.perf_counter() - started)
+    return {opt: float(np.median(t)) for opt, t in times.items()}
+
+
+def compare_optimizers(records: list[dict[str, Any]], step_seconds: dict[str, float]) -> dict[str, Any]:
     """Adam against Muon: the best run of each (lowest final error), at equal steps and equal wall-clock.
 
-    At equal wall-clock each optimiser is read off its learning curve at the moment the faster of
-    the two best runs finished. Where that moment falls before the slower run's first curve point
-    its error there was never measured: the value is None ("–" in tables), never a stand-in.
+    Wall-clock comes from ``step_seconds`` (:func:`measure_step_seconds`: both timed in one
+    process), not from the runs' own seconds. The budget is the time the faster optimiser takes
+    for the runs' steps; each optimiser is read off its learning curve at the steps it completes
+    in that time. Where that falls before its first curve point its error was never measured:
+    the value is None ("–" in tables), never a stand-in.
     """
     best = {}
     for opt in ("adam", "muon"):
@@ -376,16 +414,23 @@ def compare_optimizers(records: list[dict[str, Any]]) -> dict[str, Any]:
         if not runs:
             raise ValueError(f"no {opt} run among the records to compare")
         best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])
-    budget = min(r["seconds"] for r in best.values())
+    steps = {opt: r["curve"][-1]["step"] for opt, r in best.items()}
+    if len(set(steps.values())) != 1:
+        raise ValueError(f"the best runs differ in steps ({steps}): compare runs of equal length")
+    budget = min(steps[opt] * step_seconds[opt] for opt in best)
+    at_budget = {opt: budget / step_seconds[opt] for opt in best}
     return {
         "best_lr": {opt: r["run"]["lr"] for opt, r in best.items()},
         "equal_steps": {opt: r["final"]["reconstruction_error"] for opt, r in best.items()},
         "seconds": {opt: r["seconds"] for opt, r in best.items()},
-        "seconds_per_step": {opt: r["seconds"] / r["curve"][-1]["step"] for opt, r in best.items()},
+        "seconds_per_step": dict(step_seconds),
+        "muon_step_over_adam": step_seconds["muon"] / step_seconds["adam"],
         "equal_wall_clock_seconds": budget,
+        "equal_wall_clock_steps": at_budget,
         "equal_wall_clock": {
-            opt: _at_seconds(r["curve"], budget) if r["seconds"] > budget else r["final"]["reconstruction_error"]
-            for opt, r in best.items()
+            opt: (r["final"]["reconstruction_error"] if at_budget[opt] >= steps[opt]
+                  else _at_step(r["curve"], at_budget[opt]))
+            for opt, r in best.items()  # fmt: skip
         },
     }
 
@@ -432,7 +477,14 @@ def _seed_similarity(saes: dict[str, Any], a: Run, b: Run) -> dict[str, Any]:
 
 
 def report(
-    args: Any, plan: dict[str, list[Run]], records: dict, saes: dict, info: dict, lrs: dict, heldout: torch.Tensor
+    args: Any,
+    plan: dict[str, list[Run]],
+    records: dict,
+    saes: dict,
+    info: dict,
+    lrs: dict,
+    heldout: torch.Tensor,
+    train_x: torch.Tensor,
 ) -> dict[str, Any]:
     # A lifted SAE's own error is relative to ||ũ||⁴ = 4 and counts the easy constant corner of ũ⊗ũ;
     # the u⊗u block's error (lift_scale.py's xx_errors) is the one comparable with unlifted SAEs.
@@ -478,7 +530,9 @@ def report(
     results["seed_forecast"] = seed_forecast(results)
     adam, muon = plan["curves"][0], plan["muon"][0]
     if adam.name in records and muon.name in records:
-        results["optimizers"] = compare_optimizers([records[adam.name], records[muon.name]])
+        rounds = 3 if args.tiny else 20
+        step_seconds = measure_step_seconds(train_x, adam.expansion, adam.batch_size, lrs, rounds=rounds)
+        results["optimizers"] = compare_optimizers([records[adam.name], records[muon.name]], step_seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     columns = ["stage", "run", "tokens", "lr", "reconstruction_error", "xx_block_error", "hoyer_density",
                "tokens_below_0.1", "dead_fraction", "seconds", "tokens_per_second"]  # fmt: skip

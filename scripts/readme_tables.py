@@ -352,7 +352,7 @@ def atlas_benchmark_text(bench: Mapping[str, Any]) -> str:
 
 
 def optimizer_table(comparison: Mapping[str, Any]) -> str:
-    header = ["optimizer", "lr", "held-out x⊗x error", "Hoyer density", "s / step"]
+    header = ["optimizer", "lr", "held-out x⊗x error", "Hoyer density", "s / step (as trained, shared cores)"]
     rows = [
         [r["optimizer"], f"{r['lr']:g}", fmt(r["heldout_error"], 4), fmt(r["hoyer_density"]),
          fmt(r["seconds"] / r["steps"], 2)]
@@ -371,7 +371,20 @@ def optimizer_text(comparison: Mapping[str, Any]) -> str:
         "Muon's Newton–Schulz in "
         f"{comparison['ns_dtype']}): at equal steps ({comparison['tokens']:,} tokens) Adam {fmt(steps['adam'], 4)}, "
         f"Muon {fmt(steps['muon'], 4)}; at equal wall-clock ({comparison['equal_wall_clock_seconds']:.0f} s, "
-        f"when the faster finished) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}.{unmeasured(clock)}"
+        f"the faster one's time for those steps) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}."
+        f"{unmeasured(clock)}{step_cost(comparison)}"
+    )
+
+
+def step_cost(comparison: Mapping[str, Any]) -> str:
+    """The per-step costs the equal-wall-clock comparison used (timed side by side)."""
+    if "muon_step_over_adam" not in comparison:
+        return ""
+    per_step = comparison["seconds_per_step"]
+    return (
+        f" A step took {per_step['adam']:.2f} s with Adam and {per_step['muon']:.2f} s with Muon "
+        f"({comparison['muon_step_over_adam']:.2f}×), timed side by side in one process; the table's own "
+        "seconds were recorded at different times on shared cores and do not compare."
     )
 
 
@@ -559,7 +572,9 @@ def long_muon_text(results: Mapping[str, Any]) -> str:
         f"{optimizers['best_lr']['muon']:g}): equal steps Adam {fmt(steps['adam'])}, Muon {fmt(steps['muon'])}; "
         f"equal wall-clock ({optimizers['equal_wall_clock_seconds']:.0f} s) Adam {fmt(clock['adam'])}, "
         f"Muon {fmt(clock['muon'])}.{unmeasured(clock)}"
-    )
+        + (f" (Muon's step {optimizers['muon_step_over_adam']:.2f}× Adam's, timed side by side.)"
+           if "muon_step_over_adam" in optimizers else "")
+    )  # fmt: skip
 
 
 def lift_scale_table(results: Mapping[str, Any]) -> str:

@@ -56,10 +56,17 @@ def test_eval_points_and_power_law():
     assert long_run.power_law(curve[:2], 1000, 8000) is None  # two points fit nothing
 
 
-def test_at_seconds_interpolates_inside_the_curve_only():
-    curve = [{"seconds": 1.0, "reconstruction_error": 0.8}, {"seconds": 3.0, "reconstruction_error": 0.2}]
-    assert math.isclose(long_run._at_seconds(curve, 2.0), math.sqrt(0.8 * 0.2))
-    assert long_run._at_seconds(curve, 4.0) is None
+def test_at_step_interpolates_inside_the_curve_only():
+    curve = [{"step": 10, "reconstruction_error": 0.8}, {"step": 40, "reconstruction_error": 0.2}]
+    assert math.isclose(long_run._at_step(curve, 20), math.sqrt(0.8 * 0.2))  # halfway in log(step)
+    assert long_run._at_step(curve, 5) is None and long_run._at_step(curve, 50) is None
+
+
+def test_step_seconds_are_timed_for_both_optimisers():
+    seconds = long_run.measure_step_seconds(torch.randn(64, 8), 2, 16, {"adam": 1e-3, "muon": 0.03}, rounds=2)
+    assert set(seconds) == {"adam", "muon"} and all(math.isfinite(v) and v > 0 for v in seconds.values())
+    with pytest.raises(ValueError, match="rounds"):
+        long_run.measure_step_seconds(torch.randn(64, 8), 2, 16, {"adam": 1e-3, "muon": 0.03}, rounds=0)
 
 
 def test_data_options_refuse_a_nonsense_size(tmp_path):
@@ -80,32 +87,37 @@ def test_seed_forecast_reads_the_tokens_off_a_power_law_in_one_minus_similarity(
 
 
 def _record(optimizer, lr, final, curve):
-    points = [{"step": i + 1, "seconds": s, "reconstruction_error": e} for i, (s, e) in enumerate(curve)]
+    points = [{"step": step, "reconstruction_error": e} for step, e in curve]
     return {"run": {"optimizer": optimizer, "lr": lr}, "final": {"reconstruction_error": final},
-            "seconds": curve[-1][0], "curve": points}  # fmt: skip
+            "seconds": 99.0, "curve": points}  # fmt: skip
 
 
 def test_compare_optimizers_reads_the_slower_off_its_curve_at_the_faster_finish():
     records = [
-        _record("adam", 0.01, 0.2, [(1.0, 0.5), (2.0, 0.2)]),
-        _record("adam", 0.003, 0.3, [(1.0, 0.6), (2.0, 0.3)]),
-        _record("muon", 0.1, 0.1, [(1.0, 0.4), (3.0, 0.1)]),
+        _record("adam", 0.01, 0.2, [(10, 0.5), (40, 0.2)]),
+        _record("adam", 0.003, 0.3, [(10, 0.6), (40, 0.3)]),
+        _record("muon", 0.1, 0.1, [(10, 0.4), (40, 0.1)]),
     ]
-    result = long_run.compare_optimizers(records)
+    # Muon's step costs 2× Adam's: in Adam's time for 40 steps Muon makes 20.
+    result = long_run.compare_optimizers(records, {"adam": 0.5, "muon": 1.0})
     assert result["best_lr"] == {"adam": 0.01, "muon": 0.1}
     assert result["equal_steps"] == {"adam": 0.2, "muon": 0.1}
-    assert result["equal_wall_clock_seconds"] == 2.0
+    assert result["equal_wall_clock_seconds"] == 20.0 and result["equal_wall_clock_steps"] == {"adam": 40, "muon": 20}
     assert result["equal_wall_clock"]["adam"] == 0.2
-    assert math.isclose(result["equal_wall_clock"]["muon"], math.sqrt(0.4 * 0.1))  # halfway in log space
+    assert math.isclose(result["equal_wall_clock"]["muon"], math.sqrt(0.4 * 0.1))  # halfway in log–log
+    assert result["muon_step_over_adam"] == 2.0
 
 
 def test_compare_optimizers_never_stands_in_a_value_it_did_not_measure():
-    # Adam finished (0.5 s) before Muon's first curve point (1 s): Muon's error then is unknown.
-    records = [_record("adam", 0.01, 0.2, [(0.25, 0.5), (0.5, 0.2)]),
-               _record("muon", 0.1, 0.1, [(1.0, 0.4), (3.0, 0.1)])]  # fmt: skip
-    assert long_run.compare_optimizers(records)["equal_wall_clock"] == {"adam": 0.2, "muon": None}
+    # Muon's step costs 8× Adam's: in Adam's time it makes 5 steps, before its first curve point.
+    records = [_record("adam", 0.01, 0.2, [(10, 0.5), (40, 0.2)]), _record("muon", 0.1, 0.1, [(10, 0.4), (40, 0.1)])]
+    assert long_run.compare_optimizers(records, {"adam": 0.1, "muon": 0.8})["equal_wall_clock"] == {
+        "adam": 0.2, "muon": None}  # fmt: skip
     with pytest.raises(ValueError, match="no muon run"):
-        long_run.compare_optimizers(records[:1])
+        long_run.compare_optimizers(records[:1], {"adam": 0.1, "muon": 0.8})
+    with pytest.raises(ValueError, match="differ in steps"):
+        long_run.compare_optimizers([records[0], _record("muon", 0.1, 0.1, [(10, 0.4), (20, 0.1)])],
+                                    {"adam": 0.1, "muon": 0.8})  # fmt: skip
 
 
 @pytest.mark.slow
@@ -151,13 +163,14 @@ def test_optimizer_comparison_tiny(tmp_path):
         assert result["best_lr_at_grid_edge"][opt] == (result["best_lr"][opt] in (grid[0], grid[-1]))
     best = {o: min(r["heldout_error"] for r in result["rows"] if r["optimizer"] == o) for o in ("adam", "muon")}
     assert result["equal_steps"] == pytest.approx(best)
-    # At equal wall-clock the slower optimiser is read off its curve at the faster one's finish.
-    slower = max(result["seconds"], key=result["seconds"].get)
-    assert result["equal_wall_clock_seconds"] == pytest.approx(min(result["seconds"].values()))
+    # Wall-clock from steps timed side by side; the slower is read off its curve at its steps then.
+    slower = max(result["seconds_per_step"], key=result["seconds_per_step"].get)
+    steps = result["rows"][0]["steps"]
+    assert result["equal_wall_clock_seconds"] == pytest.approx(steps * min(result["seconds_per_step"].values()))
     clock = result["equal_wall_clock"][slower]
-    if clock is None:  # the faster finished before the slower's first curve point: never measured
+    if clock is None:  # the budget ended before the slower's first curve point: never measured
         record = next(r for r in result["rows"] if r["optimizer"] == slower and r["lr"] == result["best_lr"][slower])
-        assert record["first_curve_seconds"] > result["equal_wall_clock_seconds"]
+        assert record["first_curve_step"] > result["equal_wall_clock_steps"][slower]
     else:
         assert clock >= result["equal_steps"][slower] - 1e-12
     assert json.loads(out.read_text())["table"] == result["table"]

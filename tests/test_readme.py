@@ -346,8 +346,10 @@ def test_the_reproducing_summary_quotes_the_results_files():
         r["ce_loss_recovered"] for r in lift if r["readout"] == "decoder" and r["c"] is not None and r["meets_goal"]
     ]
     topk = next(r for r in lift if r["c"] is None)
+    full = long_run["extrapolation"]["full_run"]
     quoted = {
         "2 M error": f"{main['xx_block_error']:.3f}",
+        "8.4 M error": f"still {full['reconstruction_error']:.3f} after the paper's 8.4 M",
         "2 M density": f"density {main['hoyer_density']:.2f}",
         "the widest run": f"{widest['xx_block_error']:.3f} at density {widest['hoyer_density']:.2f}",
         "seeds at 2 M": f"{long_run['seeds']['paper_formula']:.3f}",
