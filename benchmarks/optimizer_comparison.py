@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ RESULTS_DIR = Path(__file__).parent / "results"
 def _long_run() -> Any:
     """``experiments/long_run.py`` as a module, loaded by path (scripts are not a package)."""
     return _common.load_script(ROOT / "experiments" / "long_run.py", "experiments_long_run")
+
+def curve_rise(curve: list[dict[str, Any]]) -> float:
+    """The largest factor by which a learning curve's error rose above its best earlier point
+    (1.0 for a curve that never rose): how unstable the run was on the way."""
+    rise, best = 1.0, math.inf
+    for point in curve:
+        error = point["reconstruction_error"]
+        if best < math.inf:
+            rise = max(rise, error / best)
+        best = min(best, error)
+    return rise
+
 
 def best_lrs(records: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The learning rate of each optimiser's best run (lowest final error)."""
@@ -91,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ns_dtype": resolve_ns_dtype("auto", "cpu"),
         "rows": [{"optimizer": r["run"]["optimizer"], "lr": r["run"]["lr"], "steps": r["curve"][-1]["step"],
                   "heldout_error": r["final"]["reconstruction_error"], "hoyer_density": r["final"]["hoyer_density"],
-                  "seconds": r["seconds"], "first_curve_step": r["curve"][0]["step"]}
+                  "seconds": r["seconds"], "first_curve_step": r["curve"][0]["step"],
+                  "curve_rise": curve_rise(r["curve"])}
                  for r in records.values()],  # fmt: skip
         **lr.compare_optimizers(
             list(records.values()),

@@ -372,8 +372,22 @@ def optimizer_text(comparison: Mapping[str, Any]) -> str:
         f"{comparison['ns_dtype']}): at equal steps ({comparison['tokens']:,} tokens) Adam {fmt(steps['adam'], 4)}, "
         f"Muon {fmt(steps['muon'], 4)}; at equal wall-clock ({comparison['equal_wall_clock_seconds']:.0f} s, "
         f"the faster one's time for those steps) Adam {fmt(clock['adam'], 4)}, Muon {fmt(clock['muon'], 4)}."
-        f"{unmeasured(clock)}{step_cost(comparison)}"
+        f"{unmeasured(clock)}{step_cost(comparison)}{unstable(comparison)}"
     )
+
+
+UNSTABLE_RISE = 1.2
+"""A run whose error rose above 1.2× its best earlier point is called unstable in the text."""
+
+
+def unstable(comparison: Mapping[str, Any]) -> str:
+    """The runs whose learning curve rose well above its best earlier point (``curve_rise``)."""
+    rows = [r for r in comparison["rows"] if r.get("curve_rise", 1.0) > UNSTABLE_RISE]
+    if not rows:
+        return ""
+    listed = ", ".join(f"{r['optimizer'].capitalize()} lr {r['lr']:g} (error up to {r['curve_rise']:.1f}× its best "
+                       "so far)" for r in rows)  # fmt: skip
+    return f" Unstable on the way: {listed}; an equal-wall-clock value read inside such a rise is that rise."
 
 
 def step_cost(comparison: Mapping[str, Any]) -> str:

@@ -56,6 +56,13 @@ def test_eval_points_and_power_law():
     assert long_run.power_law(curve[:2], 1000, 8000) is None  # two points fit nothing
 
 
+def test_curve_rise_is_the_worst_climb_above_the_best_so_far():
+    benchmark = load_benchmark("optimizer_comparison")
+    curve = lambda *errors: [{"reconstruction_error": e} for e in errors]  # noqa: E731
+    assert benchmark.curve_rise(curve(0.6, 0.5, 0.4)) == 1.0
+    assert benchmark.curve_rise(curve(0.6, 0.4, 0.8, 0.2)) == pytest.approx(2.0)
+
+
 def test_at_step_interpolates_inside_the_curve_only():
     curve = [{"step": 10, "reconstruction_error": 0.8}, {"step": 40, "reconstruction_error": 0.2}]
     assert math.isclose(long_run._at_step(curve, 20), math.sqrt(0.8 * 0.2))  # halfway in log(step)
