@@ -369,3 +369,28 @@ def test_an_unmeasured_equal_wall_clock_error_is_explained_not_hidden():
     note = tables.unmeasured({"adam": 0.2, "muon": None})
     assert "Muon" in note and "Adam" not in note and "first curve point" in note
 
+
+def test_the_results_summary_quotes_the_long_run():
+    """docs/results.md's summary table quotes the long run's numbers as its results file holds them."""
+    doc = (ROOT / "docs" / "results.md").read_text()
+    summary = doc.split("## Summary")[1].split("## 1.")[0]
+    results = json.loads((ROOT / "experiments" / "results" / "long_run" / "results.json").read_text())
+    rows = {(r["stage"], r["run"]): r for r in results["rows"]}
+    main = rows[("curves", "vanilla unlifted α=0.1 ×2 adam seed 0")]
+    wide = {
+        r["run"].split(" ")[2]: r for r in results["rows"] if r["stage"] in ("width", "wide") and " ×8 " in r["run"]
+    }
+    quoted = {
+        "2 M": f"**{main['xx_block_error']:.3f} at density {main['hoyer_density']:.3f} after 2 M tokens**",
+        "8.4 M": f"**{results['extrapolation']['full_run']['reconstruction_error']:.3f} after the paper's 8.4 M**",
+        "forecast": f"forecast {results['extrapolation']['constant_lr_fit']['at_paper_tokens']:.3f}",
+        "×8 α 0.1": f"**{wide['α=0.1']['xx_block_error']:.3f} at density {wide['α=0.1']['hoyer_density']:.3f}**",
+        "×8 α 0.03": f"{wide['α=0.03']['xx_block_error']:.3f} at {wide['α=0.03']['hoyer_density']:.3f} (α 0.03)",
+        "×8 α 0.3": f"{wide['α=0.3']['xx_block_error']:.3f} at {wide['α=0.3']['hoyer_density']:.3f} (α 0.3)",
+        "seeds 2 M": f"**{results['seeds']['paper_formula']:.3f} by the paper's formula",
+        "seeds 8.4 M": f"{results['seeds_full']['paper_formula']:.3f} after 8.4 M",
+        "seeds forecast": f"about {results['seed_forecast']['tokens_for_goal'] / 1e6:.0f} M tokens",
+    }
+    for what, text in quoted.items():
+        assert text in summary, f"docs/results.md's summary should quote {what} as {text!r}"
+
