@@ -551,14 +551,15 @@ def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: 
     runs = [r for r in [*plan["curves"], *plan["muon"], *plan["full"]] if r.name in records]
     if not runs:
         return
-    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
+    fig = Figure(figsize=(10, 5.2), dpi=100, layout="constrained")
     ax_e, ax_d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for run in runs:
         curve = records[run.name]["curve"]
         tokens = [c["tokens"] for c in curve]
         own = " (own lifted error: counts ũ⊗ũ's constant corner)" if run.lifted else ""
-        ax_e.plot(tokens, [c["reconstruction_error"] for c in curve], "o-", ms=3, label=run.label + own)
-        ax_d.plot(tokens, [c["hoyer_density"] for c in curve], "o-", ms=3, label=run.label)
+        label = f"{run.label}, {run.tokens / 1e6:g} M tokens{own}"  # the 2 M and 8.4 M runs differ only here
+        ax_e.plot(tokens, [c["reconstruction_error"] for c in curve], "o-", ms=3, label=label)
+        ax_d.plot(tokens, [c["hoyer_density"] for c in curve], "o-", ms=3, label=label)
     fit = (results.get("extrapolation") or {}).get("constant_lr_fit")
     if fit:
         xs = np.geomspace(fit["fit_from"], PAPER_TOKENS, 50)
@@ -572,7 +573,7 @@ def plot_curves(plan: dict[str, list[Run]], records: dict, results: dict, path: 
     ax_e.axhline(ERROR_GOAL, color="#c33", lw=0.7, ls=":")
     for y in DENSITY_GOAL:
         ax_d.axhline(y, color="#c33", lw=0.7, ls=":")
-    ax_e.legend(fontsize=7)
+    fig.legend(*ax_e.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     _common.save_figure(fig, path)
 
 

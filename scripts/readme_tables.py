@@ -439,7 +439,11 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
                            for r in width)  # fmt: skip
     steps, clock = optimizers["equal_steps"], optimizers["equal_wall_clock"]
     lo, hi = min(a["xx_block_error"] for a in alphas), max(a["xx_block_error"] for a in alphas)
-    sparsest = {o: min(r["hoyer_density"] for r in optimizers["rows"] if r["optimizer"] == o) for o in ("adam", "muon")}
+    best_lr = optimizers["best_lr"]
+    sparsest = {  # the best run of each (its density at the best LR)
+        o: next(r["hoyer_density"] for r in optimizers["rows"] if r["optimizer"] == o and r["lr"] == best_lr[o])
+        for o in ("adam", "muon")
+    }
     alpha_list = ", ".join(a["run"].split(" ")[2][2:] for a in alphas[::-1])
     reached = [r for r in width if _in_goal(results, r)]
     token_gain = width[0]["xx_block_error"] - main["xx_block_error"]  # ×2: its width run's tokens → the main run's
@@ -478,7 +482,7 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
         f"each): equal steps Adam {fmt(steps['adam'])}, Muon {fmt(steps['muon'])}; equal wall-clock "
         f"({optimizers['equal_wall_clock_seconds']:.0f} s) Adam {fmt(clock['adam'])}, Muon {fmt(clock['muon'])}."
         f"{unmeasured(clock)} "
-        f"Muon ends sparser at the same α (density {fmt(sparsest['muon'])} "
+        f"Muon's best run ends sparser at the same α (density {fmt(sparsest['muon'])} "
         f"against {fmt(sparsest['adam'])}).{long_muon_text(results)}",
         *([f"* **Cost.** The {len(results['runs'])} runs took {results['training_hours']:.1f} hours of training "
            "on 2 shared CPU cores, plus the one collection of the store."] if "training_hours" in results else []),
@@ -564,6 +568,12 @@ def forecast_text(results: Mapping[str, Any]) -> str:
     if not forecast:
         return ""
     budgets = " → ".join(f"{fmt(s)} at {t / 1e6:g} M" for t, s in forecast["points"])
+    (t0, s0), (t1, s1) = forecast["points"][-2:]
+    if s1 <= s0:  # a fit through a plateau would promise the goal at an absurd budget
+        return (
+            f" By budget at ×2 ({budgets}) the similarity stopped rising between {t0 / 1e6:g} M and "
+            f"{t1 / 1e6:g} M tokens: more tokens at expansion 2 will not reach > {forecast['goal']:g}."
+        )
     needed = forecast["tokens_for_goal"]
     tail = (
         f"at that rate > {forecast['goal']:g} needs about {needed / 1e6:.0f} M tokens at expansion 2 "
