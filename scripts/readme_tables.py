@@ -62,6 +62,7 @@ ATLAS_BENCHMARK = ROOT / "benchmarks" / "results" / "atlas_benchmark.json"
 OPTIMIZER_COMPARISON = ROOT / "benchmarks" / "results" / "optimizer_comparison_smollm2-135m.json"
 LONG_RUN = ROOT / "experiments" / "results" / "long_run" / "results.json"
 LIFT_SCALE = ROOT / "experiments" / "results" / "lift_scale" / "results.json"
+STABILITY = ROOT / "experiments" / "results" / "stability" / "results.json"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 
 BAD_INPUT_PATTERNS = ("tests/test_bad_inputs*.py", "tests/test_checks.py", "tests/test_script_arguments.py")
@@ -424,7 +425,13 @@ def _row(results: Mapping[str, Any], stage: str, start: str) -> Mapping[str, Any
     return next(r for r in results["rows"] if r["stage"] == stage and r["run"].startswith(start))
 
 
-def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) -> str:
+def short_pair(stability: Mapping[str, Any]) -> Mapping[str, Any]:
+    """§4's vanilla α 0.1 seed pair at the short (51 k-token) budget: its error and similarities."""
+    return next(p for p in stability["seed_pairs"] if p["variant"] == "vanilla" and p["alpha"] == 0.1)
+
+
+def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any], stability: Mapping[str, Any]) -> str:
+    short = short_pair(stability)
     main = _row(results, "curves", "vanilla unlifted α=0.1 ")
     mixed = _row(results, "curves", "mixed lifted α=0.1 ")
     alphas = sorted((r for r in results["rows"] if r["stage"] == "curves" and r["run"].startswith("vanilla")),
@@ -463,7 +470,7 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
     return "\n".join([
         f"* **Error < 0.1 at Hoyer density 0.2–0.6 (vanilla): {goal}** Vanilla α 0.1 at expansion 2 ends at x⊗x "
         f"error {fmt(main['xx_block_error'])} at density {fmt(main['hoyer_density'])} after {main['tokens']:,} tokens "
-        f"(§2: 0.221 after 51 k tokens). Across α {alpha_list} the "
+        f"(§4: {fmt(short['error_a'])} after 51 k tokens). Across α {alpha_list} the "
         f"error stays within {fmt(lo)}–{fmt(hi)} "
         f"while the density goes {fmt(alphas[-1]['hoyer_density'])} → {fmt(alphas[0]['hoyer_density'])}: the paper's "
         "flat region, one level up. Mixed lifted α 0.1: own error "
@@ -477,7 +484,7 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any]) 
         f"{full_text(results)}",
         f"* **Width at equal tokens** ({width[0]['tokens']:,} each, vanilla α 0.1): {width_text}. {width_note}"
         f"The paper's expansion is 16.{wide_alpha_text(results)}",
-        seeds_text(results, main),
+        seeds_text(results, main, short),
         f"* **Adam against Muon** (`benchmarks/optimizer_comparison.py`, {optimizers['tokens']:,} tokens, best LR of "
         f"each): equal steps Adam {fmt(steps['adam'])}, Muon {fmt(steps['muon'])}; equal wall-clock "
         f"({optimizers['equal_wall_clock_seconds']:.0f} s) Adam {fmt(clock['adam'])}, Muon {fmt(clock['muon'])}."
@@ -531,7 +538,7 @@ def wide_alpha_text(results: Mapping[str, Any]) -> str:
     return f" At ×{widest} across α (`--stages wide`): {points}; {len(inside)} of {len(runs)} inside the goal region."
 
 
-def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any]) -> str:
+def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any], short: Mapping[str, Any]) -> str:
     """Seed-to-seed similarity of every pair the long run has, against the paper's > 0.98."""
     seeds = results["seeds"]
     singles = [results[key] for key in ("seeds_muon", "seeds_full") if key in results]
@@ -558,7 +565,8 @@ def seeds_text(results: Mapping[str, Any], main: Mapping[str, Any]) -> str:
         f"* **Seeds: {verdict}** (best pair {fmt(best)}; > 0.98 in the paper). Two Adam seeds at "
         f"{main['tokens']:,} tokens: the paper's formula 2‖K_ab‖/(‖K_aa‖+‖K_bb‖) gives "
         f"**{fmt(seeds['paper_formula'])}**, the symmetrised form {fmt(seeds['operator_similarity_symmetrised'])} "
-        f"(0.891 / 0.925 at 51 k tokens, §4).{full_text}{width_text}{muon_text}{forecast_text(results)}"
+        f"({fmt(short['operator_similarity_unsymmetrised'])} / {fmt(short['operator_similarity'])} at 51 k tokens, "
+        f"§4).{full_text}{width_text}{muon_text}{forecast_text(results)}"
     )
 
 
@@ -643,7 +651,9 @@ def doc_renderers() -> dict[str, Callable[[], str]]:
     """The generated blocks of docs/results.md."""
     return {
         "table:long-run": lambda: long_run_table(load_json(LONG_RUN)),
-        "text:long-run-reading": lambda: long_run_reading(load_json(LONG_RUN), load_json(OPTIMIZER_COMPARISON)),
+        "text:long-run-reading": lambda: long_run_reading(
+            load_json(LONG_RUN), load_json(OPTIMIZER_COMPARISON), load_json(STABILITY)
+        ),
         "table:lift-scale": lambda: lift_scale_table(load_json(LIFT_SCALE)),
         "text:lift-scale-reading": lambda: lift_scale_reading(load_json(LIFT_SCALE), load_json(MAIN_JOB_METRICS)),
     }
