@@ -237,6 +237,18 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         f"activations: train {tuple(acts['train'].shape)}, held-out {tuple(acts['heldout'].shape)} ({how})", flush=True
     )
     folder = args.cache / "sweep" / Path(acts["cache_file"]).stem
+    bos = acts.get("bos")
+
+    def splice(sae: Any) -> dict[str, Any]:
+        """The SAE spliced into the model on the held-out contexts (BOS positions not scored)."""
+        return evaluate_splice(
+            model,
+            sae,
+            acts["eval_tokens"],
+            hook_name=spec.hook,
+            ignore_tokens=[bos] if bos is not None else None,
+            progress=False,
+        ).to_dict()
 
     rows, lifted_rows = [], []
     runs = [(v, a, False) for v in args.variants for a in args.alphas]
@@ -255,15 +267,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         row["n_params"] = sum(p.numel() for p in sae.parameters())
         row.update(common.heldout_metrics(sae, acts["heldout"]))
         if lifted:
-            bos = acts.get("bos")
-            metrics = evaluate_splice(
-                model,
-                sae,
-                acts["eval_tokens"],
-                hook_name=spec.hook,
-                ignore_tokens=[bos] if bos is not None else None,
-                progress=False,
-            ).to_dict()
+            metrics = splice(sae)
             row.update({f"splice_{k}": v for k, v in metrics.items()})
             row["ce_loss_recovered"] = metrics["ce_loss_recovered"]
             lifted_rows.append(row)
@@ -281,15 +285,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict:
         n_params = lifted_rows[0]["n_params"]
         for k in args.baseline_k:
             sae, seconds, cached = cached_topk(acts["train"], k, n_params, args, folder)
-            bos = acts.get("bos")
-            metrics = evaluate_splice(
-                model,
-                sae,
-                acts["eval_tokens"],
-                hook_name=spec.hook,
-                ignore_tokens=[bos] if bos is not None else None,
-                progress=False,
-            ).to_dict()
+            metrics = splice(sae)
             row = {
                 "variant": f"SAELens TopK k={k}",
                 "alpha": None,
