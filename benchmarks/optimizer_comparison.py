@@ -55,15 +55,6 @@ def curve_rise(curve: list[dict[str, Any]]) -> float:
     return rise
 
 
-def best_lrs(records: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The learning rate of each optimiser's best run (lowest final error)."""
-    best: dict[str, float] = {}
-    for opt in ("adam", "muon"):
-        runs = [r for r in records.values() if r["run"]["optimizer"] == opt]
-        best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])["run"]["lr"]
-    return best
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=_common.count_argument, default=262_144, help="training tokens of each run")
@@ -95,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]  # fmt: skip
     first_eval = lr.first_eval_step(batch_size, args.tiny)
     records = {run.name: lr.cached_run(run, folder, train_x, heldout, first_eval)[1] for run in runs}
+    best_lrs = {opt: r["run"]["lr"] for opt, r in lr.best_runs(list(records.values())).items()}
     result = {
         "model": "tiny-qwen3" if args.tiny else "smollm2-135m",
         "data": info,
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  for r in records.values()],  # fmt: skip
         **lr.compare_optimizers(
             list(records.values()),
-            lr.measure_step_seconds(train_x, 2, batch_size, best_lrs(records), rounds=3 if args.tiny else 20),
+            lr.measure_step_seconds(train_x, 2, batch_size, best_lrs, rounds=3 if args.tiny else 20),
         ),
     }
     grids = {"adam": sorted(args.adam_lrs), "muon": sorted(args.muon_lrs)}

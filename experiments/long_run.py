@@ -399,6 +399,17 @@ def measure_step_seconds(
     return {opt: float(np.median(t)) for opt, t in times.items()}
 
 
+def best_runs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The record with the lowest final error for Adam and for Muon (an error if one has none)."""
+    best = {}
+    for opt in ("adam", "muon"):
+        runs = [r for r in records if r["run"]["optimizer"] == opt]
+        if not runs:
+            raise ValueError(f"no {opt} run among the records to compare")
+        best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])
+    return best
+
+
 def compare_optimizers(records: list[dict[str, Any]], step_seconds: dict[str, float]) -> dict[str, Any]:
     """Adam against Muon: the best run of each (lowest final error), at equal steps and equal wall-clock.
 
@@ -408,12 +419,7 @@ def compare_optimizers(records: list[dict[str, Any]], step_seconds: dict[str, fl
     in that time. Where that falls before its first curve point its error was never measured:
     the value is None ("–" in tables), never a stand-in.
     """
-    best = {}
-    for opt in ("adam", "muon"):
-        runs = [r for r in records if r["run"]["optimizer"] == opt]
-        if not runs:
-            raise ValueError(f"no {opt} run among the records to compare")
-        best[opt] = min(runs, key=lambda r: r["final"]["reconstruction_error"])
+    best = best_runs(records)
     steps = {opt: r["curve"][-1]["step"] for opt, r in best.items()}
     if len(set(steps.values())) != 1:
         raise ValueError(f"the best runs differ in steps ({steps}): compare runs of equal length")

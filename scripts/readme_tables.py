@@ -441,7 +441,7 @@ def long_run_reading(results: Mapping[str, Any], optimizers: Mapping[str, Any], 
                                   and r["run"]["alpha"] == 0.1)]["curve"]  # fmt: skip
     late, early = results["extrapolation"]["constant_lr_fit"], results["extrapolation"]["early_fit"]
     before_decay = max((c for c in curve if c["tokens"] <= late["fit_to"]), key=lambda c: c["tokens"])
-    width = sorted((r for r in results["rows"] if r["stage"] == "width"), key=lambda r: int(r["run"].split(" ")[3][1:]))
+    width = sorted((r for r in results["rows"] if r["stage"] == "width"), key=_width_of)
     width_text = "; ".join(f"{r['run'].split(' ')[3]} {fmt(r['xx_block_error'])} at density {fmt(r['hoyer_density'])}"
                            for r in width)  # fmt: skip
     steps, clock = optimizers["equal_steps"], optimizers["equal_wall_clock"]
